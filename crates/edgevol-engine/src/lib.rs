@@ -1,0 +1,25 @@
+//! edgevol storage engine.
+//!
+//! A pool is a set of devices cut into segments. Volume writes are appended
+//! to segments in batches whose headers form the journal; a versioned block
+//! map (an LSM tree keyed by `(lineage, lba, birth)`) says where every block
+//! of every volume, snapshot and clone lives. See `docs/architecture.md`.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod buf;
+pub mod catalog;
+pub mod chunk;
+pub mod device;
+pub mod error;
+pub mod format;
+pub mod layout;
+pub mod map;
+
+pub use error::{Error, ErrorKind, Result};
+pub mod pool;
+
+pub use pool::{
+    CheckReport, CreateOptions, Pool, PoolConfig, PoolStatus, ReadSeg, SnapshotInfo, SpaceReport,
+    Volume, VolumeInfo,
+};

@@ -1,0 +1,310 @@
+//! Map keys and values.
+//!
+//! A key is `(lineage, lba, birth)`: the first block of an extent in one
+//! lineage (a linear branch of a volume's history) and the epoch the data was
+//! born in. A value says what those blocks hold: a fragment of a stored
+//! record, or zeroes.
+//!
+//! Invariants (maintained by [`crate::chunk`]):
+//! * An entry never crosses a chunk boundary.
+//! * Within one `(lineage, birth)`, entries never overlap.
+//! * Every stored record is referenced only by entries of one
+//!   `(lineage, birth)`, all inside the record's chunk; the record is live
+//!   while at least one such entry exists.
+
+use std::sync::Arc;
+
+use crate::error::DecodeError;
+use crate::format::codec::{Reader, Writer};
+use crate::layout::{Paddr, BLOCK_U64};
+
+/// A map key. Ordered by lineage, then lba, then birth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    /// Lineage id.
+    pub lineage: u32,
+    /// First block of the extent.
+    pub lba: u64,
+    /// Birth epoch.
+    pub birth: u64,
+}
+
+impl Key {
+    /// Encoded size.
+    pub const LEN: usize = 20;
+
+    /// A key.
+    pub fn new(lineage: u32, lba: u64, birth: u64) -> Key {
+        Key {
+            lineage,
+            lba,
+            birth,
+        }
+    }
+
+    /// The smallest key of a lineage at or after `lba`.
+    pub fn lower(lineage: u32, lba: u64) -> Key {
+        Key::new(lineage, lba, 0)
+    }
+
+    pub(crate) fn encode(&self, w: &mut Writer<'_>) {
+        w.u32(self.lineage);
+        w.u64(self.lba);
+        w.u64(self.birth);
+    }
+
+    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Key, DecodeError> {
+        Ok(Key {
+            lineage: r.u32()?,
+            lba: r.u64()?,
+            birth: r.u64()?,
+        })
+    }
+}
+
+/// A reference to (part of) a stored record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataRef {
+    /// Where the record's payload starts.
+    pub paddr: Paddr,
+    /// Payload bytes on disk.
+    pub stored_len: u32,
+    /// Logical blocks in the whole record.
+    pub rec_blocks: u8,
+    /// First block of this fragment within the record.
+    pub rec_off: u8,
+    /// Blocks in this fragment.
+    pub nblocks: u8,
+    /// Compression (0: raw).
+    pub comp: u8,
+    /// Raw: crc32c of each block of this fragment. Compressed: one crc32c of
+    /// the whole stored payload.
+    pub csums: Arc<[u32]>,
+}
+
+impl DataRef {
+    /// Bytes the record occupies in its segment (its share of live space).
+    pub fn footprint(&self) -> u64 {
+        if self.comp == 0 {
+            u64::from(self.rec_blocks) * BLOCK_U64
+        } else {
+            u64::from(self.stored_len).div_ceil(16) * 16
+        }
+    }
+
+    /// The sub-fragment of blocks `[from, to)` relative to this fragment.
+    pub fn slice(&self, from: u8, to: u8) -> DataRef {
+        debug_assert!(from < to && to <= self.nblocks);
+        let csums: Arc<[u32]> = if self.comp == 0 {
+            Arc::from(&self.csums[from as usize..to as usize])
+        } else {
+            self.csums.clone()
+        };
+        DataRef {
+            paddr: self.paddr,
+            stored_len: self.stored_len,
+            rec_blocks: self.rec_blocks,
+            rec_off: self.rec_off + from,
+            nblocks: to - from,
+            comp: self.comp,
+            csums,
+        }
+    }
+
+    /// True if `other` refers to the same stored record.
+    pub fn same_record(&self, other: &DataRef) -> bool {
+        self.paddr == other.paddr
+    }
+}
+
+/// What an entry's blocks hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// Stored data.
+    Data(DataRef),
+    /// Zeroes. `alloc`: reported as allocated (WRITE_ZEROES with NO_HOLE);
+    /// otherwise a hole that hides older data (a trim tombstone).
+    Zero {
+        /// Blocks covered.
+        nblocks: u8,
+        /// Counts as allocated.
+        alloc: bool,
+    },
+}
+
+impl Value {
+    /// Blocks covered.
+    pub fn nblocks(&self) -> u8 {
+        match self {
+            Value::Data(d) => d.nblocks,
+            Value::Zero { nblocks, .. } => *nblocks,
+        }
+    }
+
+    /// The sub-range `[from, to)` of this value.
+    pub fn slice(&self, from: u8, to: u8) -> Value {
+        match self {
+            Value::Data(d) => Value::Data(d.slice(from, to)),
+            Value::Zero { alloc, .. } => Value::Zero {
+                nblocks: to - from,
+                alloc: *alloc,
+            },
+        }
+    }
+
+    /// The data reference, if any.
+    pub fn data(&self) -> Option<&DataRef> {
+        match self {
+            Value::Data(d) => Some(d),
+            Value::Zero { .. } => None,
+        }
+    }
+
+    /// Approximate heap + inline bytes, for memory budgets.
+    pub fn mem_size(&self) -> usize {
+        match self {
+            Value::Data(d) => 64 + 4 * d.csums.len(),
+            Value::Zero { .. } => 16,
+        }
+    }
+}
+
+const TAG_DELETED: u8 = 0;
+const TAG_DATA: u8 = 1;
+const TAG_ZERO: u8 = 2;
+const TAG_ZERO_ALLOC: u8 = 3;
+
+/// Encoded size of an optional value (None = deletion marker).
+pub fn encoded_len(v: &Option<Value>) -> usize {
+    match v {
+        None => 1,
+        Some(Value::Zero { .. }) => 2,
+        Some(Value::Data(d)) => 1 + 8 + 4 + 5 + 4 * d.csums.len(),
+    }
+}
+
+/// Encode an optional value.
+pub fn encode_value(v: &Option<Value>, w: &mut Writer<'_>) {
+    match v {
+        None => w.u8(TAG_DELETED),
+        Some(Value::Zero { nblocks, alloc }) => {
+            w.u8(if *alloc { TAG_ZERO_ALLOC } else { TAG_ZERO });
+            w.u8(*nblocks);
+        }
+        Some(Value::Data(d)) => {
+            w.u8(TAG_DATA);
+            w.u64(d.paddr.to_u64());
+            w.u32(d.stored_len);
+            w.u8(d.rec_blocks);
+            w.u8(d.rec_off);
+            w.u8(d.nblocks);
+            w.u8(d.comp);
+            w.u8(d.csums.len() as u8);
+            for c in d.csums.iter() {
+                w.u32(*c);
+            }
+        }
+    }
+}
+
+/// Decode an optional value, checking its internal consistency.
+pub fn decode_value(r: &mut Reader<'_>) -> Result<Option<Value>, DecodeError> {
+    let bad = |what| Err(DecodeError::Invalid(what));
+    Ok(match r.u8()? {
+        TAG_DELETED => None,
+        t @ (TAG_ZERO | TAG_ZERO_ALLOC) => {
+            let nblocks = r.u8()?;
+            if nblocks == 0 || u64::from(nblocks) > crate::layout::CHUNK_BLOCKS {
+                return bad("zero extent length");
+            }
+            Some(Value::Zero {
+                nblocks,
+                alloc: t == TAG_ZERO_ALLOC,
+            })
+        }
+        TAG_DATA => {
+            let paddr = Paddr::from_u64(r.u64()?);
+            let stored_len = r.u32()?;
+            let rec_blocks = r.u8()?;
+            let rec_off = r.u8()?;
+            let nblocks = r.u8()?;
+            let comp = r.u8()?;
+            let n = r.u8()? as usize;
+            let mut csums = Vec::with_capacity(n);
+            for _ in 0..n {
+                csums.push(r.u32()?);
+            }
+            let d = DataRef {
+                paddr,
+                stored_len,
+                rec_blocks,
+                rec_off,
+                nblocks,
+                comp,
+                csums: csums.into(),
+            };
+            let fits = nblocks > 0
+                && u64::from(rec_blocks) <= crate::layout::CHUNK_BLOCKS
+                && u16::from(rec_off) + u16::from(nblocks) <= u16::from(rec_blocks);
+            let sums_ok = if comp == 0 {
+                n == nblocks as usize && stored_len as u64 == u64::from(rec_blocks) * BLOCK_U64
+            } else {
+                n == 1
+            };
+            if !fits || !sums_ok {
+                return bad("data extent fields");
+            }
+            Some(Value::Data(d))
+        }
+        _ => return bad("value tag"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::SegId;
+
+    pub(crate) fn data(nblocks: u8) -> DataRef {
+        DataRef {
+            paddr: Paddr::new(SegId::new(0, 1), 4096),
+            stored_len: u32::from(nblocks) * 4096,
+            rec_blocks: nblocks,
+            rec_off: 0,
+            nblocks,
+            comp: 0,
+            csums: (0..u32::from(nblocks)).collect::<Vec<_>>().into(),
+        }
+    }
+
+    #[test]
+    fn slice_keeps_checksums_aligned() {
+        let d = data(8);
+        let s = d.slice(2, 5);
+        assert_eq!(s.rec_off, 2);
+        assert_eq!(s.nblocks, 3);
+        assert_eq!(&*s.csums, &[2, 3, 4]);
+        let s2 = s.slice(1, 2);
+        assert_eq!(s2.rec_off, 3);
+        assert_eq!(&*s2.csums, &[3]);
+        assert_eq!(s2.footprint(), 8 * 4096);
+    }
+
+    #[test]
+    fn value_round_trip() {
+        for v in [
+            None,
+            Some(Value::Zero {
+                nblocks: 3,
+                alloc: true,
+            }),
+            Some(Value::Data(data(4).slice(1, 3))),
+        ] {
+            let mut buf = Vec::new();
+            encode_value(&v, &mut Writer::new(&mut buf));
+            assert_eq!(buf.len(), encoded_len(&v));
+            assert_eq!(decode_value(&mut Reader::new(&buf)).unwrap(), v);
+        }
+        assert!(decode_value(&mut Reader::new(&[9])).is_err());
+    }
+}

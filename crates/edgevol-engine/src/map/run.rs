@@ -1,0 +1,637 @@
+//! Sorted runs: the immutable on-disk levels of the block map (an LSM tree).
+//!
+//! A run is a sequence of 4 KiB blocks laid out over whole metadata
+//! segments: leaf blocks holding sorted `(key, value)` entries, then index
+//! blocks holding the first key of every leaf. The first key of every index
+//! block is kept in memory (the "top index": one key per ~170 leaves, a few
+//! hundred KiB for a billion entries), so memory does not grow with the map.
+//!
+//! ```text
+//! block (4096 bytes):
+//! 0     2  magic "MR"
+//! 2     1  kind: 1 leaf, 2 index
+//! 3     1  version (1)
+//! 4     2  entry count
+//! 6     2  bytes used (header + entries)
+//! 8     8  run id
+//! 16    .. entries
+//! 4092  4  crc32c of bytes 0..4092
+//! leaf entry:  key (lineage u32, lba u64, birth u64) + value (see entry.rs)
+//! index entry: key + leaf block number u32
+//! ```
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::entry::{decode_value, encode_value, encoded_len, Key, Value};
+use crate::error::{DecodeError, Error, Result};
+use crate::format::codec::{put_u32, Reader, Writer};
+use crate::layout::{SegId, BLOCK};
+
+const MAGIC: u16 = u16::from_le_bytes(*b"MR");
+const VERSION: u8 = 1;
+const HEADER: usize = 16;
+const CRC_AT: usize = BLOCK - 4;
+const KIND_LEAF: u8 = 1;
+const KIND_INDEX: u8 = 2;
+const INDEX_ENTRY: usize = Key::LEN + 4;
+
+/// Where a run lives and what it holds; stored in the checkpoint manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunMeta {
+    /// Unique id (also stamped in every block, to catch misdirected reads).
+    pub id: u64,
+    /// Segments holding the blocks, in order.
+    pub segments: Vec<SegId>,
+    /// Leaf blocks (numbered from 0).
+    pub leaf_blocks: u32,
+    /// Index blocks (numbered after the leaves).
+    pub index_blocks: u32,
+    /// Entries (including deletion markers).
+    pub entries: u64,
+}
+
+impl RunMeta {
+    /// Total blocks.
+    pub fn blocks(&self) -> u64 {
+        u64::from(self.leaf_blocks) + u64::from(self.index_blocks)
+    }
+}
+
+/// A decoded block.
+#[derive(Debug)]
+pub enum Block {
+    /// Sorted entries.
+    Leaf(Vec<(Key, Option<Value>)>),
+    /// First key of each leaf, with its block number.
+    Index(Vec<(Key, u32)>),
+}
+
+impl Block {
+    /// Approximate memory used, for the cache budget.
+    pub fn mem_size(&self) -> usize {
+        match self {
+            Block::Leaf(v) => {
+                64 + v
+                    .iter()
+                    .map(|(_, v)| 32 + v.as_ref().map_or(0, Value::mem_size))
+                    .sum::<usize>()
+            }
+            Block::Index(v) => 64 + v.len() * 32,
+        }
+    }
+}
+
+fn finish_block(buf: &mut [u8], kind: u8, count: u16, used: usize, run_id: u64) {
+    buf[0..2].copy_from_slice(&MAGIC.to_le_bytes());
+    buf[2] = kind;
+    buf[3] = VERSION;
+    buf[4..6].copy_from_slice(&count.to_le_bytes());
+    buf[6..8].copy_from_slice(&(used as u16).to_le_bytes());
+    buf[8..16].copy_from_slice(&run_id.to_le_bytes());
+    let crc = crc32c::crc32c(&buf[..CRC_AT]);
+    put_u32(buf, CRC_AT, crc);
+}
+
+/// Decode and verify one block of run `run_id`.
+pub fn decode_block(buf: &[u8], run_id: u64) -> std::result::Result<Block, DecodeError> {
+    if buf.len() != BLOCK {
+        return Err(DecodeError::Truncated);
+    }
+    let mut r = Reader::new(buf);
+    if r.u16()? != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    let kind = r.u8()?;
+    let version = r.u8()?;
+    let count = r.u16()? as usize;
+    let used = r.u16()? as usize;
+    let id = r.u64()?;
+    let stored_crc = u32::from_le_bytes([
+        buf[CRC_AT],
+        buf[CRC_AT + 1],
+        buf[CRC_AT + 2],
+        buf[CRC_AT + 3],
+    ]);
+    if crc32c::crc32c(&buf[..CRC_AT]) != stored_crc {
+        return Err(DecodeError::BadChecksum);
+    }
+    if version != VERSION {
+        return Err(DecodeError::Version(u32::from(version)));
+    }
+    if id != run_id {
+        return Err(DecodeError::Invalid("block belongs to another run"));
+    }
+    if !(HEADER..=CRC_AT).contains(&used) {
+        return Err(DecodeError::Invalid("block used length"));
+    }
+    let mut r = Reader::new(&buf[HEADER..used]);
+    let block = match kind {
+        KIND_LEAF => {
+            let mut v = Vec::with_capacity(count.min(BLOCK / Key::LEN));
+            for _ in 0..count {
+                let k = Key::decode(&mut r)?;
+                let val = decode_value(&mut r)?;
+                if v.last().is_some_and(|(p, _): &(Key, _)| *p >= k) {
+                    return Err(DecodeError::Invalid("leaf keys out of order"));
+                }
+                v.push((k, val));
+            }
+            Block::Leaf(v)
+        }
+        KIND_INDEX => {
+            let mut v = Vec::with_capacity(count.min(BLOCK / INDEX_ENTRY));
+            for _ in 0..count {
+                let k = Key::decode(&mut r)?;
+                let b = r.u32()?;
+                v.push((k, b));
+            }
+            Block::Index(v)
+        }
+        _ => return Err(DecodeError::Invalid("block kind")),
+    };
+    if r.position() != used - HEADER {
+        return Err(DecodeError::Invalid("block length"));
+    }
+    Ok(block)
+}
+
+/// Builds the blocks of a run from entries given in strictly increasing key order.
+pub struct RunBuilder {
+    run_id: u64,
+    leaf: Vec<u8>,
+    leaf_count: u16,
+    leaf_first: Option<Key>,
+    last: Option<Key>,
+    /// Finished leaf blocks not yet taken by the caller.
+    out: Vec<u8>,
+    leaves_done: u32,
+    index: Vec<(Key, u32)>,
+    entries: u64,
+}
+
+impl RunBuilder {
+    /// Start run `run_id`.
+    pub fn new(run_id: u64) -> Self {
+        let mut leaf = Vec::with_capacity(BLOCK);
+        leaf.resize(HEADER, 0);
+        RunBuilder {
+            run_id,
+            leaf,
+            leaf_count: 0,
+            leaf_first: None,
+            last: None,
+            out: Vec::new(),
+            leaves_done: 0,
+            index: Vec::new(),
+            entries: 0,
+        }
+    }
+
+    /// Append an entry; keys must strictly increase.
+    pub fn push(&mut self, key: Key, value: &Option<Value>) {
+        assert!(
+            self.last.is_none_or(|l| l < key),
+            "run entries must be pushed in strictly increasing key order"
+        );
+        let need = Key::LEN + encoded_len(value);
+        if self.leaf.len() + need > CRC_AT {
+            self.finish_leaf();
+        }
+        let mut w = Writer::new(&mut self.leaf);
+        key.encode(&mut w);
+        encode_value(value, &mut w);
+        self.leaf_count += 1;
+        self.leaf_first.get_or_insert(key);
+        self.last = Some(key);
+        self.entries += 1;
+    }
+
+    fn finish_leaf(&mut self) {
+        let Some(first) = self.leaf_first.take() else {
+            return;
+        };
+        let used = self.leaf.len();
+        self.leaf.resize(BLOCK, 0);
+        finish_block(
+            &mut self.leaf,
+            KIND_LEAF,
+            self.leaf_count,
+            used,
+            self.run_id,
+        );
+        self.out.extend_from_slice(&self.leaf);
+        self.index.push((first, self.leaves_done));
+        self.leaves_done += 1;
+        self.leaf.clear();
+        self.leaf.resize(HEADER, 0);
+        self.leaf_count = 0;
+    }
+
+    /// Finished leaf bytes so far (whole blocks); the caller writes and drains them.
+    pub fn take_ready(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Bytes of finished leaves waiting to be taken.
+    pub fn ready_len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Entries pushed so far.
+    pub fn entries(&self) -> u64 {
+        self.entries
+    }
+
+    /// Finish: returns the remaining leaf bytes plus all index blocks, the
+    /// leaf and index block counts.
+    pub fn finish(mut self) -> (Vec<u8>, u32, u32) {
+        self.finish_leaf();
+        let mut out = std::mem::take(&mut self.out);
+        let per = (CRC_AT - HEADER) / INDEX_ENTRY;
+        let mut index_blocks = 0u32;
+        for chunk in self.index.chunks(per) {
+            let mut b = Vec::with_capacity(BLOCK);
+            b.resize(HEADER, 0);
+            let mut w = Writer::new(&mut b);
+            for (k, n) in chunk {
+                k.encode(&mut w);
+                w.u32(*n);
+            }
+            let used = b.len();
+            b.resize(BLOCK, 0);
+            finish_block(&mut b, KIND_INDEX, chunk.len() as u16, used, self.run_id);
+            out.extend_from_slice(&b);
+            index_blocks += 1;
+        }
+        (out, self.leaves_done, index_blocks)
+    }
+}
+
+/// Reads one block of a run (from the pool's devices), 4 KiB.
+pub trait BlockReader: Send + Sync {
+    /// Read block `block` of a run at `(segment, byte offset)`.
+    fn read_meta_block(&self, seg: SegId, offset: u64) -> Result<Vec<u8>>;
+}
+
+/// The shared, bounded cache of decoded map blocks.
+pub struct BlockCache {
+    cache: quick_cache::sync::Cache<(u64, u32), Arc<Block>, BlockWeighter>,
+}
+
+#[derive(Clone)]
+struct BlockWeighter;
+
+impl quick_cache::Weighter<(u64, u32), Arc<Block>> for BlockWeighter {
+    fn weight(&self, _k: &(u64, u32), v: &Arc<Block>) -> u64 {
+        v.mem_size() as u64
+    }
+}
+
+impl BlockCache {
+    /// A cache holding about `bytes` of decoded blocks.
+    pub fn new(bytes: u64) -> Self {
+        let items = (bytes / 8192).max(16) as usize;
+        BlockCache {
+            cache: quick_cache::sync::Cache::with_weighter(
+                items,
+                bytes.max(1 << 20),
+                BlockWeighter,
+            ),
+        }
+    }
+
+    /// Bytes in use.
+    pub fn weight(&self) -> u64 {
+        self.cache.weight()
+    }
+}
+
+/// An open run: its metadata plus the in-memory top index.
+pub struct Run {
+    meta: RunMeta,
+    seg_blocks: u64,
+    /// First key of each index block.
+    top: Vec<Key>,
+}
+
+impl Run {
+    /// Open a run: read its index blocks to build the top index.
+    pub fn open(meta: RunMeta, segment_size: u64, reader: &dyn BlockReader) -> Result<Run> {
+        let mut run = Run {
+            meta,
+            seg_blocks: segment_size / BLOCK as u64,
+            top: Vec::new(),
+        };
+        let mut top = Vec::with_capacity(run.meta.index_blocks as usize);
+        for i in 0..run.meta.index_blocks {
+            let b = run.read_block(run.meta.leaf_blocks + i, reader)?;
+            match &b {
+                Block::Index(v) => match v.first() {
+                    Some((k, _)) => top.push(*k),
+                    None => {
+                        return Err(Error::corrupt(format!(
+                            "run {} has an empty index block",
+                            run.meta.id
+                        )))
+                    }
+                },
+                Block::Leaf(_) => {
+                    return Err(Error::corrupt(format!(
+                        "run {}: expected an index block",
+                        run.meta.id
+                    )))
+                }
+            }
+        }
+        run.top = top;
+        Ok(run)
+    }
+
+    /// Metadata.
+    pub fn meta(&self) -> &RunMeta {
+        &self.meta
+    }
+
+    /// Bytes on disk.
+    pub fn bytes(&self) -> u64 {
+        self.meta.blocks() * BLOCK as u64
+    }
+
+    fn locate(&self, block: u32) -> Result<(SegId, u64)> {
+        let b = u64::from(block);
+        let seg = self
+            .meta
+            .segments
+            .get((b / self.seg_blocks) as usize)
+            .ok_or_else(|| {
+                Error::corrupt(format!(
+                    "run {} block {block} beyond its segments",
+                    self.meta.id
+                ))
+            })?;
+        Ok((*seg, (b % self.seg_blocks) * BLOCK as u64))
+    }
+
+    fn read_block(&self, block: u32, reader: &dyn BlockReader) -> Result<Block> {
+        let (seg, off) = self.locate(block)?;
+        let buf = reader.read_meta_block(seg, off)?;
+        decode_block(&buf, self.meta.id).map_err(|e| {
+            Error::corrupt(format!(
+                "map run {} block {block} at {seg:?}+{off:#x} is damaged",
+                self.meta.id
+            ))
+            .with_source(e)
+        })
+    }
+
+    fn cached(
+        &self,
+        block: u32,
+        cache: &BlockCache,
+        reader: &dyn BlockReader,
+    ) -> Result<Arc<Block>> {
+        cache.cache.get_or_insert_with(&(self.meta.id, block), || {
+            self.read_block(block, reader).map(Arc::new)
+        })
+    }
+
+    /// Leaf block number that may hold `key` (the last leaf whose first key <= key).
+    fn leaf_for(
+        &self,
+        key: &Key,
+        cache: &BlockCache,
+        reader: &dyn BlockReader,
+    ) -> Result<Option<u32>> {
+        let ti = self.top.partition_point(|k| k <= key);
+        if ti == 0 {
+            return Ok(if self.meta.leaf_blocks > 0 {
+                Some(0)
+            } else {
+                None
+            });
+        }
+        let ib = self.cached(self.meta.leaf_blocks + (ti - 1) as u32, cache, reader)?;
+        let Block::Index(idx) = &*ib else {
+            return Err(Error::corrupt(format!(
+                "run {}: index block expected",
+                self.meta.id
+            )));
+        };
+        let i = idx.partition_point(|(k, _)| k <= key);
+        Ok(Some(if i == 0 {
+            idx.first().map_or(0, |e| e.1)
+        } else {
+            idx[i - 1].1
+        }))
+    }
+
+    /// Append to `out` the entries with `lo <= key < hi`, at most `limit`.
+    /// Returns true if the limit cut the scan short.
+    pub fn scan(
+        &self,
+        lo: &Key,
+        hi: &Key,
+        limit: usize,
+        out: &mut Vec<(Key, Option<Value>)>,
+        cache: &BlockCache,
+        reader: &dyn BlockReader,
+    ) -> Result<bool> {
+        let Some(mut leaf) = self.leaf_for(lo, cache, reader)? else {
+            return Ok(false);
+        };
+        let mut taken = 0usize;
+        while leaf < self.meta.leaf_blocks {
+            let b = self.cached(leaf, cache, reader)?;
+            let Block::Leaf(entries) = &*b else {
+                return Err(Error::corrupt(format!(
+                    "run {}: leaf block expected",
+                    self.meta.id
+                )));
+            };
+            let start = entries.partition_point(|(k, _)| k < lo);
+            for (k, v) in &entries[start..] {
+                if k >= hi {
+                    return Ok(false);
+                }
+                if taken == limit {
+                    return Ok(true);
+                }
+                out.push((*k, v.clone()));
+                taken += 1;
+            }
+            leaf += 1;
+        }
+        Ok(false)
+    }
+
+    /// Read every block and check it (for `pool check`): returns entries seen.
+    pub fn verify(&self, reader: &dyn BlockReader) -> Result<u64> {
+        let mut last: Option<Key> = None;
+        let mut n = 0u64;
+        for b in 0..self.meta.leaf_blocks {
+            match self.read_block(b, reader)? {
+                Block::Leaf(v) => {
+                    for (k, _) in v {
+                        if last.is_some_and(|l| l >= k) {
+                            return Err(Error::corrupt(format!(
+                                "run {} keys out of order at leaf {b}",
+                                self.meta.id
+                            )));
+                        }
+                        last = Some(k);
+                        n += 1;
+                    }
+                }
+                Block::Index(_) => {
+                    return Err(Error::corrupt(format!(
+                        "run {}: index block among leaves",
+                        self.meta.id
+                    )))
+                }
+            }
+        }
+        if n != self.meta.entries {
+            return Err(Error::corrupt(format!(
+                "run {} holds {n} entries, manifest says {}",
+                self.meta.id, self.meta.entries
+            )));
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Paddr;
+    use crate::map::entry::DataRef;
+    use parking_lot::Mutex;
+    use std::collections::HashMap;
+
+    struct MemBlocks(Mutex<HashMap<(SegId, u64), Vec<u8>>>);
+    impl BlockReader for MemBlocks {
+        fn read_meta_block(&self, seg: SegId, offset: u64) -> Result<Vec<u8>> {
+            self.0
+                .lock()
+                .get(&(seg, offset))
+                .cloned()
+                .ok_or_else(|| Error::corrupt("missing block"))
+        }
+    }
+
+    fn build(n: u64, seg_size: u64) -> (Run, MemBlocks) {
+        let mut b = RunBuilder::new(7);
+        for i in 0..n {
+            let v = if i % 3 == 0 {
+                None
+            } else {
+                Some(Value::Data(DataRef {
+                    paddr: Paddr::new(SegId::new(0, 1), (i * 4096) as u32),
+                    stored_len: 4096,
+                    rec_blocks: 1,
+                    rec_off: 0,
+                    nblocks: 1,
+                    comp: 0,
+                    csums: vec![i as u32].into(),
+                }))
+            };
+            b.push(Key::new(1, i * 2, 5), &v);
+        }
+        let mut bytes = b.take_ready();
+        let (rest, leaves, index) = b.finish();
+        bytes.extend_from_slice(&rest);
+        let seg_blocks = seg_size / 4096;
+        let nsegs = (bytes.len() as u64 / 4096).div_ceil(seg_blocks);
+        let segments: Vec<SegId> = (0..nsegs).map(|i| SegId::new(0, 10 + i as u32)).collect();
+        let mem = MemBlocks(Mutex::new(HashMap::new()));
+        for (i, blk) in bytes.chunks(4096).enumerate() {
+            let i = i as u64;
+            mem.0.lock().insert(
+                (segments[(i / seg_blocks) as usize], (i % seg_blocks) * 4096),
+                blk.to_vec(),
+            );
+        }
+        let meta = RunMeta {
+            id: 7,
+            segments,
+            leaf_blocks: leaves,
+            index_blocks: index,
+            entries: n,
+        };
+        let run = Run::open(meta, seg_size, &mem).unwrap();
+        (run, mem)
+    }
+
+    #[test]
+    fn scan_finds_ranges_across_blocks_and_segments() {
+        let (run, mem) = build(20_000, 1 << 20);
+        assert!(
+            run.meta().index_blocks >= 2,
+            "test should exercise several index blocks"
+        );
+        let cache = BlockCache::new(1 << 20);
+        let mut out = Vec::new();
+        let more = run
+            .scan(
+                &Key::lower(1, 1001),
+                &Key::lower(1, 1011),
+                100,
+                &mut out,
+                &cache,
+                &mem,
+            )
+            .unwrap();
+        assert!(!more);
+        let lbas: Vec<u64> = out.iter().map(|(k, _)| k.lba).collect();
+        assert_eq!(lbas, vec![1002, 1004, 1006, 1008, 1010]);
+        assert!(out[0].1.is_none(), "i = 501 is a deletion marker");
+        assert_eq!(out[1].1.as_ref().unwrap().data().unwrap().csums[0], 502);
+        out.clear();
+        assert!(run
+            .scan(
+                &Key::lower(1, 0),
+                &Key::lower(2, 0),
+                10,
+                &mut out,
+                &cache,
+                &mem
+            )
+            .unwrap());
+        assert_eq!(out.len(), 10);
+        out.clear();
+        run.scan(
+            &Key::lower(0, 0),
+            &Key::lower(1, 0),
+            10,
+            &mut out,
+            &cache,
+            &mem,
+        )
+        .unwrap();
+        assert!(out.is_empty());
+        assert_eq!(run.verify(&mem).unwrap(), 20_000);
+    }
+
+    #[test]
+    fn damaged_block_is_detected() {
+        let (run, mem) = build(100, 1 << 20);
+        let seg = run.meta().segments[0];
+        mem.0.lock().get_mut(&(seg, 0)).unwrap()[100] ^= 1;
+        let cache = BlockCache::new(1 << 20);
+        let mut out = Vec::new();
+        let e = run
+            .scan(
+                &Key::lower(1, 0),
+                &Key::lower(2, 0),
+                10,
+                &mut out,
+                &cache,
+                &mem,
+            )
+            .unwrap_err();
+        assert_eq!(e.kind(), crate::error::ErrorKind::Corrupt);
+        assert!(decode_block(&[0u8; 4096], 7).is_err());
+    }
+}

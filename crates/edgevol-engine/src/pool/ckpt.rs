@@ -1,0 +1,144 @@
+//! Checkpoints: the durable root of a pool's state.
+//!
+//! A checkpoint (an envelope of kind `Checkpoint`) holds the catalog, the
+//! map manifest (runs), a reference to the counters table, and the replay
+//! point: where each log stream continues after the state the runs
+//! describe. Recovery = load the newest checkpoint + replay the log from its
+//! replay point. Checkpoints are appended to a metadata segment (the
+//! checkpoint log); the uberblock ring points at the newest one.
+//!
+//! Write order (each step durable before the next):
+//! 1. runs / counters blob / checkpoint envelope written and flushed;
+//! 2. uberblock written to the next slot on every device and flushed;
+//! 3. only then may segments the old checkpoint referenced be reused.
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::Catalog;
+use crate::error::{Error, Result};
+use crate::format::envelope::{self, Kind};
+use crate::layout::{SegId, BLOCK};
+use crate::map::Manifest;
+
+use super::space::Counters;
+use super::vdev::Vdevs;
+
+/// Where a log stream continues.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamPos {
+    /// Current segment (None: the stream never wrote).
+    pub seg: Option<SegId>,
+    /// Next write offset in it.
+    pub off: u32,
+    /// Reserved successor segment.
+    pub next: Option<SegId>,
+    /// Lsn of the last batch written.
+    pub prev_lsn: u64,
+    /// Header crc of the last batch written.
+    pub prev_crc: u32,
+}
+
+/// Where replay starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplayPoint {
+    /// Batches with lsn >= this are not in the runs.
+    pub lsn: u64,
+    /// Each stream's position at that point.
+    pub streams: Vec<StreamPos>,
+}
+
+/// A blob stored in whole metadata segments.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRef {
+    /// Segments, in order.
+    pub segments: Vec<SegId>,
+    /// Bytes (padded envelope).
+    pub len: u64,
+    /// crc32c of the bytes.
+    pub crc: u32,
+}
+
+/// A checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Sequence number (matches the uberblock).
+    pub seq: u64,
+    /// Volumes, snapshots, lineages.
+    pub catalog: Catalog,
+    /// Map runs.
+    pub manifest: Manifest,
+    /// Counters as of the replay point.
+    pub counters: BlobRef,
+    /// Where replay starts.
+    pub replay: ReplayPoint,
+    /// Next lsn to use.
+    pub next_lsn: u64,
+    /// Next run id.
+    pub next_run_id: u64,
+    /// Segment of the checkpoint log holding this checkpoint.
+    pub log_segment: SegId,
+}
+
+/// Write `bytes` (block multiple) over whole segments, first to last.
+pub fn write_blob(vdevs: &Vdevs, segments: &[SegId], bytes: &[u8]) -> Result<()> {
+    let seg_size = vdevs.segment_size as usize;
+    for (i, chunk) in bytes.chunks(seg_size).enumerate() {
+        let seg = segments
+            .get(i)
+            .ok_or_else(|| Error::corrupt("blob larger than its segments"))?;
+        write_aligned(vdevs, *seg, 0, chunk)?;
+    }
+    Ok(())
+}
+
+/// Read a blob written by [`write_blob`] and check its crc.
+pub fn read_blob(vdevs: &Vdevs, r: &BlobRef) -> Result<Vec<u8>> {
+    let seg_size = vdevs.segment_size;
+    let mut out = vec![0u8; r.len as usize];
+    for (i, chunk) in out.chunks_mut(seg_size as usize).enumerate() {
+        let seg = r
+            .segments
+            .get(i)
+            .ok_or_else(|| Error::corrupt("blob reference shorter than its length"))?;
+        read_aligned(vdevs, *seg, 0, chunk)?;
+    }
+    if crc32c::crc32c(&out) != r.crc {
+        return Err(Error::corrupt("metadata blob checksum mismatch"));
+    }
+    Ok(out)
+}
+
+/// Read through an aligned bounce buffer (O_DIRECT needs aligned memory).
+pub fn read_aligned(vdevs: &Vdevs, seg: SegId, off: u64, out: &mut [u8]) -> Result<()> {
+    let mut b = crate::buf::AlignedBuf::zeroed(out.len().div_ceil(BLOCK) * BLOCK);
+    vdevs.read(seg, off, b.as_mut_slice())?;
+    out.copy_from_slice(&b.as_slice()[..out.len()]);
+    Ok(())
+}
+
+/// Write through an aligned bounce buffer.
+pub fn write_aligned(vdevs: &Vdevs, seg: SegId, off: u64, data: &[u8]) -> Result<()> {
+    let mut b = crate::buf::AlignedBuf::zeroed(data.len().div_ceil(BLOCK) * BLOCK);
+    b.as_mut_slice()[..data.len()].copy_from_slice(data);
+    vdevs.write(seg, off, b.as_slice())
+}
+
+/// Encode counters as a padded envelope.
+pub fn encode_counters(c: &Counters) -> Vec<u8> {
+    envelope::encode(Kind::Counters, c)
+}
+
+/// Decode counters.
+pub fn decode_counters(b: &[u8]) -> Result<Counters> {
+    Ok(envelope::decode(Kind::Counters, b)?)
+}
+
+/// Encode a checkpoint as a padded envelope.
+pub fn encode_checkpoint(c: &Checkpoint) -> Vec<u8> {
+    envelope::encode(Kind::Checkpoint, c)
+}
+
+/// Decode a checkpoint.
+pub fn decode_checkpoint(b: &[u8]) -> Result<Checkpoint> {
+    Ok(envelope::decode(Kind::Checkpoint, b)?)
+}

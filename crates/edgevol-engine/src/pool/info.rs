@@ -1,0 +1,444 @@
+//! Reports: pool status, volume and snapshot information, space accounting,
+//! and property validation.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use super::space::SegState;
+use super::Shared;
+use crate::catalog::{Catalog, SnapshotRec, VolumeRec};
+use crate::chunk;
+use crate::error::{Error, Result};
+use crate::layout::{chunk_start, BLOCK_U64};
+use crate::map::{Key, Value};
+
+/// A volume as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    /// Name within the pool.
+    pub name: String,
+    /// The pool.
+    pub pool: String,
+    /// Identity (serial), hex.
+    pub guid: String,
+    /// Logical size in bytes.
+    pub size: u64,
+    /// Bytes of data the head can read (shared data included).
+    pub referenced: u64,
+    /// Creation time (seconds since the epoch).
+    pub created: u64,
+    /// `VOL@SNAP` this volume was cloned from.
+    pub origin: Option<String>,
+    /// Visible snapshots.
+    pub snapshots: usize,
+    /// The snapshot the head's content started from, if any.
+    pub based_on: Option<String>,
+    /// Writes refused.
+    pub readonly: bool,
+    /// Properties set on the volume.
+    pub properties: BTreeMap<String, String>,
+}
+
+/// A snapshot as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    /// Snapshot name (after the `@`).
+    pub name: String,
+    /// Volume name.
+    pub volume: String,
+    /// Creation time.
+    pub created: u64,
+    /// Bytes of data visible in the snapshot.
+    pub referenced: u64,
+    /// Made by a rollback (the head that was left).
+    pub auto: bool,
+    /// The previous snapshot in this one's history (its parent in the tree).
+    pub parent: Option<String>,
+    /// Volumes cloned from it.
+    pub clones: Vec<String>,
+}
+
+/// `zfs list -o space`-like accounting for one volume (a map scan).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpaceReport {
+    /// Volume name.
+    pub volume: String,
+    /// Logical size.
+    pub size: u64,
+    /// Data the head can read.
+    pub referenced: u64,
+    /// Everything destroying the volume and its snapshots would free.
+    pub used: u64,
+    /// Of `used`, what the head holds.
+    pub used_by_dataset: u64,
+    /// Of `used`, what only snapshots hold.
+    pub used_by_snapshots: u64,
+    /// Per snapshot: what destroying just it would free.
+    pub snapshots: BTreeMap<String, u64>,
+}
+
+/// One device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    /// Path.
+    pub path: String,
+    /// Group index.
+    pub group: usize,
+    /// ONLINE or FAULTED.
+    pub state: String,
+    /// Usable bytes.
+    pub size: u64,
+    /// Failed reads.
+    pub read_errors: u64,
+    /// Failed writes.
+    pub write_errors: u64,
+    /// Checksum failures.
+    pub checksum_errors: u64,
+}
+
+/// Pool status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// Name.
+    pub name: String,
+    /// Guid, hex.
+    pub guid: String,
+    /// ONLINE, or SUSPENDED after an I/O failure.
+    pub state: String,
+    /// Why the pool is suspended.
+    pub error: Option<String>,
+    /// Segment size.
+    pub segment_size: u64,
+    /// Capacity for data and metadata.
+    pub size: u64,
+    /// Bytes in use: live data records plus metadata segments.
+    pub allocated: u64,
+    /// Bytes of live data records.
+    pub data: u64,
+    /// Bytes of metadata (map runs, checkpoints).
+    pub metadata: u64,
+    /// Bytes available for new data (capacity minus allocated and reserve).
+    pub free: u64,
+    /// Segments free right now (without cleaning).
+    pub free_segments: u64,
+    /// Segments kept for the cleaner and metadata.
+    pub reserved_segments: u64,
+    /// Logical bytes written by clients that are still referenced (sum over volumes).
+    pub referenced: u64,
+    /// Volumes.
+    pub volumes: usize,
+    /// Snapshots.
+    pub snapshots: usize,
+    /// Devices.
+    pub devices: Vec<DeviceStatus>,
+    /// Engine counters.
+    pub counters: BTreeMap<String, u64>,
+    /// The last maintenance error, if any.
+    pub maintenance_error: Option<String>,
+    /// Lineages waiting for garbage collection.
+    pub gc_pending: usize,
+}
+
+fn referenced_blocks(sh: &Shared, cat: &Catalog, v: &VolumeRec) -> u64 {
+    let base = cat.lineages.get(&v.head).map_or(0, |l| l.base_referenced);
+    let d = sh.lineage_delta.lock().get(&v.head).copied().unwrap_or(0);
+    (base + d).max(0) as u64
+}
+
+pub(crate) fn volume_info(sh: &Shared, cat: &Catalog, v: &VolumeRec) -> VolumeInfo {
+    let origin = v.origin.and_then(|s| cat.snapshots.get(&s)).map(|s| {
+        let vn = s
+            .volume
+            .and_then(|x| cat.volumes.get(&x))
+            .map_or("(destroyed)".to_string(), |x| x.name.clone());
+        format!("{vn}@{}", s.name)
+    });
+    VolumeInfo {
+        name: v.name.clone(),
+        pool: sh.name.clone(),
+        guid: format!("{:032x}", v.guid),
+        size: v.size,
+        referenced: referenced_blocks(sh, cat, v) * BLOCK_U64,
+        created: v.created,
+        origin,
+        snapshots: cat.snapshots_of(v.id).len(),
+        based_on: nearest_snapshot(cat, v.id, v.head, v.head_epoch, true).map(|s| s.name.clone()),
+        readonly: v.props.get("readonly").is_some_and(|x| x == "on"),
+        properties: v.props.clone(),
+    }
+}
+
+/// The visible snapshot of `vol` closest below view `(l, e)` in its history
+/// (`inclusive`: a snapshot exactly at `e` counts).
+fn nearest_snapshot(
+    cat: &Catalog,
+    vol: u64,
+    l: u32,
+    e: u64,
+    inclusive: bool,
+) -> Option<&SnapshotRec> {
+    let mut first = true;
+    for step in cat.chain(l, e) {
+        let best = cat
+            .snapshots
+            .values()
+            .filter(|s| s.volume == Some(vol) && !s.hidden && s.lineage == step.lineage)
+            .filter(|s| {
+                if first && !inclusive {
+                    s.epoch < step.epoch
+                } else {
+                    s.epoch <= step.epoch
+                }
+            })
+            .max_by_key(|s| s.epoch);
+        if best.is_some() {
+            return best;
+        }
+        first = false;
+    }
+    None
+}
+
+pub(crate) fn snapshot_infos(cat: &Catalog, v: &VolumeRec) -> Vec<SnapshotInfo> {
+    cat.snapshots_of(v.id)
+        .into_iter()
+        .map(|s| SnapshotInfo {
+            name: s.name.clone(),
+            volume: v.name.clone(),
+            created: s.created,
+            referenced: s.referenced * BLOCK_U64,
+            auto: s.auto,
+            parent: nearest_snapshot(cat, v.id, s.lineage, s.epoch, false).map(|p| p.name.clone()),
+            clones: cat
+                .volumes
+                .values()
+                .filter(|c| c.origin == Some(s.id))
+                .map(|c| c.name.clone())
+                .collect(),
+        })
+        .collect()
+}
+
+pub(crate) fn pool_status(sh: &Shared) -> PoolStatus {
+    let cat = sh.catalog();
+    let (data, meta_segs, free_segs) = {
+        let s = sh.segs.lock();
+        (s.live_total(), s.count(SegState::Meta), s.free_count())
+    };
+    let seg = sh.vdevs.segment_size;
+    let size = sh.vdevs.total_segments() * seg;
+    let metadata = meta_segs * seg;
+    let allocated = data + metadata;
+    let free = size
+        .saturating_sub(allocated)
+        .saturating_sub(sh.reserve_segments * seg);
+    let poisoned = sh.poisoned.lock().clone();
+    let devices = sh
+        .vdevs
+        .devices()
+        .map(|(g, m)| DeviceStatus {
+            path: m.dev.describe(),
+            group: g,
+            state: "ONLINE".into(),
+            size: m.dev.len(),
+            read_errors: m.stats.read_errors.load(Ordering::Relaxed),
+            write_errors: m.stats.write_errors.load(Ordering::Relaxed),
+            checksum_errors: m.stats.checksum_errors.load(Ordering::Relaxed),
+        })
+        .collect();
+    let st = &sh.stats;
+    let counters: BTreeMap<String, u64> = [
+        ("batches", &st.batches),
+        ("bytes_written", &st.bytes_written),
+        ("device_flushes", &st.flushes),
+        ("checkpoints", &st.checkpoints),
+        ("map_flushes", &st.map_flushes),
+        ("compactions", &st.compactions),
+        ("relocated_fragments", &st.relocated),
+        ("cleaned_segments", &st.cleaned_segments),
+        ("checksum_errors", &st.checksum_errors),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.load(Ordering::Relaxed)))
+    .chain([
+        (
+            "map_memtable_bytes".to_string(),
+            sh.map.active_bytes() as u64,
+        ),
+        ("map_cache_bytes".to_string(), sh.map.cache().weight()),
+        (
+            "map_runs".to_string(),
+            sh.map.levels().runs().count() as u64,
+        ),
+    ])
+    .collect();
+    PoolStatus {
+        name: sh.name.clone(),
+        guid: format!("{:032x}", sh.guid),
+        state: if poisoned.is_some() {
+            "SUSPENDED"
+        } else {
+            "ONLINE"
+        }
+        .into(),
+        error: poisoned,
+        segment_size: seg,
+        size,
+        allocated,
+        data,
+        metadata,
+        free,
+        free_segments: free_segs,
+        reserved_segments: sh.reserve_segments,
+        referenced: cat
+            .volumes
+            .values()
+            .map(|v| referenced_blocks(sh, &cat, v))
+            .sum::<u64>()
+            * BLOCK_U64,
+        volumes: cat.volumes.len(),
+        snapshots: cat.snapshots.values().filter(|s| !s.hidden).count(),
+        devices,
+        counters,
+        maintenance_error: sh.maint_status.lock().last_error.clone(),
+        gc_pending: cat.gc_todo.len() + cat.purge_todo.len(),
+    }
+}
+
+/// Who looks at a lineage at some epoch.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Viewer {
+    Head,
+    Snap(u64),
+    Pinned,
+}
+
+pub(crate) fn space_report(sh: &Shared, name: &str) -> Result<SpaceReport> {
+    let cat = sh.catalog();
+    let v = cat.volume_by_name(name)?;
+    let mut rep = SpaceReport {
+        volume: v.name.clone(),
+        size: v.size,
+        referenced: referenced_blocks(sh, &cat, v) * BLOCK_U64,
+        ..SpaceReport::default()
+    };
+    let mut unique: BTreeMap<u64, u64> = BTreeMap::new();
+    let own: Vec<u32> = cat
+        .lineages
+        .values()
+        .filter(|l| l.volume == Some(v.id))
+        .map(|l| l.id)
+        .collect();
+    for l in own {
+        let Some(rec) = cat.lineages.get(&l) else {
+            continue;
+        };
+        let mut viewers: Vec<(u64, Viewer)> = Vec::new();
+        if v.head == l {
+            viewers.push((v.head_epoch, Viewer::Head));
+        }
+        for s in cat.snapshots.values().filter(|s| s.lineage == l) {
+            let pinned = cat
+                .lineages
+                .values()
+                .any(|c| c.parent == Some((l, s.epoch)));
+            viewers.push((
+                s.epoch,
+                if pinned || s.hidden {
+                    Viewer::Pinned
+                } else {
+                    Viewer::Snap(s.id)
+                },
+            ));
+        }
+        for c in cat.lineages.values() {
+            if let Some((p, e)) = c.parent {
+                if p == l && !viewers.iter().any(|(x, _)| *x == e) {
+                    viewers.push((e, Viewer::Pinned));
+                }
+            }
+        }
+        let epochs: Vec<u64> = viewers.iter().map(|(e, _)| *e).collect();
+        let mut lo = Key::lower(l, 0);
+        let hi = Key::lower(l.saturating_add(1), 0);
+        let mut chunk_entries: Vec<(Key, Value)> = Vec::new();
+        let mut flush_chunk = |entries: &mut Vec<(Key, Value)>| {
+            if entries.is_empty() {
+                return;
+            }
+            let c = chunk_start(entries[0].0.lba);
+            let per_view = chunk::views_per_block(entries, c, &epochs, &rec.barriers);
+            for x in 0..crate::layout::CHUNK_BLOCKS as usize {
+                // Which viewers see which entry at this block.
+                let mut seen: BTreeMap<usize, Vec<Viewer>> = BTreeMap::new();
+                for (vi, pv) in per_view.iter().enumerate() {
+                    if let Some(i) = pv[x] {
+                        seen.entry(i).or_default().push(viewers[vi].1);
+                    }
+                }
+                for (i, who) in seen {
+                    if entries[i].1.data().is_none() {
+                        continue;
+                    }
+                    if who.contains(&Viewer::Head) {
+                        rep.used_by_dataset += BLOCK_U64;
+                    } else {
+                        rep.used_by_snapshots += BLOCK_U64;
+                        if let [Viewer::Snap(s)] = who.as_slice() {
+                            *unique.entry(*s).or_insert(0) += BLOCK_U64;
+                        }
+                    }
+                }
+            }
+            entries.clear();
+        };
+        loop {
+            let page = sh.map.scan(lo, hi, 4096)?;
+            for (k, val) in page.entries {
+                if chunk_entries
+                    .first()
+                    .is_some_and(|(f, _)| chunk_start(f.lba) != chunk_start(k.lba))
+                {
+                    flush_chunk(&mut chunk_entries);
+                }
+                chunk_entries.push((k, val));
+            }
+            match page.resume {
+                Some(r) => lo = r,
+                None => break,
+            }
+        }
+        flush_chunk(&mut chunk_entries);
+    }
+    rep.used = rep.used_by_dataset + rep.used_by_snapshots;
+    for s in cat.snapshots_of(v.id) {
+        rep.snapshots
+            .insert(s.name.clone(), unique.get(&s.id).copied().unwrap_or(0));
+    }
+    Ok(rep)
+}
+
+/// Properties a volume accepts.
+pub(crate) fn check_property_key(key: &str) -> Result<()> {
+    match key {
+        "readonly" | "comment" => Ok(()),
+        k if k.contains(':') && k.len() <= 256 => Ok(()), // user property, `module:name`
+        _ => Err(Error::invalid(format!(
+            "unknown or read-only property {key:?} (settable: readonly, comment, user properties like org:name)"
+        ))),
+    }
+}
+
+/// Validate a property assignment.
+pub(crate) fn check_property(key: &str, value: &str) -> Result<()> {
+    check_property_key(key)?;
+    match key {
+        "readonly" if value != "on" && value != "off" => Err(Error::invalid(format!(
+            "readonly must be on or off, not {value:?}"
+        ))),
+        _ if value.len() > 1024 => Err(Error::invalid("property values are limited to 1024 bytes")),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,519 @@
+//! Pools: devices, the writer, maintenance, and the management API.
+//!
+//! ```text
+//!   Pool (handle) ──control ops──▶ writer thread ◀──relocations/flushes── maintenance thread
+//!   Volume (handle) ──data ops──▶      │                                   (flush, compaction,
+//!         │                            ▼                                    cleaner, GC)
+//!         └──reads──▶ map + devices (io threads)
+//! ```
+
+mod check;
+mod ckpt;
+mod gate;
+mod info;
+mod maint;
+mod open;
+mod read;
+pub mod space;
+pub mod vdev;
+pub(crate) mod writer;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::catalog::Catalog;
+use crate::device::{Device, FileDevice};
+use crate::error::{Error, ErrorKind, Result};
+use crate::map::Map;
+
+pub use check::CheckReport;
+pub use info::{DeviceStatus, PoolStatus, SnapshotInfo, SpaceReport, VolumeInfo};
+pub use read::{ReadSeg, Volume};
+
+use gate::ReuseGate;
+use space::SegmentTable;
+use vdev::Vdevs;
+use writer::{Control, DataOp, MaintOp};
+
+/// Runtime settings of an open pool (not stored on disk).
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Memtable budget: the map flushes a run when the active memtable
+    /// reaches this. Default 16 MiB.
+    pub memtable_bytes: usize,
+    /// Map block cache. Default 64 MiB.
+    pub cache_bytes: u64,
+    /// Largest batch written in one device write. Default 2 MiB.
+    pub max_batch_bytes: usize,
+    /// Threads doing device reads for clients. Default 8.
+    pub io_threads: usize,
+    /// Flush the memtable at least this often when it is not empty. Default 30 s.
+    pub flush_interval: Duration,
+    /// Flush the memtable when this much log was written since the last
+    /// flush (bounds recovery time). Default 512 MiB.
+    pub replay_budget: u64,
+    /// Run the maintenance thread (flushes, compaction, cleaner, GC).
+    /// Tests turn it off to drive maintenance by hand.
+    pub background: bool,
+    /// Bound on queued client ops (back-pressure). Default 1024.
+    pub queue_depth: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            memtable_bytes: 16 << 20,
+            cache_bytes: 64 << 20,
+            max_batch_bytes: 2 << 20,
+            io_threads: 8,
+            flush_interval: Duration::from_secs(30),
+            replay_budget: 512 << 20,
+            background: true,
+            queue_depth: 1024,
+        }
+    }
+}
+
+/// Options fixed at pool creation.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// Segment size in bytes (power of two, 1 MiB..1 GiB). Default: 8 MiB,
+    /// larger for big pools so the segment table stays small.
+    pub segment_size: Option<u64>,
+}
+
+/// Counters for status and benchmarks.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Batches written.
+    pub batches: AtomicU64,
+    /// Bytes of batches written.
+    pub bytes_written: AtomicU64,
+    /// Device flushes.
+    pub flushes: AtomicU64,
+    /// Checkpoints written.
+    pub checkpoints: AtomicU64,
+    /// Memtable flushes.
+    pub map_flushes: AtomicU64,
+    /// Compactions.
+    pub compactions: AtomicU64,
+    /// Fragments the cleaner moved.
+    pub relocated: AtomicU64,
+    /// Segments the cleaner processed.
+    pub cleaned_segments: AtomicU64,
+    /// Checksum failures seen by reads.
+    pub checksum_errors: AtomicU64,
+}
+
+/// State shared by every thread of a pool.
+pub(crate) struct Shared {
+    pub guid: u128,
+    pub name: String,
+    pub created: u64,
+    pub vdevs: Arc<Vdevs>,
+    pub paths: Vec<String>,
+    pub map: Map,
+    pub catalog: RwLock<Arc<Catalog>>,
+    pub segs: Mutex<SegmentTable>,
+    pub gate: Arc<ReuseGate>,
+    pub cfg: PoolConfig,
+    pub data_tx: async_channel::Sender<DataOp>,
+    pub maint_tx: async_channel::Sender<MaintOp>,
+    pub poisoned: Mutex<Option<String>>,
+    pub io: read::IoPool,
+    pub stats: Stats,
+    pub lineage_delta: Mutex<BTreeMap<u32, i64>>,
+    pub space_blocked: AtomicBool,
+    pub reserve_segments: u64,
+    pub maint_wake: (Mutex<bool>, Condvar),
+    pub closing: AtomicBool,
+    pub maint_status: Mutex<maint::MaintStatus>,
+    /// Serialises maintenance work between the background thread and callers.
+    pub maint_lock: Mutex<()>,
+}
+
+impl Shared {
+    /// Ask the maintenance thread to look for work now.
+    pub fn wake_maintenance(&self) {
+        let (m, cv) = &self.maint_wake;
+        *m.lock() = true;
+        cv.notify_one();
+    }
+
+    /// Send a control op and wait.
+    fn control(&self, c: Control) -> Result<u64> {
+        let (tx, rx) = futures::channel::oneshot::channel();
+        self.maint_tx
+            .send_blocking(MaintOp::Control(c, tx))
+            .map_err(|_| Error::new(ErrorKind::Shutdown, "pool is closing"))?;
+        futures::executor::block_on(rx)
+            .map_err(|_| Error::new(ErrorKind::Shutdown, "pool is closing"))?
+    }
+
+    fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().clone()
+    }
+}
+
+/// An open pool.
+pub struct Pool {
+    sh: Arc<Shared>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+/// Split `VOL@SNAP` into its parts.
+pub fn split_snapshot(spec: &str) -> (&str, Option<&str>) {
+    match spec.split_once('@') {
+        Some((v, s)) => (v, Some(s)),
+        None => (spec, None),
+    }
+}
+
+impl Pool {
+    /// Create a pool on devices (each device its own group: a stripe).
+    pub fn create(
+        name: &str,
+        devices: Vec<Arc<dyn Device>>,
+        opts: &CreateOptions,
+        cfg: PoolConfig,
+    ) -> Result<Pool> {
+        open::create(name, devices, opts, cfg)
+    }
+
+    /// Create a pool on files or block devices; missing files are created
+    /// sparse at `size` bytes.
+    pub fn create_on_paths(
+        name: &str,
+        paths: &[PathBuf],
+        size: Option<u64>,
+        opts: &CreateOptions,
+        cfg: PoolConfig,
+    ) -> Result<Pool> {
+        let mut devs: Vec<Arc<dyn Device>> = Vec::new();
+        let mut created = Vec::new();
+        for p in paths {
+            let existed = p.exists();
+            let d = match FileDevice::create_sparse(p, size.unwrap_or(0)) {
+                Ok(d) => d,
+                Err(e) => {
+                    for c in &created {
+                        let _ = std::fs::remove_file(c);
+                    }
+                    return Err(e);
+                }
+            };
+            if !existed {
+                created.push(p.clone());
+            }
+            devs.push(Arc::new(d));
+        }
+        let r = Pool::create(name, devs, opts, cfg);
+        if r.is_err() {
+            for c in &created {
+                let _ = std::fs::remove_file(c);
+            }
+        }
+        r
+    }
+
+    /// Import a pool from its devices, recovering after a crash if needed.
+    pub fn open(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<Pool> {
+        open::import(devices, cfg)
+    }
+
+    /// Import a pool from files or block devices.
+    pub fn open_paths(paths: &[PathBuf], cfg: PoolConfig) -> Result<Pool> {
+        let mut devs: Vec<Arc<dyn Device>> = Vec::new();
+        for p in paths {
+            devs.push(Arc::new(FileDevice::open(p)?));
+        }
+        Pool::open(devs, cfg)
+    }
+
+    /// Read the label of a device without importing: `(pool name, pool guid)`.
+    pub fn probe(path: &Path) -> Result<(String, u128)> {
+        open::probe(path)
+    }
+
+    fn from_shared(sh: Arc<Shared>, threads: Vec<std::thread::JoinHandle<()>>) -> Pool {
+        Pool {
+            sh,
+            threads: Mutex::new(threads),
+        }
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.sh.name
+    }
+
+    /// The pool's guid.
+    pub fn guid(&self) -> u128 {
+        self.sh.guid
+    }
+
+    /// Device paths (as given at open).
+    pub fn paths(&self) -> &[String] {
+        &self.sh.paths
+    }
+
+    fn vol_id(&self, name: &str) -> Result<u64> {
+        Ok(self.sh.catalog().volume_by_name(name)?.id)
+    }
+
+    fn snap_id(&self, vol: &str, snap: &str) -> Result<(u64, u64)> {
+        let cat = self.sh.catalog();
+        let v = cat.volume_by_name(vol)?.id;
+        let s = cat.snapshot_by_name(v, snap)?.id;
+        Ok((v, s))
+    }
+
+    /// Create a volume.
+    pub fn create_volume(
+        &self,
+        name: &str,
+        size: u64,
+        props: BTreeMap<String, String>,
+    ) -> Result<VolumeInfo> {
+        for (k, v) in &props {
+            info::check_property(k, v)?;
+        }
+        self.sh.control(Control::CreateVolume {
+            name: name.to_string(),
+            size,
+            props,
+        })?;
+        self.volume_info(name)
+    }
+
+    /// Every volume.
+    pub fn volumes(&self) -> Vec<VolumeInfo> {
+        let cat = self.sh.catalog();
+        let mut v: Vec<VolumeInfo> = cat
+            .volumes
+            .values()
+            .map(|v| info::volume_info(&self.sh, &cat, v))
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// One volume.
+    pub fn volume_info(&self, name: &str) -> Result<VolumeInfo> {
+        let cat = self.sh.catalog();
+        let v = cat.volume_by_name(name)?;
+        Ok(info::volume_info(&self.sh, &cat, v))
+    }
+
+    /// Open a volume (`NAME`) or a snapshot (`NAME@SNAP`, read-only) for I/O.
+    pub fn open_volume(&self, spec: &str) -> Result<Volume> {
+        read::open_volume(&self.sh, spec)
+    }
+
+    /// Resize a volume. Shrinking below the current size needs `force`.
+    pub fn resize_volume(&self, name: &str, size: u64, force: bool) -> Result<()> {
+        let cat = self.sh.catalog();
+        let v = cat.volume_by_name(name)?;
+        if size < v.size && !force {
+            return Err(Error::invalid(format!(
+                "shrinking {name} from {} to {size} bytes discards data beyond the new end; use --force",
+                v.size
+            )));
+        }
+        let id = v.id;
+        drop(cat);
+        self.sh
+            .control(Control::Resize { vol: id, size })
+            .map(|_| ())
+    }
+
+    /// Destroy a volume and its snapshots. Refused while clones depend on it
+    /// unless `force`.
+    pub fn destroy_volume(&self, name: &str, force: bool) -> Result<()> {
+        let id = self.vol_id(name)?;
+        self.sh
+            .control(Control::DestroyVolume { vol: id, force })
+            .map(|_| ())
+    }
+
+    /// Set (Some) or clear (None) a volume property.
+    pub fn set_property(&self, name: &str, key: &str, value: Option<&str>) -> Result<()> {
+        if let Some(v) = value {
+            info::check_property(key, v)?;
+        } else {
+            info::check_property_key(key)?;
+        }
+        let id = self.vol_id(name)?;
+        self.sh
+            .control(Control::SetProp {
+                vol: id,
+                key: key.to_string(),
+                value: value.map(str::to_string),
+            })
+            .map(|_| ())
+    }
+
+    /// Rename a volume.
+    pub fn rename_volume(&self, name: &str, new: &str) -> Result<()> {
+        let id = self.vol_id(name)?;
+        self.sh
+            .control(Control::Rename {
+                vol: id,
+                name: new.to_string(),
+            })
+            .map(|_| ())
+    }
+
+    /// Take a snapshot (O(1); durable when this returns).
+    pub fn snapshot(&self, vol: &str, snap: &str) -> Result<SnapshotInfo> {
+        let id = self.vol_id(vol)?;
+        self.sh.control(Control::Snapshot {
+            vol: id,
+            name: snap.to_string(),
+        })?;
+        self.snapshot_info(vol, snap)
+    }
+
+    fn snapshot_info(&self, vol: &str, snap: &str) -> Result<SnapshotInfo> {
+        self.snapshots(vol)?
+            .into_iter()
+            .find(|s| s.name == snap)
+            .ok_or_else(|| Error::not_found(format!("{vol}@{snap}")))
+    }
+
+    /// A volume's snapshots, oldest first, with their place in the history tree.
+    pub fn snapshots(&self, vol: &str) -> Result<Vec<SnapshotInfo>> {
+        let cat = self.sh.catalog();
+        let v = cat.volume_by_name(vol)?;
+        Ok(info::snapshot_infos(&cat, v))
+    }
+
+    /// Destroy a snapshot (its unique data is freed by the GC).
+    pub fn destroy_snapshot(&self, vol: &str, snap: &str) -> Result<()> {
+        let (_, s) = self.snap_id(vol, snap)?;
+        self.sh
+            .control(Control::DestroySnapshot { snap: s })
+            .map(|_| ())
+    }
+
+    /// Make `vol` equal to `vol@snap`. The previous head is kept as an
+    /// automatic snapshot (returned) unless it was unchanged.
+    pub fn rollback(&self, vol: &str, snap: &str) -> Result<Option<String>> {
+        let (v, s) = self.snap_id(vol, snap)?;
+        let auto = self.sh.control(Control::Rollback { vol: v, snap: s })?;
+        if auto == 0 {
+            return Ok(None);
+        }
+        Ok(self
+            .sh
+            .catalog()
+            .snapshots
+            .get(&auto)
+            .map(|s| s.name.clone()))
+    }
+
+    /// Create a writable clone `new` of `vol@snap`.
+    pub fn clone_snapshot(&self, vol: &str, snap: &str, new: &str) -> Result<VolumeInfo> {
+        let (_, s) = self.snap_id(vol, snap)?;
+        self.sh.control(Control::Clone {
+            snap: s,
+            name: new.to_string(),
+        })?;
+        self.volume_info(new)
+    }
+
+    /// Make a clone independent of its origin by copying the data it still
+    /// shares (a flatten), so the origin can be destroyed.
+    pub fn promote(&self, vol: &str) -> Result<()> {
+        maint::flatten(&self.sh, vol)
+    }
+
+    /// Space used by a volume and its snapshots (scans the volume's map).
+    pub fn space(&self, vol: &str) -> Result<SpaceReport> {
+        info::space_report(&self.sh, vol)
+    }
+
+    /// Pool status.
+    pub fn status(&self) -> PoolStatus {
+        info::pool_status(&self.sh)
+    }
+
+    /// Verify all metadata and data checksums.
+    pub fn check(&self) -> Result<CheckReport> {
+        check::check(&self.sh)
+    }
+
+    /// Flush the memtable and run pending GC and compaction now (for tests
+    /// and `pool status` precision); waits until done.
+    pub fn sync_maintenance(&self) -> Result<()> {
+        maint::run_all(&self.sh, true)
+    }
+
+    /// Run the cleaner on up to `max` segments now (tests, benchmarks).
+    pub fn clean_now(&self, max: usize) -> Result<u64> {
+        maint::clean(&self.sh, max, 1.0)
+    }
+
+    /// The engine counters.
+    pub fn stats(&self) -> &Stats {
+        &self.sh.stats
+    }
+
+    /// Close: flush everything so the next open needs no replay.
+    pub fn close(self) -> Result<()> {
+        self.shutdown(true)
+    }
+
+    /// Stop without the final flush (as close to a crash as a live process
+    /// gets: unflushed writes stay wherever the devices have them).
+    pub fn abandon(self) {
+        let _ = self.shutdown(false);
+    }
+
+    fn shutdown(&self, clean: bool) -> Result<()> {
+        if self.sh.closing.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut result = Ok(());
+        if clean && self.sh.poisoned.lock().is_none() {
+            result = maint::run_all(&self.sh, false);
+            let (tx, rx) = futures::channel::oneshot::channel();
+            if self
+                .sh
+                .maint_tx
+                .send_blocking(MaintOp::Shutdown(tx))
+                .is_ok()
+            {
+                if let Ok(r) = futures::executor::block_on(rx) {
+                    result = result.and(r);
+                }
+            }
+        }
+        self.sh.data_tx.close();
+        self.sh.maint_tx.close();
+        self.sh.wake_maintenance();
+        self.sh.io.close();
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+        result
+    }
+
+    /// Destroy the pool: close it and erase its labels so it can no longer be imported.
+    pub fn destroy(self) -> Result<()> {
+        let vdevs = self.sh.vdevs.clone();
+        self.shutdown(false)?;
+        open::wipe_labels(&vdevs)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let _ = self.shutdown(true);
+    }
+}

@@ -1,0 +1,674 @@
+//! Creating, importing and recovering pools.
+//!
+//! Recovery is not a special mode: import always loads the newest valid
+//! checkpoint and replays the log from its replay point. After a clean
+//! close the log past that point is empty.
+//!
+//! Replay walks each stream's chain of batches (`prev_lsn` + `prev_crc`),
+//! following `next_segment` at segment ends, until a batch does not
+//! continue the chain. Batches from all streams are applied in lsn order
+//! through the writer's own state machine. Payloads of batches written
+//! after the last flush any header vouches for are verified first; records
+//! that fail (torn writes) are skipped: they were never acknowledged as
+//! durable.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use super::ckpt::{self, BlobRef, Checkpoint, ReplayPoint, StreamPos};
+use super::gate::ReuseGate;
+use super::read::IoPool;
+use super::space::{Counters, SegState, SegmentTable};
+use super::vdev::Vdevs;
+use super::writer::{Writer, STREAMS};
+use super::{maint, CreateOptions, Pool, PoolConfig, Shared, Stats};
+use crate::buf::AlignedBuf;
+use crate::catalog::{check_name, Catalog};
+use crate::device::{Device, FileDevice};
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::batch::BatchHeader;
+use crate::format::label::{DeviceLayout, GroupKind, GroupLayout, Label, PoolLayout};
+use crate::format::uberblock::Uberblock;
+use crate::layout::{
+    Paddr, SegId, BLOCK, BLOCK_U64, DATA_START, DEFAULT_SEGMENT_SIZE, LABEL_A_OFFSET,
+    LABEL_B_OFFSET, LABEL_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, UBERBLOCK_RING_OFFSET,
+    UBERBLOCK_SLOTS,
+};
+use crate::map::run::BlockReader;
+use crate::map::Map;
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Reads map blocks from the pool's devices.
+struct MetaReader(Arc<Vdevs>);
+
+impl BlockReader for MetaReader {
+    fn read_meta_block(&self, seg: SegId, offset: u64) -> Result<Vec<u8>> {
+        let mut b = AlignedBuf::zeroed(BLOCK);
+        self.0.read(seg, offset, b.as_mut_slice())?;
+        Ok(b.as_slice().to_vec())
+    }
+}
+
+fn write_raw(dev: &dyn Device, offset: u64, data: &[u8]) -> Result<()> {
+    let mut b = AlignedBuf::zeroed(data.len().div_ceil(BLOCK) * BLOCK);
+    b.as_mut_slice()[..data.len()].copy_from_slice(data);
+    dev.write_at(b.as_slice(), offset)
+        .map_err(|e| Error::io(format!("write to {} failed", dev.describe()), e))
+}
+
+fn read_raw(dev: &dyn Device, offset: u64, len: usize) -> Result<Vec<u8>> {
+    let mut b = AlignedBuf::zeroed(len);
+    dev.read_at(b.as_mut_slice(), offset)
+        .map_err(|e| Error::io(format!("read from {} failed", dev.describe()), e))?;
+    Ok(b.as_slice().to_vec())
+}
+
+/// Default segment size for a pool of `bytes`: 8 MiB, doubled until the
+/// pool has at most 256 Ki segments.
+fn default_segment_size(bytes: u64) -> u64 {
+    let mut s = DEFAULT_SEGMENT_SIZE;
+    while bytes / s > 256 * 1024 && s < MAX_SEGMENT_SIZE {
+        s *= 2;
+    }
+    s
+}
+
+pub(crate) fn create(
+    name: &str,
+    devices: Vec<Arc<dyn Device>>,
+    opts: &CreateOptions,
+    cfg: PoolConfig,
+) -> Result<Pool> {
+    check_name("pool", name)?;
+    if devices.is_empty() {
+        return Err(Error::invalid("a pool needs at least one device"));
+    }
+    let total: u64 = devices.iter().map(|d| d.len()).sum();
+    let seg = opts
+        .segment_size
+        .unwrap_or_else(|| default_segment_size(total));
+    if !seg.is_power_of_two() || !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&seg) {
+        return Err(Error::invalid(format!(
+            "segment size {seg} must be a power of two between 1 MiB and 1 GiB"
+        )));
+    }
+    let mut groups = Vec::new();
+    for d in &devices {
+        let n = Label::segments_for(d.len(), seg);
+        if n < 8 {
+            return Err(Error::invalid(format!(
+                "{} is too small: {} bytes holds {n} segments of {seg} bytes; a device needs at least {} bytes",
+                d.describe(),
+                d.len(),
+                DATA_START + 8 * seg
+            )));
+        }
+        groups.push(GroupLayout {
+            kind: GroupKind::Single,
+            devices: vec![DeviceLayout {
+                guid: rand::random(),
+                path: d.describe(),
+                segments: n,
+            }],
+        });
+    }
+    let layout = PoolLayout {
+        segment_size: seg,
+        groups,
+    };
+    let pool_guid: u128 = rand::random();
+    let created = now_secs();
+    for (g, d) in devices.iter().enumerate() {
+        let label = Label {
+            pool_guid,
+            pool_name: name.to_string(),
+            device_guid: layout.groups[g].devices[0].guid,
+            txg: 1,
+            created,
+            layout: layout.clone(),
+        };
+        let b = label.encode()?;
+        // Erase any old uberblocks first so a previous pool on this device
+        // can never be picked up.
+        write_raw(
+            &**d,
+            UBERBLOCK_RING_OFFSET,
+            &vec![0u8; (UBERBLOCK_SLOTS as usize) * BLOCK],
+        )?;
+        write_raw(&**d, LABEL_A_OFFSET, &b)?;
+        write_raw(&**d, LABEL_B_OFFSET, &b)?;
+        d.flush()
+            .map_err(|e| Error::io(format!("flush of {} failed", d.describe()), e))?;
+    }
+    let vdevs = Arc::new(Vdevs::new(
+        &layout,
+        devices.iter().map(|d| vec![d.clone()]).collect(),
+    ));
+    let sizes: Vec<u32> = vdevs.groups.iter().map(|g| g.segments).collect();
+    let segs = SegmentTable::new(&sizes);
+    let paths = devices.iter().map(|d| d.describe()).collect();
+    let (sh, data_rx, maint_rx) = shared(
+        name,
+        pool_guid,
+        created,
+        vdevs,
+        paths,
+        segs,
+        cfg,
+        Catalog::new(),
+    );
+    // First checkpoint: empty catalog, no runs, all segments free.
+    let log = sh
+        .segs
+        .lock()
+        .alloc(SegState::Meta)
+        .ok_or_else(|| Error::new(ErrorKind::NoSpace, "no segment for the checkpoint log"))?;
+    let counters = Counters {
+        segs: sh.segs.lock().snapshot(),
+        lineage_delta: BTreeMap::new(),
+    };
+    let blob = ckpt::encode_counters(&counters);
+    let cseg = sh
+        .segs
+        .lock()
+        .alloc(SegState::Meta)
+        .ok_or_else(|| Error::new(ErrorKind::NoSpace, "no segment for the counters"))?;
+    ckpt::write_blob(&sh.vdevs, &[cseg], &blob)?;
+    let cref = BlobRef {
+        segments: vec![cseg],
+        len: blob.len() as u64,
+        crc: crc32c::crc32c(&blob),
+    };
+    let replay = ReplayPoint {
+        lsn: 1,
+        streams: vec![StreamPos::default(); STREAMS],
+    };
+    let mut w = Writer::new(
+        sh.clone(),
+        Catalog::new(),
+        vec![StreamPos::default(); STREAMS],
+        1,
+        0,
+        (log, 0),
+        cref,
+        replay,
+        1,
+        BTreeMap::new(),
+    );
+    w.initial_checkpoint()?;
+    tracing::info!(pool = name, segment_size = seg, "created pool");
+    Ok(start(sh, w, data_rx, maint_rx))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn shared(
+    name: &str,
+    guid: u128,
+    created: u64,
+    vdevs: Arc<Vdevs>,
+    paths: Vec<String>,
+    segs: SegmentTable,
+    cfg: PoolConfig,
+    cat: Catalog,
+) -> (
+    Arc<Shared>,
+    async_channel::Receiver<super::writer::DataOp>,
+    async_channel::Receiver<super::writer::MaintOp>,
+) {
+    let (data_tx, data_rx) = async_channel::bounded(cfg.queue_depth.max(1));
+    let (maint_tx, maint_rx) = async_channel::unbounded();
+    let total = vdevs.total_segments();
+    let reserve = (total / 50).max(6).min(total / 2);
+    let map = Map::new(
+        Arc::new(MetaReader(vdevs.clone())),
+        cfg.cache_bytes,
+        vdevs.segment_size,
+    );
+    let io = IoPool::new(cfg.io_threads);
+    let sh = Arc::new(Shared {
+        guid,
+        name: name.to_string(),
+        created,
+        vdevs,
+        paths,
+        map,
+        catalog: RwLock::new(Arc::new(cat)),
+        segs: Mutex::new(segs),
+        gate: Arc::new(ReuseGate::default()),
+        cfg,
+        data_tx,
+        maint_tx,
+        poisoned: Mutex::new(None),
+        io,
+        stats: Stats::default(),
+        lineage_delta: Mutex::new(BTreeMap::new()),
+        space_blocked: AtomicBool::new(false),
+        reserve_segments: reserve,
+        maint_wake: (Mutex::new(false), Condvar::new()),
+        closing: AtomicBool::new(false),
+        maint_status: Mutex::new(maint::MaintStatus::default()),
+        maint_lock: Mutex::new(()),
+    });
+    (sh, data_rx, maint_rx)
+}
+
+fn start(
+    sh: Arc<Shared>,
+    w: Writer,
+    data_rx: async_channel::Receiver<super::writer::DataOp>,
+    maint_rx: async_channel::Receiver<super::writer::MaintOp>,
+) -> Pool {
+    let mut threads = Vec::new();
+    let name = sh.name.clone();
+    match std::thread::Builder::new()
+        .name(format!("ev-writer-{name}"))
+        .spawn(move || w.run(data_rx, maint_rx))
+    {
+        Ok(t) => threads.push(t),
+        Err(e) => tracing::error!(error = %e, "cannot start the writer thread"),
+    }
+    if sh.cfg.background {
+        let s2 = sh.clone();
+        match std::thread::Builder::new()
+            .name(format!("ev-maint-{name}"))
+            .spawn(move || maint::run(s2))
+        {
+            Ok(t) => threads.push(t),
+            Err(e) => tracing::error!(error = %e, "cannot start the maintenance thread"),
+        }
+    }
+    Pool::from_shared(sh, threads)
+}
+
+/// Read both labels of a device; the valid one with the higher txg.
+fn read_label(dev: &dyn Device) -> Result<Label> {
+    let mut best: Option<Label> = None;
+    let mut last_err = None;
+    for off in [LABEL_A_OFFSET, LABEL_B_OFFSET] {
+        if dev.len() < off + LABEL_SIZE {
+            continue;
+        }
+        match read_raw(dev, off, LABEL_SIZE as usize)
+            .and_then(|b| Label::decode(&b).map_err(Error::from))
+        {
+            Ok(l) => {
+                if best.as_ref().is_none_or(|b| l.txg > b.txg) {
+                    best = Some(l);
+                }
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    best.ok_or_else(|| {
+        let what = last_err.map(|e| e.to_string()).unwrap_or_default();
+        Error::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "{} is not an edgevol pool device (no valid label: {what})",
+                dev.describe()
+            ),
+        )
+    })
+}
+
+pub(crate) fn probe(path: &Path) -> Result<(String, u128)> {
+    let d = FileDevice::open(path)?;
+    let l = read_label(&d)?;
+    Ok((l.pool_name, l.pool_guid))
+}
+
+pub(crate) fn wipe_labels(vdevs: &Vdevs) -> Result<()> {
+    let zero = vec![0u8; LABEL_SIZE as usize];
+    for (_, m) in vdevs.devices() {
+        write_raw(&*m.dev, LABEL_A_OFFSET, &zero)?;
+        write_raw(&*m.dev, LABEL_B_OFFSET, &zero)?;
+        write_raw(
+            &*m.dev,
+            UBERBLOCK_RING_OFFSET,
+            &vec![0u8; UBERBLOCK_SLOTS as usize * BLOCK],
+        )?;
+        m.dev
+            .flush()
+            .map_err(|e| Error::io(format!("flush of {} failed", m.dev.describe()), e))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<Pool> {
+    if devices.is_empty() {
+        return Err(Error::invalid("no devices given"));
+    }
+    let mut labels = Vec::new();
+    for d in &devices {
+        labels.push(read_label(&**d)?);
+    }
+    let guid = labels[0].pool_guid;
+    if let Some(i) = labels.iter().position(|l| l.pool_guid != guid) {
+        return Err(Error::invalid(format!(
+            "{} belongs to pool {:?}, not {:?}",
+            devices[i].describe(),
+            labels[i].pool_name,
+            labels[0].pool_name
+        )));
+    }
+    let newest = labels
+        .iter()
+        .max_by_key(|l| l.txg)
+        .cloned()
+        .ok_or_else(|| Error::invalid("no labels"))?;
+    let layout = newest.layout.clone();
+    // Match devices to layout positions by guid.
+    let mut by_guid: BTreeMap<u128, Arc<dyn Device>> = BTreeMap::new();
+    for (d, l) in devices.iter().zip(&labels) {
+        by_guid.insert(l.device_guid, d.clone());
+    }
+    let mut groups = Vec::new();
+    for g in &layout.groups {
+        let mut members = Vec::new();
+        for dl in &g.devices {
+            let d = by_guid.get(&dl.guid).cloned().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "pool {:?} is missing device {} (last seen at {})",
+                        newest.pool_name, dl.guid, dl.path
+                    ),
+                )
+            })?;
+            if Label::segments_for(d.len(), layout.segment_size) < dl.segments {
+                return Err(Error::corrupt(format!(
+                    "{} is smaller than when it joined pool {:?} (truncated?)",
+                    d.describe(),
+                    newest.pool_name
+                )));
+            }
+            members.push(d);
+        }
+        groups.push(members);
+    }
+    let paths = groups.iter().flatten().map(|d| d.describe()).collect();
+    let vdevs = Arc::new(Vdevs::new(&layout, groups));
+    let (ub, ck) = newest_checkpoint(&vdevs, guid)?;
+    tracing::info!(pool = %newest.pool_name, seq = ub.seq, "importing pool");
+    let counters = ckpt::decode_counters(&ckpt::read_blob(&vdevs, &ck.counters)?)?;
+    let sizes: Vec<u32> = vdevs.groups.iter().map(|g| g.segments).collect();
+    let mut segs = SegmentTable::from_counters(&sizes, &counters);
+    // Metadata ownership comes from the checkpoint, not the counters.
+    let meta: Vec<SegId> = segs
+        .iter()
+        .filter(|(_, s)| s.state == SegState::Meta)
+        .map(|(id, _)| id)
+        .collect();
+    for s in meta {
+        segs.release(s);
+    }
+    for r in ck.manifest.runs() {
+        for s in &r.segments {
+            segs.claim(*s, SegState::Meta);
+        }
+    }
+    for s in &ck.counters.segments {
+        segs.claim(*s, SegState::Meta);
+    }
+    segs.claim(ck.log_segment, SegState::Meta);
+    for p in &ck.replay.streams {
+        for s in [p.seg, p.next].into_iter().flatten() {
+            segs.claim(s, SegState::Data);
+        }
+    }
+    segs.rebuild_free();
+    let (sh, data_rx, maint_rx) = shared(
+        &newest.pool_name,
+        guid,
+        newest.created,
+        vdevs,
+        paths,
+        segs,
+        cfg,
+        ck.catalog.clone(),
+    );
+    sh.map.load(&ck.manifest)?;
+    *sh.lineage_delta.lock() = counters.lineage_delta.clone();
+    let ckpt_log = (ck.log_segment, ub.ckpt.offset + ub.ckpt_len);
+    let mut w = Writer::new(
+        sh.clone(),
+        ck.catalog.clone(),
+        ck.replay.streams.clone(),
+        ck.next_lsn.max(ck.replay.lsn),
+        ub.seq,
+        ckpt_log,
+        ck.counters.clone(),
+        ck.replay.clone(),
+        ck.next_run_id,
+        counters.lineage_delta,
+    );
+    let replayed = replay(&sh, &mut w, &ck)?;
+    w.finish_replay()?;
+    if replayed > 0 {
+        tracing::info!(pool = %sh.name, batches = replayed, "recovered from the log");
+    }
+    Ok(start(sh, w, data_rx, maint_rx))
+}
+
+/// The newest uberblock whose checkpoint reads back intact.
+fn newest_checkpoint(vdevs: &Vdevs, guid: u128) -> Result<(Uberblock, Checkpoint)> {
+    let mut ubs = Vec::new();
+    for (_, m) in vdevs.devices() {
+        let ring = match read_raw(
+            &*m.dev,
+            UBERBLOCK_RING_OFFSET,
+            UBERBLOCK_SLOTS as usize * BLOCK,
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(device = %m.dev.describe(), error = %e, "cannot read uberblocks");
+                continue;
+            }
+        };
+        for slot in ring.chunks(BLOCK) {
+            if let Ok(u) = Uberblock::decode(slot) {
+                if u.pool_guid == guid {
+                    ubs.push(u);
+                }
+            }
+        }
+    }
+    ubs.sort_by(|a, b| b.seq.cmp(&a.seq));
+    ubs.dedup_by_key(|u| u.seq);
+    let mut last_err = Error::corrupt("no valid uberblock found");
+    for u in ubs {
+        let r = (|| {
+            let mut buf = vec![0u8; u.ckpt_len as usize];
+            ckpt::read_aligned(vdevs, u.ckpt.seg, u64::from(u.ckpt.offset), &mut buf)?;
+            if crc32c::crc32c(&buf) != u.ckpt_crc {
+                return Err(Error::corrupt(format!(
+                    "checkpoint {} fails its checksum",
+                    u.seq
+                )));
+            }
+            let ck = ckpt::decode_checkpoint(&buf)?;
+            if ck.seq != u.seq {
+                return Err(Error::corrupt(format!(
+                    "checkpoint {} has sequence {}",
+                    u.seq, ck.seq
+                )));
+            }
+            Ok(ck)
+        })();
+        match r {
+            Ok(ck) => return Ok((u, ck)),
+            Err(e) => {
+                tracing::warn!(seq = u.seq, error = %e, "skipping a damaged checkpoint");
+                last_err = e;
+            }
+        }
+    }
+    Err(last_err)
+}
+
+/// A batch found while walking a stream.
+struct Found {
+    header: BatchHeader,
+    at: Paddr,
+    crc: u32,
+}
+
+/// Try to read a batch at `(seg, off)` that continues a chain.
+fn read_batch(
+    vdevs: &Vdevs,
+    guid: u128,
+    stream: u8,
+    seg: SegId,
+    off: u32,
+    prev_lsn: u64,
+    prev_crc: u32,
+) -> Option<Found> {
+    let seg_size = vdevs.segment_size;
+    if u64::from(off) + BLOCK_U64 > seg_size {
+        return None;
+    }
+    let mut first = AlignedBuf::zeroed(BLOCK);
+    vdevs.read(seg, u64::from(off), first.as_mut_slice()).ok()?;
+    let hlen = BatchHeader::peek_header_len(first.as_slice()).ok()?;
+    let hbytes = hlen.div_ceil(BLOCK) * BLOCK;
+    if u64::from(off) + hbytes as u64 > seg_size {
+        return None;
+    }
+    let buf = if hbytes > BLOCK {
+        let mut b = AlignedBuf::zeroed(hbytes);
+        vdevs.read(seg, u64::from(off), b.as_mut_slice()).ok()?;
+        b
+    } else {
+        first
+    };
+    let h = BatchHeader::decode(buf.as_slice()).ok()?;
+    let chained = h.pool_guid == guid
+        && h.stream == stream
+        && h.segment == seg
+        && h.prev_lsn == prev_lsn
+        && h.prev_crc == prev_crc
+        && h.lsn > prev_lsn
+        && u64::from(off) + u64::from(h.total_len) <= seg_size;
+    if !chained {
+        return None;
+    }
+    let crc = BatchHeader::crc_of_encoded(buf.as_slice());
+    Some(Found {
+        header: h,
+        at: Paddr::new(seg, off),
+        crc,
+    })
+}
+
+/// Walk one stream's chain from its replay position.
+fn walk(vdevs: &Vdevs, guid: u128, stream: u8, pos: &StreamPos) -> Vec<Found> {
+    let mut out = Vec::new();
+    let Some(mut seg) = pos.seg else { return out };
+    let mut off = pos.off;
+    let mut next = pos.next;
+    let (mut prev_lsn, mut prev_crc) = (pos.prev_lsn, pos.prev_crc);
+    loop {
+        let found = read_batch(vdevs, guid, stream, seg, off, prev_lsn, prev_crc).or_else(|| {
+            let n = next?;
+            read_batch(vdevs, guid, stream, n, 0, prev_lsn, prev_crc)
+        });
+        let Some(f) = found else { break };
+        seg = f.header.segment;
+        off = f.at.offset + f.header.total_len;
+        next = Some(f.header.next_segment);
+        prev_lsn = f.header.lsn;
+        prev_crc = f.crc;
+        out.push(f);
+    }
+    out
+}
+
+/// Which entries of a batch have intact payloads.
+fn verify_payloads(vdevs: &Vdevs, f: &Found) -> Vec<bool> {
+    let mut buf = AlignedBuf::zeroed(f.header.total_len as usize);
+    if vdevs
+        .read(f.at.seg, u64::from(f.at.offset), buf.as_mut_slice())
+        .is_err()
+    {
+        return vec![false; f.header.entries.len()];
+    }
+    let b = buf.as_slice();
+    f.header
+        .entries
+        .iter()
+        .map(|e| {
+            if e.stored_len == 0 {
+                return true;
+            }
+            let s = e.payload_off as usize;
+            let Some(p) = b.get(s..s + e.stored_len as usize) else {
+                return false;
+            };
+            if e.comp == 0 {
+                p.chunks(BLOCK)
+                    .zip(&e.csums)
+                    .all(|(blk, c)| crc32c::crc32c(blk) == *c)
+            } else {
+                e.csums.first().is_some_and(|c| crc32c::crc32c(p) == *c)
+            }
+        })
+        .collect()
+}
+
+fn replay(sh: &Arc<Shared>, w: &mut Writer, ck: &Checkpoint) -> Result<usize> {
+    let mut all: Vec<Found> = Vec::new();
+    for (i, pos) in ck.replay.streams.iter().enumerate() {
+        all.extend(walk(&sh.vdevs, sh.guid, i as u8, pos));
+    }
+    all.retain(|f| f.header.lsn >= ck.replay.lsn);
+    all.sort_by_key(|f| f.header.lsn);
+    let flushed = all.iter().map(|f| f.header.flushed_lsn).max().unwrap_or(0);
+    let n = all.len();
+    for f in &all {
+        let valid = if f.header.lsn <= flushed {
+            vec![true; f.header.entries.len()]
+        } else {
+            verify_payloads(&sh.vdevs, f)
+        };
+        let skipped = valid.iter().filter(|v| !**v).count();
+        if skipped > 0 {
+            tracing::warn!(
+                lsn = f.header.lsn,
+                skipped,
+                "skipping torn records written after the last flush"
+            );
+        }
+        w.replay_batch(&f.header, f.at, &valid, f.crc)?;
+    }
+    Ok(n)
+}
+
+impl Writer {
+    /// After replay: make what was replayed durable, then continue safely
+    /// past any lsn a lost tail might have used.
+    pub(crate) fn finish_replay(&mut self) -> Result<()> {
+        self.sh.vdevs.flush_all()?;
+        self.next_lsn += 1 << 20;
+        self.flushed_lsn = self.next_lsn - 1;
+        *self.sh.catalog.write() = Arc::new(self.cat.clone());
+        *self.sh.lineage_delta.lock() = self.lineage_delta.clone();
+        Ok(())
+    }
+
+    /// The first checkpoint of a new pool.
+    pub(crate) fn initial_checkpoint(&mut self) -> Result<()> {
+        let cat = self.cat.clone();
+        self.write_checkpoint_pub(&cat)?;
+        *self.sh.catalog.write() = Arc::new(cat);
+        Ok(())
+    }
+}

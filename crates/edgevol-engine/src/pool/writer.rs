@@ -1,0 +1,1604 @@
+//! The writer thread: the only mutator of a pool's state.
+//!
+//! ```text
+//!  clients ──data ops (bounded)──┐
+//!                                ├──▶ writer thread ──▶ batches ──▶ devices
+//!  maintenance ──maint ops───────┘        │
+//!                                         ├─▶ map (memtable)  ├─▶ segment table
+//!                                         └─▶ catalog + checkpoints
+//! ```
+//!
+//! One round: take every op that is ready, pack client writes into batches
+//! (one device write each), write them, apply their map changes in lsn
+//! order, flush the devices once if any op asked for durability (group
+//! commit), then acknowledge. A write is acknowledged only after its batch
+//! is on the device and the map points at it; it is durable after a flush.
+//!
+//! The same `apply_entry` code runs in replay, so a recovered pool reaches
+//! exactly the state the running pool had for every batch that survived.
+//!
+//! When no segment is free for client data, the writer stops taking client
+//! ops (they wait, back-pressure) but keeps serving maintenance ops: the
+//! cleaner's relocations and the flushes that free segments. Client writes
+//! fail with ENOSPC only when live data has reached the usable capacity.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+
+use crate::buf::AlignedBuf;
+use crate::catalog::{Catalog, Effects, ViewStep};
+use crate::chunk::{self, ChunkChanges, NewValue};
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::batch::{BatchHeader, EntryKind, LogEntry, FLAG_ZERO_ALLOC};
+use crate::format::uberblock::Uberblock;
+use crate::layout::{chunk_start, Paddr, SegId, BLOCK, BLOCK_U64, CHUNK_BLOCKS};
+use crate::map::run::{Run, RunMeta};
+use crate::map::{DataRef, Key, Levels, Memtable, Value};
+
+use super::ckpt::{self, BlobRef, Checkpoint, ReplayPoint, StreamPos};
+use super::space::{Counters, SegState};
+use super::Shared;
+
+/// Completion of an op.
+pub(crate) type Done<T> = oneshot::Sender<Result<T>>;
+
+/// Stream numbers.
+pub(crate) const STREAM_DATA: usize = 0;
+pub(crate) const STREAM_CLEANER: usize = 1;
+pub(crate) const STREAMS: usize = 2;
+
+/// How a discard leaves the range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DiscardMode {
+    /// Deallocate (TRIM, or WRITE_ZEROES without NO_HOLE).
+    Trim,
+    /// Zeroes that stay allocated (WRITE_ZEROES with NO_HOLE).
+    ZeroAlloc,
+}
+
+/// Client data ops.
+pub(crate) enum DataOp {
+    Write {
+        vol: u64,
+        lba: u64,
+        data: Bytes,
+        fua: bool,
+        done: Done<()>,
+    },
+    Discard {
+        vol: u64,
+        lba: u64,
+        nblocks: u64,
+        mode: DiscardMode,
+        fua: bool,
+        done: Done<()>,
+    },
+    Flush {
+        done: Done<()>,
+    },
+}
+
+/// Catalog changes.
+#[derive(Debug, Clone)]
+pub(crate) enum Control {
+    CreateVolume {
+        name: String,
+        size: u64,
+        props: BTreeMap<String, String>,
+    },
+    Snapshot {
+        vol: u64,
+        name: String,
+    },
+    Rollback {
+        vol: u64,
+        snap: u64,
+    },
+    Clone {
+        snap: u64,
+        name: String,
+    },
+    DestroySnapshot {
+        snap: u64,
+    },
+    DestroyVolume {
+        vol: u64,
+        force: bool,
+    },
+    Resize {
+        vol: u64,
+        size: u64,
+    },
+    SetProp {
+        vol: u64,
+        key: String,
+        value: Option<String>,
+    },
+    Rename {
+        vol: u64,
+        name: String,
+    },
+    BumpEpoch {
+        vol: u64,
+    },
+    Detach {
+        vol: u64,
+    },
+}
+
+/// A fragment the cleaner moves.
+pub(crate) struct RelocItem {
+    pub key: Key,
+    pub old: Paddr,
+    pub old_rec_off: u8,
+    pub nblocks: u8,
+    pub comp: u8,
+    pub data: Bytes,
+    pub csums: Vec<u32>,
+}
+
+/// Maintenance ops.
+pub(crate) enum MaintOp {
+    Control(Control, Done<u64>),
+    Relocate(Vec<RelocItem>, Done<u64>),
+    Copy {
+        vol: u64,
+        lineage: u32,
+        base: u64,
+        lba: u64,
+        data: Bytes,
+        done: Done<()>,
+    },
+    Gc {
+        lineage: u32,
+        chunks: Vec<u64>,
+        done: Done<()>,
+    },
+    GcDone {
+        lineage: u32,
+    },
+    Rotate(Done<Option<Arc<Memtable>>>),
+    InstallFlush(Arc<Run>, Done<()>),
+    InstallCompaction {
+        levels: Levels,
+        dropped: Vec<RunMeta>,
+        done: Done<()>,
+    },
+    AllocMeta(usize, Done<(Vec<SegId>, u64)>),
+    ReleaseMeta(Vec<SegId>),
+    Checkpoint(Done<()>),
+    Shutdown(Done<()>),
+}
+
+/// A batch being built for one stream.
+struct Batch {
+    entries: Vec<LogEntry>,
+    /// Header reserve (`hdr_blocks` blocks) followed by payload.
+    buf: AlignedBuf,
+    hdr_blocks: usize,
+    payload: usize,
+    header_len: usize,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        let mut buf = AlignedBuf::zeroed(256 * 1024);
+        buf.resize(BLOCK);
+        Batch {
+            entries: Vec::new(),
+            buf,
+            hdr_blocks: 1,
+            payload: 0,
+            header_len: crate::format::batch::FIXED_LEN,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn entry_len(csums: usize, reloc: bool) -> usize {
+        40 + 4 * csums + if reloc { 16 } else { 0 }
+    }
+
+    /// Total bytes if an entry of `elen` with `plen` payload bytes were added.
+    fn total_with(&self, elen: usize, plen: usize) -> usize {
+        let hb = (self.header_len + elen).div_ceil(BLOCK);
+        hb * BLOCK + self.payload + plen
+    }
+
+    fn push(&mut self, mut e: LogEntry, data: Option<&[u8]>) {
+        let elen = Self::entry_len(e.csums.len(), e.reloc_from.is_some());
+        let hb = (self.header_len + elen).div_ceil(BLOCK);
+        if hb > self.hdr_blocks {
+            // Make room for a bigger header: shift the payload right.
+            let grow = (hb - self.hdr_blocks) * BLOCK;
+            let old_total = self.hdr_blocks * BLOCK + self.payload;
+            self.buf.resize(old_total + grow);
+            let start = self.hdr_blocks * BLOCK;
+            self.buf
+                .as_mut_slice()
+                .copy_within(start..old_total, start + grow);
+            self.hdr_blocks = hb;
+        }
+        self.header_len += elen;
+        if let Some(d) = data {
+            let at = self.hdr_blocks * BLOCK + self.payload;
+            self.buf.resize(at + d.len());
+            self.buf.as_mut_slice()[at..at + d.len()].copy_from_slice(d);
+            e.payload_off = self.payload as u32; // relative; fixed up when written
+            self.payload += d.len();
+        }
+        self.entries.push(e);
+    }
+
+    fn total(&self) -> usize {
+        self.hdr_blocks * BLOCK + self.payload
+    }
+}
+
+/// A client op in progress: how far it got into batches.
+struct Job {
+    op: DataOp,
+    /// Blocks already batched.
+    progress: u64,
+}
+
+/// Where a round's acknowledgements go.
+#[derive(Default)]
+struct Round {
+    waiters: Vec<(Done<()>, bool)>,
+    sync: bool,
+}
+
+/// State captured when the memtable is frozen: what the persisted state will
+/// be once its run is installed.
+struct Rotation {
+    replay: ReplayPoint,
+    counters: Counters,
+    number: u64,
+}
+
+/// The writer.
+pub(crate) struct Writer {
+    pub(crate) sh: Arc<Shared>,
+    pub(crate) cat: Catalog,
+    pub(crate) streams: Vec<StreamPos>,
+    batches: Vec<Batch>,
+    pub(crate) next_lsn: u64,
+    pub(crate) flushed_lsn: u64,
+    last_written_lsn: u64,
+    pub(crate) ckpt_seq: u64,
+    pub(crate) ckpt_log: (SegId, u32),
+    pub(crate) counters_ref: BlobRef,
+    pub(crate) replay: ReplayPoint,
+    pub(crate) next_run_id: u64,
+    pub(crate) lineage_delta: BTreeMap<u32, i64>,
+    rotation: Option<Rotation>,
+    rotations: u64,
+    gc_done: Vec<(u32, u64)>,
+    poisoned: Option<String>,
+    /// Bytes of live data added by batched, not yet applied records.
+    pending_bytes: u64,
+    /// Bytes of log written since the persisted replay point.
+    pub(crate) log_since_replay: u64,
+    stalled: VecDeque<Job>,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn complete<T>(done: Done<T>, r: Result<T>) {
+    // The receiver may have gone away (client disconnected): nothing to do.
+    let _ = done.send(r);
+}
+
+impl Writer {
+    /// A writer over loaded state (see `open.rs`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        sh: Arc<Shared>,
+        cat: Catalog,
+        streams: Vec<StreamPos>,
+        next_lsn: u64,
+        ckpt_seq: u64,
+        ckpt_log: (SegId, u32),
+        counters_ref: BlobRef,
+        replay: ReplayPoint,
+        next_run_id: u64,
+        lineage_delta: BTreeMap<u32, i64>,
+    ) -> Writer {
+        Writer {
+            sh,
+            cat,
+            streams,
+            batches: (0..STREAMS).map(|_| Batch::new()).collect(),
+            next_lsn,
+            flushed_lsn: next_lsn.saturating_sub(1),
+            last_written_lsn: next_lsn.saturating_sub(1),
+            ckpt_seq,
+            ckpt_log,
+            counters_ref,
+            replay,
+            next_run_id,
+            lineage_delta,
+            rotation: None,
+            rotations: 0,
+            gc_done: Vec::new(),
+            poisoned: None,
+            pending_bytes: 0,
+            log_since_replay: 0,
+            stalled: VecDeque::new(),
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // The loop
+
+    /// Run until shutdown.
+    pub(crate) fn run(
+        mut self,
+        data_rx: async_channel::Receiver<DataOp>,
+        maint_rx: async_channel::Receiver<MaintOp>,
+    ) {
+        self.publish();
+        loop {
+            let mut round = Round::default();
+            // Wait for something to do.
+            let first = if self.can_take_data() && !self.stalled.is_empty() {
+                None
+            } else if self.can_take_data() {
+                match futures::executor::block_on(next_op(&data_rx, &maint_rx)) {
+                    Some(w) => Some(w),
+                    None => return, // both channels closed
+                }
+            } else {
+                match maint_rx.recv_blocking() {
+                    Ok(m) => Some(Work::Maint(m)),
+                    Err(_) => return,
+                }
+            };
+            let mut exit = false;
+            if let Some(w) = first {
+                exit |= self.handle(w, &mut round);
+            }
+            // Take whatever else is ready, maintenance first.
+            let mut budget = 4096usize;
+            while budget > 0 && !exit {
+                budget -= 1;
+                if let Ok(m) = maint_rx.try_recv() {
+                    exit |= self.handle(Work::Maint(m), &mut round);
+                    continue;
+                }
+                if !self.can_take_data() {
+                    break;
+                }
+                if let Some(job) = self.stalled.pop_front() {
+                    self.run_job(job, &mut round);
+                    continue;
+                }
+                match data_rx.try_recv() {
+                    Ok(d) => exit |= self.handle(Work::Data(d), &mut round),
+                    Err(_) => break,
+                }
+            }
+            self.finish_round(round);
+            let blocked = !self.can_take_data();
+            self.sh.space_blocked.store(blocked, Ordering::Relaxed);
+            if exit {
+                return;
+            }
+        }
+    }
+
+    fn can_take_data(&mut self) -> bool {
+        if self.stalled.is_empty() {
+            return true;
+        }
+        // A stalled job waits for a segment; retry when one may be free.
+        self.refill_next(STREAM_DATA);
+        self.streams[STREAM_DATA].next.is_some()
+    }
+
+    /// Handle one op. Returns true on shutdown.
+    fn handle(&mut self, w: Work, round: &mut Round) -> bool {
+        match w {
+            Work::Data(op) => {
+                self.run_job(Job { op, progress: 0 }, round);
+                false
+            }
+            Work::Maint(m) => {
+                // Everything batched so far is written and applied first, so
+                // maintenance and control ops see all earlier writes.
+                self.write_all_batches(round);
+                self.maint(m, round)
+            }
+        }
+    }
+
+    fn finish_round(&mut self, round: Round) {
+        self.write_all_batches_final();
+        let mut sync_err = None;
+        if round.sync && self.poisoned.is_none() {
+            if let Err(e) = self.sync_devices() {
+                sync_err = Some(e);
+            }
+        }
+        for (done, needs_sync) in round.waiters {
+            let r = match (&self.poisoned, needs_sync, &sync_err) {
+                (Some(p), _, _) => Err(Error::new(ErrorKind::Poisoned, p.clone())),
+                (None, true, Some(e)) => Err(e.duplicate()),
+                _ => Ok(()),
+            };
+            complete(done, r);
+        }
+    }
+
+    fn write_all_batches(&mut self, _round: &mut Round) {
+        self.write_all_batches_final();
+    }
+
+    fn write_all_batches_final(&mut self) {
+        for s in 0..STREAMS {
+            if !self.batches[s].is_empty() {
+                if let Err(e) = self.write_batch(s) {
+                    self.poison(&e);
+                }
+            }
+        }
+    }
+
+    fn sync_devices(&mut self) -> Result<()> {
+        if self.flushed_lsn >= self.last_written_lsn {
+            // Nothing written since the last flush: still flush, a client
+            // may rely on writes acknowledged by another pool user.
+        }
+        let r = self.sh.vdevs.flush_all();
+        match &r {
+            Ok(()) => self.flushed_lsn = self.last_written_lsn,
+            Err(e) => self.poison(e),
+        }
+        self.sh.stats.flushes.fetch_add(1, Ordering::Relaxed);
+        r
+    }
+
+    fn poison(&mut self, e: &Error) {
+        if self.poisoned.is_none() {
+            tracing::error!(pool = %self.sh.name, error = %e, "pool stopped accepting writes after an I/O failure");
+            let msg = format!(
+                "pool {} stopped accepting writes after an earlier failure: {e}",
+                self.sh.name
+            );
+            self.poisoned = Some(msg.clone());
+            *self.sh.poisoned.lock() = Some(msg);
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // Client ops
+
+    fn run_job(&mut self, mut job: Job, round: &mut Round) {
+        if let Some(p) = &self.poisoned {
+            let err = Error::new(ErrorKind::Poisoned, p.clone());
+            match job.op {
+                DataOp::Write { done, .. }
+                | DataOp::Discard { done, .. }
+                | DataOp::Flush { done } => complete(done, Err(err)),
+            }
+            return;
+        }
+        match &job.op {
+            DataOp::Flush { .. } => {
+                round.sync = true;
+                if let DataOp::Flush { done } = job.op {
+                    round.waiters.push((done, true));
+                }
+            }
+            DataOp::Write {
+                vol,
+                lba,
+                data,
+                fua,
+                ..
+            } => {
+                let (vol, lba, fua) = (*vol, *lba, *fua);
+                let data = data.clone();
+                let nblocks = (data.len() / BLOCK) as u64;
+                if job.progress == 0 {
+                    if let Err(e) = self.admit(vol, lba, nblocks, true) {
+                        return fail(job.op, e);
+                    }
+                }
+                match self.enqueue_write(vol, lba, &data, &mut job.progress) {
+                    Ok(true) => {
+                        round.sync |= fua;
+                        if let DataOp::Write { done, .. } = job.op {
+                            round.waiters.push((done, fua));
+                        }
+                    }
+                    Ok(false) => self.stalled.push_back(job),
+                    Err(e) => fail(job.op, e),
+                }
+            }
+            DataOp::Discard {
+                vol,
+                lba,
+                nblocks,
+                mode,
+                fua,
+                ..
+            } => {
+                let (vol, lba, nblocks, mode, fua) = (*vol, *lba, *nblocks, *mode, *fua);
+                if let Err(e) = self.admit(vol, lba, nblocks, false) {
+                    return fail(job.op, e);
+                }
+                match self.enqueue_discard(vol, lba, nblocks, mode) {
+                    Ok(true) => {
+                        round.sync |= fua;
+                        if let DataOp::Discard { done, .. } = job.op {
+                            round.waiters.push((done, fua));
+                        }
+                    }
+                    Ok(false) => self.stalled.push_back(job),
+                    Err(e) => fail(job.op, e),
+                }
+            }
+        }
+    }
+
+    fn usable_bytes(&self) -> u64 {
+        let segs = self.sh.segs.lock();
+        let total = self.sh.vdevs.total_segments();
+        let meta = segs.count(SegState::Meta);
+        let usable = total.saturating_sub(self.sh.reserve_segments + meta);
+        usable * self.sh.vdevs.segment_size
+    }
+
+    /// Check a client op against the catalog and, for writes, the space.
+    fn admit(&self, vol: u64, lba: u64, nblocks: u64, is_write: bool) -> Result<()> {
+        let v = self.cat.volume(vol)?;
+        if v.props.get("readonly").is_some_and(|x| x == "on") {
+            return Err(Error::new(
+                ErrorKind::ReadOnly,
+                format!("volume {} is read-only", v.name),
+            ));
+        }
+        let end = lba
+            .checked_add(nblocks)
+            .ok_or_else(|| Error::invalid("range overflows"))?;
+        if end > v.size / BLOCK_U64 {
+            return Err(Error::invalid(format!(
+                "blocks {lba}..{end} are beyond the end of volume {} ({} bytes)",
+                v.name, v.size
+            )));
+        }
+        if is_write {
+            let live = self.sh.segs.lock().live_total();
+            let incoming = nblocks * BLOCK_U64;
+            if live + self.pending_bytes + incoming > self.usable_bytes() {
+                return Err(Error::new(
+                    ErrorKind::NoSpace,
+                    format!("pool {} is full: free space by destroying snapshots or volumes, or by trimming", self.sh.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Batch the records of a write from `progress` on. Ok(true): all
+    /// batched; Ok(false): stalled for lack of a segment.
+    fn enqueue_write(
+        &mut self,
+        vol: u64,
+        lba: u64,
+        data: &Bytes,
+        progress: &mut u64,
+    ) -> Result<bool> {
+        let (lineage, birth) = {
+            let v = self.cat.volume(vol)?;
+            (v.head, v.head_epoch)
+        };
+        let nblocks = (data.len() / BLOCK) as u64;
+        while *progress < nblocks {
+            let x = lba + *progress;
+            let n = (chunk_start(x) + CHUNK_BLOCKS - x).min(nblocks - *progress);
+            let off = (*progress as usize) * BLOCK;
+            let payload = &data[off..off + n as usize * BLOCK];
+            let csums: Vec<u32> = payload.chunks(BLOCK).map(crc32c::crc32c).collect();
+            let e = LogEntry {
+                kind: EntryKind::Write,
+                comp: 0,
+                flags: 0,
+                nblocks: n as u32,
+                lineage,
+                lba: x,
+                birth,
+                payload_off: 0,
+                stored_len: payload.len() as u32,
+                csums,
+                reloc_from: None,
+            };
+            if !self.push_entry(STREAM_DATA, e, Some(payload))? {
+                return Ok(false);
+            }
+            self.pending_bytes += n * BLOCK_U64;
+            *progress += n;
+        }
+        Ok(true)
+    }
+
+    fn enqueue_discard(
+        &mut self,
+        vol: u64,
+        lba: u64,
+        nblocks: u64,
+        mode: DiscardMode,
+    ) -> Result<bool> {
+        let (lineage, birth) = {
+            let v = self.cat.volume(vol)?;
+            (v.head, v.head_epoch)
+        };
+        // One entry per up to 2^31 blocks: trims may span chunks.
+        let mut x = lba;
+        let end = lba + nblocks;
+        while x < end {
+            let n = (end - x).min(1 << 31);
+            let e = LogEntry {
+                kind: if mode == DiscardMode::Trim {
+                    EntryKind::Trim
+                } else {
+                    EntryKind::Zero
+                },
+                comp: 0,
+                flags: if mode == DiscardMode::ZeroAlloc {
+                    FLAG_ZERO_ALLOC
+                } else {
+                    0
+                },
+                nblocks: n as u32,
+                lineage,
+                lba: x,
+                birth,
+                payload_off: 0,
+                stored_len: 0,
+                csums: Vec::new(),
+                reloc_from: None,
+            };
+            if !self.push_entry(STREAM_DATA, e, None)? {
+                // Nothing of this op was batched yet only if x == lba; a
+                // partial discard is re-run whole, which is idempotent.
+                return Ok(false);
+            }
+            x += n;
+        }
+        Ok(true)
+    }
+
+    // ------------------------------------------------------------------
+    // Batches and streams
+
+    /// Add an entry to a stream's batch, writing out and switching segments
+    /// as needed. Ok(false) if the stream has no segment to continue in.
+    fn push_entry(&mut self, s: usize, e: LogEntry, payload: Option<&[u8]>) -> Result<bool> {
+        let elen = Batch::entry_len(e.csums.len(), e.reloc_from.is_some());
+        let plen = payload.map_or(0, <[u8]>::len);
+        loop {
+            if !self.ensure_stream(s) {
+                return Ok(false);
+            }
+            let room = (self.sh.vdevs.segment_size - u64::from(self.streams[s].off)) as usize;
+            let cap = room.min(
+                self.sh
+                    .cfg
+                    .max_batch_bytes
+                    .max(BLOCK * 2 + CHUNK_BLOCKS as usize * BLOCK),
+            );
+            if self.batches[s].total_with(elen, plen) <= cap {
+                self.batches[s].push(e, payload);
+                return Ok(true);
+            }
+            if !self.batches[s].is_empty() {
+                self.write_batch(s)?;
+                continue;
+            }
+            // Even an empty batch does not fit in what is left of the segment.
+            self.advance_segment(s);
+        }
+    }
+
+    /// Make sure stream `s` has a current segment and a reserved successor.
+    fn ensure_stream(&mut self, s: usize) -> bool {
+        if self.streams[s].seg.is_none() {
+            let Some(seg) = self.alloc_segment(s) else {
+                return false;
+            };
+            self.streams[s].seg = Some(seg);
+            self.streams[s].off = 0;
+        }
+        self.refill_next(s);
+        self.streams[s].next.is_some()
+    }
+
+    fn refill_next(&mut self, s: usize) {
+        if self.streams[s].next.is_none() {
+            self.streams[s].next = self.alloc_segment(s);
+        }
+        self.publish_open();
+    }
+
+    fn publish_open(&self) {
+        let open: Vec<SegId> = self
+            .streams
+            .iter()
+            .flat_map(|s| [s.seg, s.next])
+            .flatten()
+            .collect();
+        self.sh.segs.lock().set_open(open);
+    }
+
+    /// Data streams may not eat into the reserve kept for the cleaner and metadata.
+    fn alloc_segment(&mut self, s: usize) -> Option<SegId> {
+        let mut segs = self.sh.segs.lock();
+        let reserve = if s == STREAM_DATA {
+            self.sh.reserve_segments
+        } else {
+            0
+        };
+        if segs.free_count() <= reserve {
+            return None;
+        }
+        segs.alloc(SegState::Data)
+    }
+
+    fn advance_segment(&mut self, s: usize) {
+        let st = &mut self.streams[s];
+        st.seg = st.next.take();
+        st.off = 0;
+        self.refill_next(s);
+        self.publish_open();
+    }
+
+    /// Write out stream `s`'s batch and apply it.
+    fn write_batch(&mut self, s: usize) -> Result<()> {
+        let mut batch = std::mem::replace(&mut self.batches[s], Batch::new());
+        let st = self.streams[s];
+        let (Some(seg), Some(next)) = (st.seg, st.next) else {
+            return Err(Error::corrupt("batch without a segment"));
+        };
+        let base = batch.hdr_blocks * BLOCK;
+        for e in &mut batch.entries {
+            if e.stored_len > 0 {
+                e.payload_off += base as u32;
+            }
+        }
+        let total = batch.total();
+        let lsn = self.next_lsn;
+        let header = BatchHeader {
+            pool_guid: self.sh.guid,
+            lsn,
+            prev_lsn: st.prev_lsn,
+            flushed_lsn: self.flushed_lsn,
+            segment: seg,
+            next_segment: next,
+            prev_crc: st.prev_crc,
+            stream: s as u8,
+            total_len: total as u32,
+            entries: batch.entries,
+        };
+        let mut hbuf = Vec::with_capacity(base);
+        header.encode_into(&mut hbuf);
+        debug_assert_eq!(hbuf.len(), base);
+        batch.buf.as_mut_slice()[..base].copy_from_slice(&hbuf);
+        self.next_lsn += 1;
+        let r = self
+            .sh
+            .vdevs
+            .write(seg, u64::from(st.off), &batch.buf.as_slice()[..total]);
+        if let Err(e) = r {
+            self.poison(&e);
+            return Err(e);
+        }
+        self.sh.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.sh
+            .stats
+            .bytes_written
+            .fetch_add(total as u64, Ordering::Relaxed);
+        self.last_written_lsn = lsn;
+        self.log_since_replay += total as u64;
+        let crc = BatchHeader::crc_of_encoded(&hbuf);
+        let batch_at = Paddr::new(seg, st.off);
+        {
+            let st = &mut self.streams[s];
+            st.off += total as u32;
+            st.prev_lsn = lsn;
+            st.prev_crc = crc;
+        }
+        self.sh
+            .segs
+            .lock()
+            .note_write(seg, self.streams[s].off, lsn);
+        self.pending_bytes = 0;
+        let mut reloc_done = 0u64;
+        for e in &header.entries {
+            match self.apply_entry(e, batch_at) {
+                Ok(moved) => reloc_done += moved,
+                Err(err) => {
+                    self.poison(&err);
+                    return Err(err);
+                }
+            }
+        }
+        self.sh
+            .stats
+            .relocated
+            .fetch_add(reloc_done, Ordering::Relaxed);
+        // Leave a small tail unused rather than write tiny batches into it.
+        if self.sh.vdevs.segment_size - u64::from(self.streams[s].off) < 2 * BLOCK_U64 {
+            self.advance_segment(s);
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------
+    // The state machine (shared with replay)
+
+    fn scan(&self, l: u32, from: u64, to: u64) -> Result<Vec<(Key, Value)>> {
+        Ok(self
+            .sh
+            .map
+            .scan(Key::lower(l, from), Key::lower(l, to), usize::MAX)?
+            .entries)
+    }
+
+    fn chunk_entries(&self, l: u32, lba: u64) -> Result<Vec<(Key, Value)>> {
+        let c = chunk_start(lba);
+        self.scan(l, c, c + CHUNK_BLOCKS)
+    }
+
+    fn apply_changes(&mut self, c: ChunkChanges, new: Option<&DataRef>) {
+        if let Some(d) = new {
+            let used = c.changes.iter().any(|(_, v)| {
+                v.as_ref()
+                    .and_then(Value::data)
+                    .is_some_and(|x| x.paddr == d.paddr)
+            });
+            if used {
+                self.sh.segs.lock().add_live(d.paddr.seg, d.footprint());
+            }
+        }
+        if !c.freed.is_empty() {
+            let mut segs = self.sh.segs.lock();
+            for (p, fp) in &c.freed {
+                segs.sub_live(p.seg, *fp);
+            }
+        }
+        self.sh.map.insert_all(c.changes);
+    }
+
+    /// Apply one log entry (running or replaying). Returns fragments relocated.
+    pub(crate) fn apply_entry(&mut self, e: &LogEntry, batch_at: Paddr) -> Result<u64> {
+        let Some(lin) = self.cat.lineages.get(&e.lineage) else {
+            return Ok(0); // the lineage is gone: its data is garbage
+        };
+        let barriers: Vec<_> = lin
+            .barriers
+            .iter()
+            .filter(|b| b.epoch <= e.birth)
+            .copied()
+            .collect();
+        let data_ref = |nblocks: u32| DataRef {
+            paddr: Paddr::new(batch_at.seg, batch_at.offset + e.payload_off),
+            stored_len: e.stored_len,
+            rec_blocks: nblocks as u8,
+            rec_off: 0,
+            nblocks: nblocks as u8,
+            comp: e.comp,
+            csums: e.csums.clone().into(),
+        };
+        match e.kind {
+            EntryKind::Write => {
+                let head = ViewStep {
+                    lineage: e.lineage,
+                    epoch: e.birth,
+                    barriers,
+                };
+                let d = data_ref(e.nblocks);
+                self.apply_head(&head, e.lba, u64::from(e.nblocks), NewValue::Data(d))?;
+                Ok(0)
+            }
+            EntryKind::Trim | EntryKind::Zero => {
+                let head = ViewStep {
+                    lineage: e.lineage,
+                    epoch: e.birth,
+                    barriers,
+                };
+                let nv = if e.kind == EntryKind::Zero && e.flags & FLAG_ZERO_ALLOC != 0 {
+                    NewValue::ZeroAlloc
+                } else {
+                    NewValue::Trim
+                };
+                self.apply_head(&head, e.lba, u64::from(e.nblocks), nv)?;
+                Ok(0)
+            }
+            EntryKind::Relocate => {
+                let Some((old, old_off)) = e.reloc_from else {
+                    return Ok(0);
+                };
+                let key = Key::new(e.lineage, e.lba, e.birth);
+                let new = data_ref(e.nblocks);
+                let entries = self.chunk_entries(e.lineage, e.lba)?;
+                match chunk::plan_relocate(
+                    &entries,
+                    key,
+                    old,
+                    old_off,
+                    e.nblocks as u8,
+                    new.clone(),
+                ) {
+                    Some(plan) => {
+                        self.apply_changes(plan, Some(&new));
+                        Ok(1)
+                    }
+                    None => Ok(0),
+                }
+            }
+            EntryKind::Copy => {
+                let new = data_ref(e.nblocks);
+                let entries = self.chunk_entries(e.lineage, e.lba)?;
+                let plan = chunk::plan_copy(&entries, e.lineage, e.lba, e.birth, &new);
+                self.apply_changes(plan, Some(&new));
+                Ok(0)
+            }
+        }
+    }
+
+    /// A head write, trim or zero of `[lba, lba + n)` at `head.epoch`.
+    fn apply_head(&mut self, head: &ViewStep, lba: u64, n: u64, new: NewValue) -> Result<()> {
+        let l = head.lineage;
+        let frozen = self.cat.frozen_views(l);
+        let chain = self.cat.chain(l, head.epoch);
+        let sh = self.sh.clone();
+        let scan = |l: u32, f: u64, t: u64| -> Result<Vec<(Key, Value)>> {
+            Ok(sh
+                .map
+                .scan(Key::lower(l, f), Key::lower(l, t), usize::MAX)?
+                .entries)
+        };
+        let before = chunk::resolve(&chain, lba, n as u32, scan)?;
+        let before_data = chunk::data_blocks(&before);
+        let end = lba + n;
+        match &new {
+            NewValue::Data(d) => {
+                let entries = self.chunk_entries(l, lba)?;
+                let plan = chunk::plan_write(&entries, head, lba, n as u8, &frozen, &new);
+                self.apply_changes(plan, Some(d));
+            }
+            NewValue::ZeroAlloc | NewValue::Trim => {
+                // Only chunks where this lineage has entries need punching.
+                let all = self.scan(l, chunk_start(lba), end)?;
+                let mut x = lba;
+                while x < end {
+                    let stop = (chunk_start(x) + CHUNK_BLOCKS).min(end);
+                    let c = chunk_start(x);
+                    let has = all.iter().any(|(k, _)| chunk_start(k.lba) == c);
+                    if has || matches!(new, NewValue::ZeroAlloc) {
+                        let entries: Vec<(Key, Value)> = all
+                            .iter()
+                            .filter(|(k, _)| chunk_start(k.lba) == c)
+                            .cloned()
+                            .collect();
+                        let plan =
+                            chunk::plan_write(&entries, head, x, (stop - x) as u8, &frozen, &new);
+                        self.apply_changes(plan, None);
+                    }
+                    x = stop;
+                }
+                if matches!(new, NewValue::Trim)
+                    && before
+                        .iter()
+                        .any(|p| !matches!(p.kind, chunk::PieceKind::Hole))
+                {
+                    let after = chunk::resolve(&chain, lba, n as u32, scan)?;
+                    let t = chunk::plan_tombstones(l, head.epoch, &after);
+                    self.sh.map.insert_all(t);
+                }
+            }
+        }
+        let after_data = match new {
+            NewValue::Data(_) => n,
+            _ => 0,
+        };
+        let delta = after_data as i64 - before_data as i64;
+        if delta != 0 {
+            *self.lineage_delta.entry(l).or_insert(0) += delta;
+            *self.sh.lineage_delta.lock().entry(l).or_insert(0) += delta;
+        }
+        if let Some(v) = self
+            .cat
+            .volumes
+            .values_mut()
+            .find(|v| v.head == l && v.head_epoch == head.epoch)
+        {
+            v.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Data blocks visible through `chain` in `[from, to)`.
+    fn data_blocks_in(&self, chain: &crate::catalog::Chain, from: u64, to: u64) -> Result<u64> {
+        let sh = self.sh.clone();
+        let mut n = 0;
+        let mut x = from;
+        while x < to {
+            // Skip quickly over ranges where no lineage of the chain has entries.
+            let w = (to - x).min(8192);
+            let pieces = chunk::resolve(chain, x, w as u32, |l, f, t| {
+                Ok(sh
+                    .map
+                    .scan(Key::lower(l, f), Key::lower(l, t), usize::MAX)?
+                    .entries)
+            })?;
+            n += chunk::data_blocks(&pieces);
+            x += w;
+        }
+        Ok(n)
+    }
+
+    /// Data blocks the head of `vol` sees now.
+    fn referenced(&self, vol: u64) -> u64 {
+        let Ok(v) = self.cat.volume(vol) else {
+            return 0;
+        };
+        let base = self
+            .cat
+            .lineages
+            .get(&v.head)
+            .map_or(0, |l| l.base_referenced);
+        let d = self.lineage_delta.get(&v.head).copied().unwrap_or(0);
+        (base + d).max(0) as u64
+    }
+
+    // ------------------------------------------------------------------
+    // Maintenance ops
+
+    fn maint(&mut self, m: MaintOp, round: &mut Round) -> bool {
+        match m {
+            MaintOp::Control(c, done) => {
+                let r = self.control(c);
+                complete(done, r);
+            }
+            MaintOp::Relocate(items, done) => {
+                let r = self.relocate(items, round);
+                complete(done, r);
+            }
+            MaintOp::Copy {
+                vol,
+                lineage,
+                base,
+                lba,
+                data,
+                done,
+            } => {
+                let r = self.copy(vol, lineage, base, lba, &data);
+                complete(done, r);
+            }
+            MaintOp::Gc {
+                lineage,
+                chunks,
+                done,
+            } => {
+                let r = self.gc(lineage, &chunks);
+                complete(done, r);
+            }
+            MaintOp::GcDone { lineage } => {
+                self.gc_done.push((lineage, self.rotations));
+            }
+            MaintOp::Rotate(done) => {
+                let r = Ok(self.rotate());
+                complete(done, r);
+            }
+            MaintOp::InstallFlush(run, done) => {
+                let r = self.install_flush(run);
+                complete(done, r);
+            }
+            MaintOp::InstallCompaction {
+                levels,
+                dropped,
+                done,
+            } => {
+                let r = self.install_compaction(levels, dropped);
+                complete(done, r);
+            }
+            MaintOp::AllocMeta(n, done) => {
+                let r = self.alloc_meta(n).map(|v| {
+                    let id = self.next_run_id;
+                    self.next_run_id += 1;
+                    (v, id)
+                });
+                complete(done, r);
+            }
+            MaintOp::ReleaseMeta(segs) => {
+                let mut t = self.sh.segs.lock();
+                for s in segs {
+                    t.release(s);
+                }
+            }
+            MaintOp::Checkpoint(done) => {
+                let cat = self.cat.clone();
+                let r = self.write_checkpoint(&cat, None, Vec::new());
+                complete(done, r);
+            }
+            MaintOp::Shutdown(done) => {
+                self.write_all_batches_final();
+                let r = if self.poisoned.is_none() {
+                    let cat = self.cat.clone();
+                    self.write_checkpoint(&cat, None, Vec::new())
+                } else {
+                    Ok(())
+                };
+                complete(done, r);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn alloc_meta(&mut self, n: usize) -> Result<Vec<SegId>> {
+        let mut segs = self.sh.segs.lock();
+        if segs.free_count() < n as u64 {
+            return Err(Error::new(
+                ErrorKind::NoSpace,
+                "no free segments for metadata",
+            ));
+        }
+        Ok((0..n).filter_map(|_| segs.alloc(SegState::Meta)).collect())
+    }
+
+    fn publish(&self) {
+        *self.sh.catalog.write() = Arc::new(self.cat.clone());
+    }
+
+    fn control(&mut self, c: Control) -> Result<u64> {
+        if let Some(p) = &self.poisoned {
+            return Err(Error::new(ErrorKind::Poisoned, p.clone()));
+        }
+        let now = now_secs();
+        let mut cat = self.cat.clone();
+        let mut fx = Effects::default();
+        let out = match c {
+            Control::CreateVolume { name, size, props } => {
+                cat.create_volume(&name, size, props, now)?
+            }
+            Control::Snapshot { vol, name } => {
+                let r = self.referenced(vol);
+                cat.snapshot(vol, &name, now, r)?
+            }
+            Control::Rollback { vol, snap } => {
+                let r = self.referenced(vol);
+                let (auto, f) = cat.rollback(vol, snap, now, r)?;
+                fx = f;
+                auto.unwrap_or(0)
+            }
+            Control::Clone { snap, name } => cat.clone_volume(snap, &name, now)?,
+            Control::DestroySnapshot { snap } => {
+                fx = cat.destroy_snapshot(snap)?;
+                0
+            }
+            Control::DestroyVolume { vol, force } => {
+                fx = cat.destroy_volume(vol, force)?;
+                0
+            }
+            Control::Resize { vol, size } => {
+                let (head, head_epoch, old) = {
+                    let v = cat.volume(vol)?;
+                    (v.head, v.head_epoch, v.size)
+                };
+                // Data blocks cut off stop counting as referenced. The
+                // adjustment lives in the catalog (base_referenced), so it
+                // is persisted with the barrier whatever replay does.
+                let cut = if size < old {
+                    self.data_blocks_in(
+                        &cat.chain(head, head_epoch),
+                        size / BLOCK_U64,
+                        old / BLOCK_U64,
+                    )?
+                } else {
+                    0
+                };
+                if cat.resize(vol, size)?.is_some() {
+                    if let Some(l) = cat.lineages.get_mut(&head) {
+                        l.base_referenced -= cut as i64;
+                    }
+                    fx.reap.insert(head);
+                }
+                0
+            }
+            Control::SetProp { vol, key, value } => {
+                cat.set_prop(vol, &key, value.as_deref())?;
+                0
+            }
+            Control::Rename { vol, name } => {
+                cat.rename_volume(vol, &name)?;
+                0
+            }
+            Control::BumpEpoch { vol } => cat.bump_epoch(vol)?,
+            Control::Detach { vol } => {
+                fx = cat.detach(vol)?;
+                0
+            }
+        };
+        cat.schedule(&fx);
+        for l in &fx.dead {
+            self.sh.lineage_delta.lock().remove(l);
+        }
+        self.write_checkpoint(&cat, None, Vec::new())?;
+        self.cat = cat;
+        self.publish();
+        if !fx.reap.is_empty() || !fx.dead.is_empty() {
+            self.sh.wake_maintenance();
+        }
+        Ok(out)
+    }
+
+    fn relocate(&mut self, items: Vec<RelocItem>, round: &mut Round) -> Result<u64> {
+        let before = self.sh.stats.relocated.load(Ordering::Relaxed);
+        for it in items {
+            let e = LogEntry {
+                kind: EntryKind::Relocate,
+                comp: it.comp,
+                flags: 0,
+                nblocks: u32::from(it.nblocks),
+                lineage: it.key.lineage,
+                lba: it.key.lba,
+                birth: it.key.birth,
+                payload_off: 0,
+                stored_len: it.data.len() as u32,
+                csums: it.csums,
+                reloc_from: Some((it.old, it.old_rec_off)),
+            };
+            if !self.push_entry(STREAM_CLEANER, e, Some(&it.data))? {
+                return Err(Error::new(
+                    ErrorKind::NoSpace,
+                    "no segment free for the cleaner",
+                ));
+            }
+        }
+        self.write_all_batches(round);
+        Ok(self.sh.stats.relocated.load(Ordering::Relaxed) - before)
+    }
+
+    fn copy(&mut self, vol: u64, lineage: u32, base: u64, lba: u64, data: &Bytes) -> Result<()> {
+        if self.cat.volume(vol).ok().map(|v| v.head) != Some(lineage) {
+            return Err(Error::new(ErrorKind::Busy, "volume changed during flatten"));
+        }
+        let nblocks = (data.len() / BLOCK) as u64;
+        let mut done = 0u64;
+        while done < nblocks {
+            let x = lba + done;
+            let n = (chunk_start(x) + CHUNK_BLOCKS - x).min(nblocks - done);
+            let off = done as usize * BLOCK;
+            let payload = &data[off..off + n as usize * BLOCK];
+            let e = LogEntry {
+                kind: EntryKind::Copy,
+                comp: 0,
+                flags: 0,
+                nblocks: n as u32,
+                lineage,
+                lba: x,
+                birth: base,
+                payload_off: 0,
+                stored_len: payload.len() as u32,
+                csums: payload.chunks(BLOCK).map(crc32c::crc32c).collect(),
+                reloc_from: None,
+            };
+            if !self.push_entry(STREAM_CLEANER, e, Some(payload))? {
+                return Err(Error::new(
+                    ErrorKind::NoSpace,
+                    "no segment free for the flatten copy",
+                ));
+            }
+            done += n;
+        }
+        self.write_all_batches_final();
+        Ok(())
+    }
+
+    fn gc(&mut self, lineage: u32, chunks: &[u64]) -> Result<()> {
+        let (views, barriers) = match self.cat.lineages.get(&lineage) {
+            Some(l) => (self.cat.views(lineage), l.barriers.clone()),
+            None => (Vec::new(), Vec::new()), // purge
+        };
+        for &c in chunks {
+            let entries = self.chunk_entries(lineage, c)?;
+            if entries.is_empty() {
+                continue;
+            }
+            let plan = chunk::plan_gc(&entries, c, &views, &barriers);
+            if !plan.is_empty() {
+                self.apply_changes(plan, None);
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------
+    // Flushes, compaction, checkpoints
+
+    fn rotate(&mut self) -> Option<Arc<Memtable>> {
+        if self.rotation.is_some() {
+            return None;
+        }
+        let frozen = self.sh.map.rotate()?;
+        self.rotations += 1;
+        self.rotation = Some(Rotation {
+            replay: ReplayPoint {
+                lsn: self.next_lsn,
+                streams: self.streams.clone(),
+            },
+            counters: Counters {
+                segs: self.sh.segs.lock().snapshot(),
+                lineage_delta: self.lineage_delta.clone(),
+            },
+            number: self.rotations,
+        });
+        Some(frozen)
+    }
+
+    fn stream_uses(&self, seg: SegId) -> bool {
+        self.streams
+            .iter()
+            .any(|s| s.seg == Some(seg) || s.next == Some(seg))
+    }
+
+    fn install_flush(&mut self, run: Arc<Run>) -> Result<()> {
+        let rot = self
+            .rotation
+            .take()
+            .ok_or_else(|| Error::corrupt("flush installed without a rotation"))?;
+        let run_segs = run.meta().segments.clone();
+        self.sh.map.install_flush(run);
+        let mut counters = rot.counters;
+        // Free data segments the persisted state no longer needs: no live
+        // record in the runs, no batch to replay, not in use by a stream.
+        let mut release = Vec::new();
+        for (g, segs) in counters.segs.iter_mut().enumerate() {
+            for (i, info) in segs.iter_mut().enumerate() {
+                let seg = SegId::new(g as u8, i as u32);
+                if info.state == SegState::Meta {
+                    // Meta ownership is derived from the checkpoint, not counters.
+                    continue;
+                }
+                if info.state == SegState::Data
+                    && info.live == 0
+                    && info.max_lsn < rot.replay.lsn
+                    && !self.stream_uses(seg)
+                    && !rot
+                        .replay
+                        .streams
+                        .iter()
+                        .any(|s| s.seg == Some(seg) || s.next == Some(seg))
+                {
+                    info.state = SegState::Free;
+                    info.written = 0;
+                    info.max_lsn = 0;
+                    release.push(seg);
+                }
+            }
+        }
+        let _ = run_segs;
+        // GC work that is now in the runs is done for good.
+        let number = rot.number;
+        let mut cat = self.cat.clone();
+        self.gc_done.retain(|(l, at)| {
+            if *at < number {
+                cat.gc_todo.remove(l);
+                cat.purge_todo.remove(l);
+                false
+            } else {
+                true
+            }
+        });
+        self.replay = rot.replay;
+        self.log_since_replay = 0;
+        let blob = ckpt::encode_counters(&counters);
+        let n = blob.len().div_ceil(self.sh.vdevs.segment_size as usize);
+        let segs = self.alloc_meta(n)?;
+        ckpt::write_blob(&self.sh.vdevs, &segs, &blob)?;
+        let r = BlobRef {
+            segments: segs,
+            len: blob.len() as u64,
+            crc: crc32c::crc32c(&blob),
+        };
+        self.write_checkpoint(&cat, Some(r), release)?;
+        self.cat = cat;
+        self.publish();
+        self.sh.stats.map_flushes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn install_compaction(&mut self, levels: Levels, dropped: Vec<RunMeta>) -> Result<()> {
+        // Runs flushed while the compaction ran are newer than its inputs:
+        // keep them in front of the new L0.
+        let cur = self.sh.map.levels();
+        let dropped_ids: Vec<u64> = dropped.iter().map(|m| m.id).collect();
+        let mut l0: Vec<_> = cur
+            .l0
+            .iter()
+            .filter(|r| {
+                !dropped_ids.contains(&r.meta().id)
+                    && !levels.l0.iter().any(|x| x.meta().id == r.meta().id)
+            })
+            .cloned()
+            .collect();
+        l0.extend(levels.l0);
+        self.sh.map.install_levels(Levels {
+            l0,
+            deep: levels.deep,
+        });
+        let release: Vec<SegId> = dropped
+            .iter()
+            .flat_map(|m| m.segments.iter().copied())
+            .collect();
+        let cat = self.cat.clone();
+        self.write_checkpoint(&cat, None, release)?;
+        self.sh.stats.compactions.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Write a checkpoint of `cat` with nothing else changing.
+    pub(crate) fn write_checkpoint_pub(&mut self, cat: &Catalog) -> Result<()> {
+        self.write_checkpoint(cat, None, Vec::new())
+    }
+
+    /// Write a checkpoint of `cat` and the current map; on success, release
+    /// `release` (and segments the previous checkpoint alone used).
+    fn write_checkpoint(
+        &mut self,
+        cat: &Catalog,
+        counters: Option<BlobRef>,
+        mut release: Vec<SegId>,
+    ) -> Result<()> {
+        let seq = self.ckpt_seq + 1;
+        let counters_ref = counters
+            .clone()
+            .unwrap_or_else(|| self.counters_ref.clone());
+        let mut ck = Checkpoint {
+            seq,
+            catalog: cat.clone(),
+            manifest: self.sh.map.levels().manifest(),
+            counters: counters_ref,
+            replay: self.replay.clone(),
+            next_lsn: self.next_lsn,
+            next_run_id: self.next_run_id,
+            log_segment: self.ckpt_log.0,
+        };
+        let mut bytes = ckpt::encode_checkpoint(&ck);
+        let (mut seg, mut off) = self.ckpt_log;
+        if u64::from(off) + bytes.len() as u64 > self.sh.vdevs.segment_size {
+            let fresh = self.alloc_meta(1)?;
+            let Some(&s) = fresh.first() else {
+                return Err(Error::new(
+                    ErrorKind::NoSpace,
+                    "no free segment for the checkpoint log",
+                ));
+            };
+            release.push(seg);
+            seg = s;
+            off = 0;
+            ck.log_segment = s;
+            bytes = ckpt::encode_checkpoint(&ck);
+        }
+        if bytes.len() as u64 > self.sh.vdevs.segment_size {
+            return Err(Error::new(
+                ErrorKind::NoSpace,
+                "checkpoint larger than a segment: recreate the pool with a larger segment size",
+            ));
+        }
+        let res = (|| {
+            ckpt::write_aligned(&self.sh.vdevs, seg, u64::from(off), &bytes)?;
+            self.sh.vdevs.flush_all()?;
+            let ub = Uberblock {
+                pool_guid: self.sh.guid,
+                seq,
+                ckpt: Paddr::new(seg, off),
+                ckpt_len: bytes.len() as u32,
+                ckpt_crc: crc32c::crc32c(&bytes),
+                time: now_secs(),
+            };
+            self.sh
+                .vdevs
+                .write_everywhere(Uberblock::slot_offset(seq), &ub.encode())?;
+            self.sh.vdevs.flush_all()
+        })();
+        if let Err(e) = res {
+            self.poison(&e);
+            return Err(e);
+        }
+        self.flushed_lsn = self.last_written_lsn;
+        self.ckpt_seq = seq;
+        self.ckpt_log = (seg, off + bytes.len() as u32);
+        if let Some(c) = counters {
+            release.extend(self.counters_ref.segments.iter().copied());
+            self.counters_ref = c;
+        }
+        if !release.is_empty() {
+            // Readers that looked up the old state may still be reading.
+            self.sh.gate.drain();
+            let mut segs = self.sh.segs.lock();
+            for s in release {
+                segs.release(s);
+            }
+        }
+        self.sh.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Replay one batch found during recovery.
+    pub(crate) fn replay_batch(
+        &mut self,
+        h: &BatchHeader,
+        at: Paddr,
+        valid: &[bool],
+        crc: u32,
+    ) -> Result<()> {
+        let s = h.stream as usize;
+        if let Some(st) = self.streams.get_mut(s) {
+            st.seg = Some(h.segment);
+            st.off = at.offset + h.total_len;
+            st.next = Some(h.next_segment);
+            st.prev_lsn = h.lsn;
+            st.prev_crc = crc;
+        }
+        {
+            let mut segs = self.sh.segs.lock();
+            segs.claim(h.segment, SegState::Data);
+            segs.claim(h.next_segment, SegState::Data);
+            segs.note_write(h.segment, at.offset + h.total_len, h.lsn);
+        }
+        self.next_lsn = self.next_lsn.max(h.lsn + 1);
+        self.last_written_lsn = self.last_written_lsn.max(h.lsn);
+        self.log_since_replay += u64::from(h.total_len);
+        for (e, ok) in h.entries.iter().zip(valid) {
+            if *ok {
+                self.apply_entry(e, at)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Work for the writer.
+enum Work {
+    Data(DataOp),
+    Maint(MaintOp),
+}
+
+async fn next_op(
+    data: &async_channel::Receiver<DataOp>,
+    maint: &async_channel::Receiver<MaintOp>,
+) -> Option<Work> {
+    use futures::future::{select, Either};
+    let a = std::pin::pin!(data.recv());
+    let b = std::pin::pin!(maint.recv());
+    match select(a, b).await {
+        Either::Left((Ok(d), _)) => Some(Work::Data(d)),
+        Either::Right((Ok(m), _)) => Some(Work::Maint(m)),
+        Either::Left((Err(_), other)) => other.await.ok().map(Work::Maint),
+        Either::Right((Err(_), other)) => other.await.ok().map(Work::Data),
+    }
+}
+
+fn fail(op: DataOp, e: Error) {
+    match op {
+        DataOp::Write { done, .. } | DataOp::Discard { done, .. } | DataOp::Flush { done } => {
+            complete(done, Err(e))
+        }
+    }
+}

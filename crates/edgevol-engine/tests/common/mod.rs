@@ -1,0 +1,91 @@
+//! Helpers shared by the engine's integration tests.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use edgevol_engine::device::{Device, MemDevice};
+use edgevol_engine::{CreateOptions, Pool, PoolConfig, ReadSeg, Volume};
+
+pub const MIB: u64 = 1 << 20;
+
+pub fn cfg() -> PoolConfig {
+    PoolConfig {
+        memtable_bytes: 256 * 1024,
+        cache_bytes: 4 * MIB,
+        background: false,
+        io_threads: 2,
+        ..PoolConfig::default()
+    }
+}
+
+pub fn mem_pool(size: u64) -> (Pool, Arc<MemDevice>) {
+    let dev = Arc::new(MemDevice::new("d0", size));
+    let pool = Pool::create(
+        "p",
+        vec![dev.clone() as Arc<dyn Device>],
+        &CreateOptions {
+            segment_size: Some(MIB),
+        },
+        cfg(),
+    )
+    .expect("create pool");
+    (pool, dev)
+}
+
+pub fn reopen(dev: &Arc<MemDevice>) -> Pool {
+    Pool::open(vec![dev.clone() as Arc<dyn Device>], cfg()).expect("reopen pool")
+}
+
+pub fn block(fill: u8) -> Vec<u8> {
+    vec![fill; 4096]
+}
+
+/// A 4 KiB block whose bytes encode (tag, lba), so misplaced data is caught.
+pub fn tagged(tag: u64, lba: u64) -> Vec<u8> {
+    let mut b = vec![0u8; 4096];
+    for (i, w) in b.chunks_mut(16).enumerate() {
+        w[..8].copy_from_slice(&tag.to_le_bytes());
+        w[8..16].copy_from_slice(&(lba ^ (i as u64) << 48).to_le_bytes());
+    }
+    b
+}
+
+pub fn write(v: &Volume, lba: u64, data: &[u8]) {
+    futures::executor::block_on(v.write(lba * 4096, Bytes::copy_from_slice(data), false))
+        .expect("write");
+}
+
+pub fn read(v: &Volume, lba: u64, nblocks: u64) -> Vec<u8> {
+    let segs = futures::executor::block_on(v.read(lba * 4096, nblocks * 4096)).expect("read");
+    flatten(segs)
+}
+
+pub fn flatten(segs: Vec<ReadSeg>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for s in segs {
+        match s {
+            ReadSeg::Data(b) => out.extend_from_slice(&b),
+            ReadSeg::Zero(n) => out.resize(out.len() + n as usize, 0),
+        }
+    }
+    out
+}
+
+pub fn flush(v: &Volume) {
+    futures::executor::block_on(v.flush()).expect("flush");
+}
+
+pub fn trim(v: &Volume, lba: u64, n: u64) {
+    futures::executor::block_on(v.trim(lba * 4096, n * 4096, false)).expect("trim");
+}
+
+pub fn no_props() -> BTreeMap<String, String> {
+    BTreeMap::new()
+}
+
+pub fn assert_clean(pool: &Pool) {
+    let r = pool.check().expect("check runs");
+    assert!(r.is_clean(), "pool check found problems: {:#?}", r.errors);
+}
