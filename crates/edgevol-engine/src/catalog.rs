@@ -131,6 +131,8 @@ pub struct SnapshotRec {
     pub hidden: bool,
     /// Data blocks visible in this snapshot.
     pub referenced: u64,
+    /// The volume's size when the snapshot was taken.
+    pub size: u64,
 }
 
 /// One step of a view chain.
@@ -416,9 +418,9 @@ impl Catalog {
                 format!("snapshot {vname}@{name} already exists"),
             ));
         }
-        let (lineage, epoch) = {
+        let (lineage, epoch, size) = {
             let v = self.volume(volume)?;
-            (v.head, v.head_epoch)
+            (v.head, v.head_epoch, v.size)
         };
         let id = self.id();
         self.snapshots.insert(
@@ -433,6 +435,7 @@ impl Catalog {
                 auto: false,
                 hidden: false,
                 referenced,
+                size,
             },
         );
         let next = self.epoch();
@@ -495,6 +498,7 @@ impl Catalog {
         v.head = head;
         v.head_epoch = base;
         v.dirty = false;
+        v.size = s.size;
         let mut fx = Effects::default();
         self.collect_dead(old_head, &mut fx);
         Ok((auto, fx))
@@ -516,7 +520,7 @@ impl Catalog {
             .cloned()
             .ok_or_else(|| Error::not_found("no such snapshot"))?;
         let origin_vol = s.volume.and_then(|v| self.volumes.get(&v)).cloned();
-        let size = origin_vol.as_ref().map_or(0, |v| v.size);
+        let size = s.size;
         let props = origin_vol.map(|v| v.props).unwrap_or_default();
         let id = self.id();
         let base = self.epoch();
@@ -715,9 +719,8 @@ impl Catalog {
     /// that the copy's birth is strictly older than any new write).
     pub fn bump_epoch(&mut self, volume: u64) -> Result<u64> {
         let e = self.epoch();
-        let v = self.volume_mut(volume)?;
-        v.head_epoch = e;
-        v.dirty = true;
+        // Content is unchanged: `dirty` stays as it was.
+        self.volume_mut(volume)?.head_epoch = e;
         Ok(e)
     }
 
@@ -727,6 +730,9 @@ impl Catalog {
         let parent = self.lineages.get_mut(&head).and_then(|l| l.parent.take());
         self.volume_mut(volume)?.origin = None;
         let mut fx = Effects::default();
+        // Flatten copies are born at the lineage's base epoch; where the head
+        // overwrote a block since, the copy is visible to no view: collect it.
+        fx.reap.insert(head);
         if let Some((p, e)) = parent {
             let still_pinned = self.lineages.values().any(|c| c.parent == Some((p, e)));
             if !still_pinned {

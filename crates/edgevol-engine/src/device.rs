@@ -318,6 +318,16 @@ impl MemDevice {
     fn dead_error() -> io::Error {
         io::Error::new(io::ErrorKind::Other, "device lost power")
     }
+
+    /// The rules O_DIRECT enforces, so memory-backed tests catch what a real
+    /// device would refuse: 4 KiB aligned memory, offset and length.
+    fn check_direct(buf: &[u8], offset: u64) -> io::Result<()> {
+        let b = BLOCK_U64 as usize;
+        if buf.as_ptr() as usize % b != 0 || offset % BLOCK_U64 != 0 || buf.len() % b != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        Ok(())
+    }
 }
 
 impl Device for MemDevice {
@@ -330,6 +340,7 @@ impl Device for MemDevice {
         if g.dead {
             return Err(Self::dead_error());
         }
+        Self::check_direct(buf, offset)?;
         if g.fail_reads {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
@@ -346,6 +357,7 @@ impl Device for MemDevice {
         if g.dead {
             return Err(Self::dead_error());
         }
+        Self::check_direct(buf, offset)?;
         if g.fail_writes {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
@@ -390,30 +402,50 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
+    fn block(fill: u8) -> crate::buf::AlignedBuf {
+        let mut b = crate::buf::AlignedBuf::zeroed(4096);
+        b.as_mut_slice().fill(fill);
+        b
+    }
+
     #[test]
     fn unflushed_writes_are_lost_on_power_cut() {
         let d = MemDevice::new("t", 64 * 1024);
-        d.write_at(&[1u8; 4096], 0).unwrap();
+        d.write_at(block(1).as_slice(), 0).unwrap();
         d.flush().unwrap();
-        d.write_at(&[2u8; 4096], 0).unwrap();
-        d.write_at(&[3u8; 4096], 4096).unwrap();
+        d.write_at(block(2).as_slice(), 0).unwrap();
+        d.write_at(block(3).as_slice(), 4096).unwrap();
         d.power_cut();
-        let mut buf = vec![0u8; 4096];
-        assert!(d.read_at(&mut buf, 0).is_err());
+        let mut buf = block(0);
+        assert!(d.read_at(buf.as_mut_slice(), 0).is_err());
         d.restore_power(
             CutPolicy::DROP_ALL,
             &mut rand::rngs::StdRng::seed_from_u64(1),
         );
-        d.read_at(&mut buf, 0).unwrap();
-        assert!(buf.iter().all(|&b| b == 1));
-        d.read_at(&mut buf, 4096).unwrap();
-        assert!(buf.iter().all(|&b| b == 0));
+        d.read_at(buf.as_mut_slice(), 0).unwrap();
+        assert!(buf.as_slice().iter().all(|&b| b == 1));
+        d.read_at(buf.as_mut_slice(), 4096).unwrap();
+        assert!(buf.as_slice().iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn enforces_direct_io_alignment() {
+        let d = MemDevice::new("t", 64 * 1024);
+        let v = vec![0u8; 8192];
+        let off = if v.as_ptr() as usize % 4096 == 0 {
+            1
+        } else {
+            0
+        };
+        let e = d.write_at(&v[off..off + 4096], 0).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+        assert!(d.write_at(block(1).as_slice(), 512).is_err());
     }
 
     #[test]
     fn torn_writes_mix_sectors() {
         let d = MemDevice::new("t", 64 * 1024);
-        d.write_at(&[9u8; 4096], 0).unwrap();
+        d.write_at(block(9).as_slice(), 0).unwrap();
         d.power_cut();
         d.restore_power(
             CutPolicy {
@@ -422,9 +454,9 @@ mod tests {
             },
             &mut rand::rngs::StdRng::seed_from_u64(7),
         );
-        let mut buf = vec![0u8; 4096];
-        d.read_at(&mut buf, 0).unwrap();
-        let nines = buf.chunks(512).filter(|s| s[0] == 9).count();
+        let mut buf = block(0);
+        d.read_at(buf.as_mut_slice(), 0).unwrap();
+        let nines = buf.as_slice().chunks(512).filter(|s| s[0] == 9).count();
         assert!(
             nines > 0 && nines < 8,
             "expected a torn write, got {nines}/8 sectors"

@@ -225,6 +225,22 @@ impl Map {
         Some(frozen)
     }
 
+    /// Undo a rotation whose flush failed: merge the frozen memtable back
+    /// under the active one (newer entries win).
+    pub fn unfreeze(&self) {
+        let mut g = self.state.write();
+        if let Some(f) = g.frozen.take() {
+            let mut merged = Memtable::default();
+            for (k, v) in f.iter() {
+                merged.insert(*k, v.clone());
+            }
+            for (k, v) in g.active.iter() {
+                merged.insert(*k, v.clone());
+            }
+            g.active = merged;
+        }
+    }
+
     /// Replace the frozen memtable by its flushed run (writer thread only).
     pub fn install_flush(&self, run: Arc<Run>) {
         let mut g = self.state.write();

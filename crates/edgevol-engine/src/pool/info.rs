@@ -52,6 +52,8 @@ pub struct SnapshotInfo {
     pub created: u64,
     /// Bytes of data visible in the snapshot.
     pub referenced: u64,
+    /// The volume's size when the snapshot was taken.
+    pub size: u64,
     /// Made by a rollback (the head that was left).
     pub auto: bool,
     /// The previous snapshot in this one's history (its parent in the tree).
@@ -105,6 +107,8 @@ pub struct PoolStatus {
     pub name: String,
     /// Guid, hex.
     pub guid: String,
+    /// Creation time (seconds since the epoch).
+    pub created: u64,
     /// ONLINE, or SUSPENDED after an I/O failure.
     pub state: String,
     /// Why the pool is suspended.
@@ -209,6 +213,7 @@ pub(crate) fn snapshot_infos(cat: &Catalog, v: &VolumeRec) -> Vec<SnapshotInfo> 
             volume: v.name.clone(),
             created: s.created,
             referenced: s.referenced * BLOCK_U64,
+            size: s.size,
             auto: s.auto,
             parent: nearest_snapshot(cat, v.id, s.lineage, s.epoch, false).map(|p| p.name.clone()),
             clones: cat
@@ -277,6 +282,7 @@ pub(crate) fn pool_status(sh: &Shared) -> PoolStatus {
     PoolStatus {
         name: sh.name.clone(),
         guid: format!("{:032x}", sh.guid),
+        created: sh.created,
         state: if poisoned.is_some() {
             "SUSPENDED"
         } else {

@@ -131,95 +131,104 @@ pub(crate) fn run_all(sh: &Arc<Shared>, full: bool) -> Result<()> {
 // ----------------------------------------------------------------------
 // Runs
 
-/// Writes a run's blocks to freshly allocated metadata segments.
-struct RunWriter<'a> {
+/// Where a run's metadata segments come from.
+pub(crate) trait MetaAlloc {
+    /// One more free segment, now owned by the run being built.
+    fn alloc(&mut self) -> Result<SegId>;
+    /// Give back segments of a run that could not be built.
+    fn release(&mut self, segs: Vec<SegId>);
+}
+
+/// Allocation through the writer (from maintenance).
+struct ViaWriter<'a> {
     sh: &'a Shared,
-    segments: Vec<SegId>,
-    pos: u64,
-    id: u64,
+    first: Option<SegId>,
 }
 
-impl<'a> RunWriter<'a> {
-    fn new(sh: &'a Shared) -> Result<RunWriter<'a>> {
-        let (segs, id) = send(sh, |d| MaintOp::AllocMeta(1, d))?;
-        Ok(RunWriter {
-            sh,
-            segments: segs,
-            pos: 0,
-            id,
-        })
-    }
-
-    fn write(&mut self, mut bytes: &[u8]) -> Result<()> {
-        let seg_size = self.sh.vdevs.segment_size;
-        while !bytes.is_empty() {
-            if self.pos == seg_size {
-                let (more, _) = send(self.sh, |d| MaintOp::AllocMeta(1, d))?;
-                self.segments.extend(more);
-                self.pos = 0;
-            }
-            let seg = *self
-                .segments
-                .last()
-                .ok_or_else(|| Error::corrupt("run without segments"))?;
-            let n = ((seg_size - self.pos) as usize).min(bytes.len());
-            ckpt::write_aligned(&self.sh.vdevs, seg, self.pos, &bytes[..n])?;
-            self.pos += n as u64;
-            bytes = &bytes[n..];
+impl MetaAlloc for ViaWriter<'_> {
+    fn alloc(&mut self) -> Result<SegId> {
+        if let Some(s) = self.first.take() {
+            return Ok(s);
         }
-        Ok(())
+        let (segs, _) = send(self.sh, |d| MaintOp::AllocMeta(1, d))?;
+        segs.first()
+            .copied()
+            .ok_or_else(|| Error::new(ErrorKind::NoSpace, "no free segment for a map run"))
     }
 
-    fn abort(self) {
-        let _ = self
-            .sh
-            .maint_tx
-            .send_blocking(MaintOp::ReleaseMeta(self.segments));
+    fn release(&mut self, segs: Vec<SegId>) {
+        let _ = self.sh.maint_tx.send_blocking(MaintOp::ReleaseMeta(segs));
     }
 }
 
-/// Build a run from sorted entries.
-fn build_run(
+/// Build run `id` from sorted entries into segments from `alloc`.
+pub(crate) fn build_run_with(
     sh: &Shared,
+    id: u64,
+    alloc: &mut dyn MetaAlloc,
     entries: impl Iterator<Item = Result<(Key, Option<Value>)>>,
 ) -> Result<Arc<Run>> {
-    let mut w = RunWriter::new(sh)?;
+    let seg_size = sh.vdevs.segment_size;
+    let mut segments: Vec<SegId> = Vec::new();
+    let mut pos = seg_size;
     let r = (|| {
-        let mut b = RunBuilder::new(w.id);
+        let mut write = |mut bytes: &[u8], segments: &mut Vec<SegId>| -> Result<()> {
+            while !bytes.is_empty() {
+                if pos == seg_size {
+                    segments.push(alloc.alloc()?);
+                    pos = 0;
+                }
+                let seg = *segments
+                    .last()
+                    .ok_or_else(|| Error::corrupt("run without segments"))?;
+                let n = ((seg_size - pos) as usize).min(bytes.len());
+                ckpt::write_aligned(&sh.vdevs, seg, pos, &bytes[..n])?;
+                pos += n as u64;
+                bytes = &bytes[n..];
+            }
+            Ok(())
+        };
+        let mut b = RunBuilder::new(id);
         for e in entries {
             let (k, v) = e?;
             b.push(k, &v);
             if b.ready_len() >= 1 << 20 {
                 let bytes = b.take_ready();
-                w.write(&bytes)?;
+                write(&bytes, &mut segments)?;
             }
         }
-        let entries = b.entries();
+        let n = b.entries();
         let ready = b.take_ready();
-        w.write(&ready)?;
+        write(&ready, &mut segments)?;
         let (rest, leaves, index) = b.finish();
-        w.write(&rest)?;
+        write(&rest, &mut segments)?;
         sh.vdevs.flush_all()?;
         let meta = RunMeta {
-            id: w.id,
-            segments: w.segments.clone(),
+            id,
+            segments: segments.clone(),
             leaf_blocks: leaves,
             index_blocks: index,
-            entries,
+            entries: n,
         };
-        Ok(Arc::new(Run::open(
-            meta,
-            sh.vdevs.segment_size,
-            sh.map.reader(),
-        )?))
+        Ok(Arc::new(Run::open(meta, seg_size, sh.map.reader())?))
     })();
-    match r {
-        Ok(run) => Ok(run),
-        Err(e) => {
-            w.abort();
-            Err(e)
-        }
+    if r.is_err() {
+        alloc.release(segments);
     }
+    r
+}
+
+/// Build a run from sorted entries (maintenance side).
+fn build_run(
+    sh: &Shared,
+    entries: impl Iterator<Item = Result<(Key, Option<Value>)>>,
+) -> Result<Arc<Run>> {
+    let (segs, id) = send(sh, |d| MaintOp::AllocMeta(1, d))?;
+    let mut a = ViaWriter {
+        sh,
+        first: segs.first().copied(),
+    };
+    build_run_with(sh, id, &mut a, entries)
 }
 
 /// Freeze and flush the memtable. Returns true if a run was installed.
@@ -526,13 +535,27 @@ pub(crate) fn flatten(sh: &Arc<Shared>, name: &str) -> Result<()> {
         .cloned()
         .ok_or_else(|| Error::corrupt("volume without a head lineage"))?;
     let Some((pl, pe)) = lin.parent else {
-        return Ok(()); // already independent
+        // Already independent; still a durable management op like any other.
+        let _g = sh.maint_lock.lock();
+        sh.control(Control::Detach { vol: v.id })?;
+        return Ok(());
     };
     if v.head_epoch == lin.base_epoch {
         sh.control(Control::BumpEpoch { vol: v.id })?;
     }
     let parent = cat.chain(pl, pe);
-    let blocks = v.size / BLOCK_U64;
+    // Every view of this lineage falls through to the parent, not only the
+    // head: a snapshot taken before a shrink reads beyond the current size.
+    // (Branch points of children are snapshots on the lineage too.)
+    let blocks = cat
+        .snapshots
+        .values()
+        .filter(|s| s.lineage == v.head)
+        .map(|s| s.size)
+        .chain(std::iter::once(v.size))
+        .max()
+        .unwrap_or(v.size)
+        / BLOCK_U64;
     let mut lba = 0u64;
     while lba < blocks {
         let n = (blocks - lba).min(8192);
@@ -574,6 +597,8 @@ pub(crate) fn flatten(sh: &Arc<Shared>, name: &str) -> Result<()> {
         }
         lba += n;
     }
+    // No background flush may be half-way while the detach flushes.
+    let _g = sh.maint_lock.lock();
     sh.control(Control::Detach { vol: v.id })?;
     Ok(())
 }

@@ -464,8 +464,9 @@ impl Pool {
         &self.sh.stats
     }
 
-    /// Close: flush everything so the next open needs no replay.
-    pub fn close(self) -> Result<()> {
+    /// Close: flush everything so the next open needs no replay. Further
+    /// calls on this pool fail with `Shutdown`.
+    pub fn close(&self) -> Result<()> {
         self.shutdown(true)
     }
 
@@ -505,10 +506,15 @@ impl Pool {
     }
 
     /// Destroy the pool: close it and erase its labels so it can no longer be imported.
-    pub fn destroy(self) -> Result<()> {
+    pub fn destroy(&self) -> Result<()> {
         let vdevs = self.sh.vdevs.clone();
         self.shutdown(false)?;
         open::wipe_labels(&vdevs)
+    }
+
+    /// True once the pool was closed or destroyed.
+    pub fn is_closed(&self) -> bool {
+        self.sh.closing.load(Ordering::SeqCst)
     }
 }
 

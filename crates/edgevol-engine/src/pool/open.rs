@@ -172,6 +172,20 @@ pub(crate) fn create(
         .lock()
         .alloc(SegState::Meta)
         .ok_or_else(|| Error::new(ErrorKind::NoSpace, "no segment for the checkpoint log"))?;
+    // Every stream owns a segment and its successor from the start, so every
+    // checkpoint's replay point names where each stream writes next.
+    let mut streams = vec![StreamPos::default(); STREAMS];
+    for st in &mut streams {
+        let mut t = sh.segs.lock();
+        st.seg = t.alloc(SegState::Data);
+        st.next = t.alloc(SegState::Data);
+        if st.seg.is_none() || st.next.is_none() {
+            return Err(Error::new(
+                ErrorKind::NoSpace,
+                "pool too small for its log streams",
+            ));
+        }
+    }
     let counters = Counters {
         segs: sh.segs.lock().snapshot(),
         lineage_delta: BTreeMap::new(),
@@ -190,12 +204,12 @@ pub(crate) fn create(
     };
     let replay = ReplayPoint {
         lsn: 1,
-        streams: vec![StreamPos::default(); STREAMS],
+        streams: streams.clone(),
     };
     let mut w = Writer::new(
         sh.clone(),
         Catalog::new(),
-        vec![StreamPos::default(); STREAMS],
+        streams,
         1,
         0,
         (log, 0),
@@ -452,7 +466,7 @@ pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<P
         counters.lineage_delta,
     );
     let replayed = replay(&sh, &mut w, &ck)?;
-    w.finish_replay()?;
+    w.finish_replay(replayed > 0)?;
     if replayed > 0 {
         tracing::info!(pool = %sh.name, batches = replayed, "recovered from the log");
     }
@@ -655,12 +669,17 @@ fn replay(sh: &Arc<Shared>, w: &mut Writer, ck: &Checkpoint) -> Result<usize> {
 impl Writer {
     /// After replay: make what was replayed durable, then continue safely
     /// past any lsn a lost tail might have used.
-    pub(crate) fn finish_replay(&mut self) -> Result<()> {
+    pub(crate) fn finish_replay(&mut self, replayed: bool) -> Result<()> {
         self.sh.vdevs.flush_all()?;
         self.next_lsn += 1 << 20;
         self.flushed_lsn = self.next_lsn - 1;
         *self.sh.catalog.write() = Arc::new(self.cat.clone());
         *self.sh.lineage_delta.lock() = self.lineage_delta.clone();
+        if replayed {
+            // What was replayed is now in runs and the replay point moves past
+            // it: a torn tail is never read again as if it had been flushed.
+            self.flush_now()?;
+        }
         Ok(())
     }
 

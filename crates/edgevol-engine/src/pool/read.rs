@@ -152,13 +152,18 @@ impl Volume {
         &self.spec
     }
 
-    /// Size in bytes (0 if the volume is gone).
+    /// Size in bytes (0 if the volume or snapshot is gone). A snapshot has
+    /// the size its volume had when it was taken.
     pub fn size(&self) -> u64 {
-        self.sh
-            .catalog()
-            .volumes
-            .get(&self.vol)
-            .map_or(0, |v| v.size)
+        let cat = self.sh.catalog();
+        match self.snap {
+            None => cat.volumes.get(&self.vol).map_or(0, |v| v.size),
+            Some(s) => cat
+                .snapshots
+                .get(&s)
+                .filter(|s| !s.hidden)
+                .map_or(0, |s| s.size),
+        }
     }
 
     /// True for snapshots and read-only volumes.

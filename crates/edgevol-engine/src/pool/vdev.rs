@@ -164,7 +164,12 @@ impl Vdevs {
 
     /// Write the same block at a raw device offset on every device (labels,
     /// uberblocks). Fails if any device fails.
-    pub fn write_everywhere(&self, offset: u64, buf: &[u8]) -> Result<()> {
+    pub fn write_everywhere(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let mut b = crate::buf::AlignedBuf::zeroed(
+            data.len().div_ceil(crate::layout::BLOCK) * crate::layout::BLOCK,
+        );
+        b.as_mut_slice()[..data.len()].copy_from_slice(data);
+        let buf = b.as_slice();
         for g in &self.groups {
             for m in &g.members {
                 m.dev.write_at(buf, offset).map_err(|e| {

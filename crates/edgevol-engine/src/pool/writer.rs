@@ -170,7 +170,6 @@ pub(crate) enum MaintOp {
     },
     AllocMeta(usize, Done<(Vec<SegId>, u64)>),
     ReleaseMeta(Vec<SegId>),
-    Checkpoint(Done<()>),
     Shutdown(Done<()>),
 }
 
@@ -982,7 +981,9 @@ impl Writer {
             }
             NewValue::ZeroAlloc | NewValue::Trim => {
                 // Only chunks where this lineage has entries need punching.
-                let all = self.scan(l, chunk_start(lba), end)?;
+                // Whole chunks: deciding whether a record dies needs every
+                // fragment in its chunk, not only those in the range.
+                let all = self.scan(l, chunk_start(lba), chunk_start(end - 1) + CHUNK_BLOCKS)?;
                 let mut x = lba;
                 while x < end {
                     let stop = (chunk_start(x) + CHUNK_BLOCKS).min(end);
@@ -1105,7 +1106,7 @@ impl Writer {
                 complete(done, r);
             }
             MaintOp::InstallFlush(run, done) => {
-                let r = self.install_flush(run);
+                let r = self.install_flush(Some(run));
                 complete(done, r);
             }
             MaintOp::InstallCompaction {
@@ -1129,11 +1130,6 @@ impl Writer {
                 for s in segs {
                     t.release(s);
                 }
-            }
-            MaintOp::Checkpoint(done) => {
-                let cat = self.cat.clone();
-                let r = self.write_checkpoint(&cat, None, Vec::new());
-                complete(done, r);
             }
             MaintOp::Shutdown(done) => {
                 self.write_all_batches_final();
@@ -1230,11 +1226,36 @@ impl Writer {
             }
             Control::BumpEpoch { vol } => cat.bump_epoch(vol)?,
             Control::Detach { vol } => {
-                fx = cat.detach(vol)?;
-                0
+                // Replaying writes made before the detach with the detached
+                // catalog would account them differently, so the detach is
+                // made durable together with a flush of the memtable: its
+                // checkpoint's replay point lies past every earlier write.
+                if self.rotation.is_some() {
+                    return Err(Error::new(
+                        ErrorKind::Busy,
+                        "a map flush is in progress; retry",
+                    ));
+                }
+                let mut fx = cat.detach(vol)?;
+                cat.schedule(&fx);
+                self.gc_done
+                    .retain(|(l, _)| !fx.reap.contains(l) && !fx.dead.contains(l));
+                fx.reap.clear();
+                let prev = std::mem::replace(&mut self.cat, cat);
+                if let Err(e) = self.flush_now() {
+                    self.cat = prev;
+                    return Err(e);
+                }
+                self.publish();
+                self.sh.wake_maintenance();
+                return Ok(0);
             }
         };
         cat.schedule(&fx);
+        // A lineage scheduled again needs a new collection: an older "done"
+        // must not clear it.
+        self.gc_done
+            .retain(|(l, _)| !fx.reap.contains(l) && !fx.dead.contains(l));
         for l in &fx.dead {
             self.sh.lineage_delta.lock().remove(l);
         }
@@ -1336,6 +1357,13 @@ impl Writer {
             return None;
         }
         let frozen = self.sh.map.rotate()?;
+        self.capture_rotation();
+        Some(frozen)
+    }
+
+    /// Record what the persisted state will be once the frozen memtable (if
+    /// any) is installed: the replay point and counters as of now.
+    fn capture_rotation(&mut self) {
         self.rotations += 1;
         self.rotation = Some(Rotation {
             replay: ReplayPoint {
@@ -1348,7 +1376,6 @@ impl Writer {
             },
             number: self.rotations,
         });
-        Some(frozen)
     }
 
     fn stream_uses(&self, seg: SegId) -> bool {
@@ -1357,13 +1384,55 @@ impl Writer {
             .any(|s| s.seg == Some(seg) || s.next == Some(seg))
     }
 
-    fn install_flush(&mut self, run: Arc<Run>) -> Result<()> {
+    /// Flush the memtable from the writer thread itself and move the
+    /// persisted replay point to now, even if the memtable is empty. Used
+    /// where nothing written so far may ever be replayed again: at the end
+    /// of recovery (torn tails must not be re-read later as if flushed) and
+    /// for catalog ops that change how earlier entries would replay.
+    pub(crate) fn flush_now(&mut self) -> Result<()> {
+        if self.rotation.is_some() {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                "a map flush is in progress; retry",
+            ));
+        }
+        let frozen = self.sh.map.rotate();
+        self.capture_rotation();
+        let run = match frozen {
+            Some(frozen) => {
+                let id = self.next_run_id;
+                self.next_run_id += 1;
+                let sh = self.sh.clone();
+                let mut alloc = Direct(&sh);
+                let r = super::maint::build_run_with(
+                    &sh,
+                    id,
+                    &mut alloc,
+                    frozen.iter().map(|(k, v)| Ok((*k, v.clone()))),
+                );
+                match r {
+                    Ok(run) => Some(run),
+                    Err(e) => {
+                        // Put the frozen entries back in front of newer ones.
+                        self.rotation = None;
+                        self.sh.map.unfreeze();
+                        return Err(e);
+                    }
+                }
+            }
+            None => None,
+        };
+        self.install_flush(run)
+    }
+
+    fn install_flush(&mut self, run: Option<Arc<Run>>) -> Result<()> {
         let rot = self
             .rotation
             .take()
             .ok_or_else(|| Error::corrupt("flush installed without a rotation"))?;
-        let run_segs = run.meta().segments.clone();
-        self.sh.map.install_flush(run);
+        if let Some(run) = run {
+            self.sh.map.install_flush(run);
+        }
         let mut counters = rot.counters;
         // Free data segments the persisted state no longer needs: no live
         // record in the runs, no batch to replay, not in use by a stream.
@@ -1392,7 +1461,6 @@ impl Writer {
                 }
             }
         }
-        let _ = run_segs;
         // GC work that is now in the runs is done for good.
         let number = rot.number;
         let mut cat = self.cat.clone();
@@ -1571,6 +1639,26 @@ impl Writer {
             }
         }
         Ok(())
+    }
+}
+
+/// Metadata segments allocated by the writer itself.
+struct Direct<'a>(&'a Shared);
+
+impl super::maint::MetaAlloc for Direct<'_> {
+    fn alloc(&mut self) -> Result<SegId> {
+        self.0
+            .segs
+            .lock()
+            .alloc(SegState::Meta)
+            .ok_or_else(|| Error::new(ErrorKind::NoSpace, "no free segment for a map run"))
+    }
+
+    fn release(&mut self, segs: Vec<SegId>) {
+        let mut t = self.0.segs.lock();
+        for s in segs {
+            t.release(s);
+        }
     }
 }
 
