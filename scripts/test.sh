@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit + property + integration
+# tests with real clients (qemu-img, qemu-io, nbdinfo, nbdcopy, nbdsh, fio).
+# Installs the test tools it needs with apt-get when they are missing.
+#
+#   scripts/test.sh              # what CI runs
+#   PROPTEST_CASES=2000 CRASH_ROUNDS=50 scripts/test.sh   # longer campaigns
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v fio >/dev/null || need+=(fio)
+command -v nbdinfo >/dev/null || need+=(libnbd-bin)
+command -v nbdsh >/dev/null || need+=(libnbd-bin)
+/usr/bin/python3 -c 'import nbd' 2>/dev/null || need+=(python3-libnbd)
+command -v nbdkit >/dev/null || need+=(nbdkit)
+command -v qemu-img >/dev/null || need+=(qemu-utils)
+command -v qemu-io >/dev/null || need+=(qemu-utils)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing test tools: ${need[*]}" >&2
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+fio --enghelp=nbd >/dev/null 2>&1 || { echo "this fio has no nbd engine (need Debian's fio >= 3.21)" >&2; exit 2; }
+
+echo "== format and lints" >&2
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== tests" >&2
+cargo test --workspace --quiet
+echo "== all tests passed" >&2
