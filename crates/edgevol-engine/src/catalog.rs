@@ -80,8 +80,12 @@ pub struct VolumeRec {
     pub head: u32,
     /// Epoch new writes are born in.
     pub head_epoch: u64,
-    /// Something was written since the head epoch began.
+    /// The head may differ from every snapshot: something was written (or
+    /// cut by a shrink) since it last matched one, or the snapshot it
+    /// matched was destroyed. A rollback keeps a dirty head as `auto-N`.
     pub dirty: bool,
+    /// The snapshot the head equals while not dirty.
+    pub clean_as: Option<u64>,
     /// Creation time, seconds since the epoch.
     pub created: u64,
     /// Properties set locally.
@@ -396,6 +400,7 @@ impl Catalog {
                 head,
                 head_epoch: epoch,
                 dirty: false,
+                clean_as: None,
                 created: now,
                 props,
                 origin: None,
@@ -442,6 +447,7 @@ impl Catalog {
         let v = self.volume_mut(volume)?;
         v.head_epoch = next;
         v.dirty = false;
+        v.clean_as = Some(id);
         Ok(id)
     }
 
@@ -498,6 +504,7 @@ impl Catalog {
         v.head = head;
         v.head_epoch = base;
         v.dirty = false;
+        v.clean_as = Some(snap);
         v.size = s.size;
         let mut fx = Effects::default();
         self.collect_dead(old_head, &mut fx);
@@ -535,6 +542,7 @@ impl Catalog {
                 head,
                 head_epoch: base,
                 dirty: false,
+                clean_as: None,
                 created: now,
                 props,
                 origin: Some(snap),
@@ -584,6 +592,11 @@ impl Catalog {
         for v in self.volumes.values_mut() {
             if v.origin == Some(snap) && !pinned {
                 v.origin = None;
+            }
+            // The head's content is no longer kept anywhere else.
+            if v.clean_as == Some(snap) {
+                v.clean_as = None;
+                v.dirty = true;
             }
         }
         let mut fx = Effects::default();
@@ -724,15 +737,32 @@ impl Catalog {
         Ok(e)
     }
 
-    /// Detach a flattened head lineage from its parent.
+    /// The volume's root lineage: the oldest lineage of its head chain that
+    /// belongs to it. Every lineage of the volume descends from it; only its
+    /// parent (if any) lies outside the volume.
+    pub fn root_lineage(&self, volume: u64) -> Result<u32> {
+        let v = self.volume(volume)?;
+        let mut root = v.head;
+        for step in self.chain(v.head, v.head_epoch) {
+            match self.lineages.get(&step.lineage) {
+                Some(l) if l.volume == Some(volume) => root = step.lineage,
+                _ => break,
+            }
+        }
+        Ok(root)
+    }
+
+    /// Detach a flattened root lineage from its parent (see
+    /// [`Catalog::root_lineage`]).
     pub fn detach(&mut self, volume: u64) -> Result<Effects> {
-        let head = self.volume(volume)?.head;
-        let parent = self.lineages.get_mut(&head).and_then(|l| l.parent.take());
+        let root = self.root_lineage(volume)?;
+        let parent = self.lineages.get_mut(&root).and_then(|l| l.parent.take());
         self.volume_mut(volume)?.origin = None;
         let mut fx = Effects::default();
-        // Flatten copies are born at the lineage's base epoch; where the head
-        // overwrote a block since, the copy is visible to no view: collect it.
-        fx.reap.insert(head);
+        // Flatten copies are born at the lineage's base epoch; where the
+        // lineage overwrote a block since, the copy may be visible to no
+        // view: collect it.
+        fx.reap.insert(root);
         if let Some((p, e)) = parent {
             let still_pinned = self.lineages.values().any(|c| c.parent == Some((p, e)));
             if !still_pinned {
@@ -846,7 +876,7 @@ impl Catalog {
 }
 
 fn check_size(size: u64) -> Result<()> {
-    if size == 0 || size % BLOCK_U64 != 0 {
+    if size == 0 || !size.is_multiple_of(BLOCK_U64) {
         return Err(Error::invalid(format!(
             "volume size {size} must be a positive multiple of 4096 bytes"
         )));

@@ -25,6 +25,10 @@ use crate::layout::BLOCK_U64;
 pub trait Device: Send + Sync + 'static {
     /// Size in bytes.
     fn len(&self) -> u64;
+    /// True for a device of no bytes (never a usable pool device).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Read exactly `buf.len()` bytes at `offset`.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Write all of `buf` at `offset` (volatile until [`Device::flush`]).
@@ -316,14 +320,17 @@ impl MemDevice {
     }
 
     fn dead_error() -> io::Error {
-        io::Error::new(io::ErrorKind::Other, "device lost power")
+        io::Error::other("device lost power")
     }
 
     /// The rules O_DIRECT enforces, so memory-backed tests catch what a real
     /// device would refuse: 4 KiB aligned memory, offset and length.
     fn check_direct(buf: &[u8], offset: u64) -> io::Result<()> {
         let b = BLOCK_U64 as usize;
-        if buf.as_ptr() as usize % b != 0 || offset % BLOCK_U64 != 0 || buf.len() % b != 0 {
+        if !(buf.as_ptr() as usize).is_multiple_of(b)
+            || !offset.is_multiple_of(BLOCK_U64)
+            || !buf.len().is_multiple_of(b)
+        {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
         Ok(())
@@ -432,7 +439,7 @@ mod tests {
     fn enforces_direct_io_alignment() {
         let d = MemDevice::new("t", 64 * 1024);
         let v = vec![0u8; 8192];
-        let off = if v.as_ptr() as usize % 4096 == 0 {
+        let off = if (v.as_ptr() as usize).is_multiple_of(4096) {
             1
         } else {
             0

@@ -133,6 +133,38 @@ impl fmt::Debug for Paddr {
     }
 }
 
+/// A range of 4 KiB metadata blocks inside one segment. Map runs and the
+/// counters table are stored as lists of extents, packed into shared
+/// metadata segments, so a small run does not take a whole segment.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, serde::Serialize, serde::Deserialize,
+)]
+pub struct MetaExtent {
+    /// The segment.
+    pub seg: SegId,
+    /// First block within the segment.
+    pub block: u32,
+    /// Number of blocks.
+    pub blocks: u32,
+}
+
+impl MetaExtent {
+    /// Byte offset of the extent within its segment.
+    pub fn offset(&self) -> u64 {
+        u64::from(self.block) * BLOCK_U64
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        u64::from(self.blocks) * BLOCK_U64
+    }
+
+    /// True if the extent holds no block.
+    pub fn is_empty(&self) -> bool {
+        self.blocks == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

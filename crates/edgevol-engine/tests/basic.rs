@@ -27,7 +27,7 @@ fn write_read_overwrite_and_holes() {
         read(&v, 30, 4),
         [block(1), block(9), block(3), block(4)].concat()
     );
-    let st = v.block_status(0, 64 * 4096).unwrap();
+    let st = futures::executor::block_on(v.block_status(0, 64 * 4096)).unwrap();
     assert!(st[0].hole && st[0].zero, "block 0 is a hole: {st:?}");
     assert!(!st[1].hole && !st[1].zero);
     assert_eq!(pool.volume_info("v").unwrap().referenced, 5 * 4096);
@@ -142,7 +142,7 @@ fn trim_frees_space_and_reads_zero() {
     assert_eq!(read(&v, 0, 256), vec![0u8; 256 * 4096]);
     assert_eq!(pool.status().data, 0, "trimmed records are freed");
     assert_eq!(pool.volume_info("v").unwrap().referenced, 0);
-    let st = v.block_status(0, 256 * 4096).unwrap();
+    let st = futures::executor::block_on(v.block_status(0, 256 * 4096)).unwrap();
     assert_eq!(st.len(), 1);
     assert!(st[0].hole);
     assert_clean(&pool);

@@ -6,6 +6,7 @@
 //!    written later; flushed and FUA writes always survive;
 //! 3. unwritten and trimmed blocks read as zeroes; no volume sees another's data;
 //! 4. snapshots are immutable and snapshot/clone/rollback/destroy are atomic.
+//!
 //! Plus: `pool check` is clean after every recovery and at the end.
 //!
 //! Each block's content encodes (tag, lba): a misplaced block cannot pass.
@@ -136,6 +137,8 @@ struct MVol {
     origin: Option<String>,
     dirty: bool,
     dirty_known: bool,
+    /// The snapshot the head equals while not dirty.
+    clean_as: Option<String>,
 }
 
 impl MVol {
@@ -369,9 +372,10 @@ impl Harness {
                 let m = self.vols.get_mut(&name).expect("vol");
                 let img = m.latest();
                 let b = m.blocks;
-                m.snaps.push((s, img, b));
+                m.snaps.push((s.clone(), img, b));
                 m.dirty = false;
                 m.dirty_known = true;
+                m.clean_as = Some(s);
             }
             Op::Rollback { vol, snap } => {
                 let Some(name) = self.vol_name(vol) else {
@@ -403,6 +407,7 @@ impl Harness {
                 *m = MVol::from_image(blocks, &img);
                 m.snaps = snaps;
                 m.origin = origin;
+                m.clean_as = Some(sname);
             }
             Op::Clone { vol, snap } => {
                 let Some(name) = self.vol_name(vol) else {
@@ -440,7 +445,13 @@ impl Harness {
                     .destroy_snapshot(&name, &sname)
                     .expect("destroy snapshot");
                 self.settle_all();
-                self.vols.get_mut(&name).expect("vol").snaps.remove(i);
+                let m = self.vols.get_mut(&name).expect("vol");
+                m.snaps.remove(i);
+                if m.clean_as.as_deref() == Some(sname.as_str()) {
+                    // The head's content is kept nowhere else now.
+                    m.clean_as = None;
+                    m.dirty = true;
+                }
             }
             Op::DestroyVolume { vol } => {
                 let Some(name) = self.vol_name(vol) else {

@@ -334,7 +334,7 @@ impl BatchHeader {
         if crc_with_hole(hdr, CRC_FIELD) != crc {
             return Err(DecodeError::BadChecksum);
         }
-        if total_len as usize % BLOCK != 0
+        if !(total_len as usize).is_multiple_of(BLOCK)
             || (total_len as usize) < Self::header_blocks(header_len) * BLOCK
         {
             return Err(DecodeError::Invalid("batch length"));

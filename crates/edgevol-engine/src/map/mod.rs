@@ -72,17 +72,25 @@ impl Memtable {
     }
 
     fn scan(&self, lo: &Key, hi: &Key, limit: usize, out: &mut Vec<(Key, Option<Value>)>) -> bool {
-        let mut n = 0;
-        for (k, v) in self.map.range((Bound::Included(*lo), Bound::Excluded(*hi))) {
+        for (n, (k, v)) in self
+            .map
+            .range((Bound::Included(*lo), Bound::Excluded(*hi)))
+            .enumerate()
+        {
             if n == limit {
                 return true;
             }
             out.push((*k, v.clone()));
-            n += 1;
         }
         false
     }
 }
+
+/// Entries (a `None` value is a deletion marker), in key order.
+type Entries = Vec<(Key, Option<Value>)>;
+
+/// One source's part of a scan, and whether the limit cut it short.
+type Source = (Entries, bool);
 
 /// The runs of the tree, newest data first.
 #[derive(Clone, Default)]
@@ -173,8 +181,7 @@ impl Map {
 
     /// Open the runs of a manifest (reads their index blocks).
     pub fn load(&self, manifest: &Manifest) -> Result<()> {
-        let open =
-            |m: &RunMeta| Run::open(m.clone(), self.segment_size, &*self.reader).map(Arc::new);
+        let open = |m: &RunMeta| Run::open(m.clone(), &*self.reader).map(Arc::new);
         let l0 = manifest.l0.iter().map(open).collect::<Result<Vec<_>>>()?;
         let deep = manifest
             .deep
@@ -280,7 +287,7 @@ impl Map {
     pub fn scan(&self, lo: Key, hi: Key, limit: usize) -> Result<ScanPage> {
         // One consistent instant: the active memtable is copied out under the
         // lock; frozen and runs are immutable and shared by Arc.
-        let mut sources: Vec<(Vec<(Key, Option<Value>)>, bool)> = Vec::new();
+        let mut sources: Vec<Source> = Vec::new();
         let snap = {
             let g = self.state.read();
             let mut v = Vec::new();
@@ -302,7 +309,7 @@ impl Map {
         hi: Key,
         limit: usize,
         keep_deletions: bool,
-    ) -> Result<(Vec<(Key, Option<Value>)>, Option<Key>)> {
+    ) -> Result<(Entries, Option<Key>)> {
         let mut sources = Vec::with_capacity(runs.len());
         for r in runs {
             let mut v = Vec::new();
@@ -324,7 +331,7 @@ impl Map {
         lo: Key,
         hi: Key,
         limit: usize,
-        mut sources: Vec<(Vec<(Key, Option<Value>)>, bool)>,
+        mut sources: Vec<Source>,
     ) -> Result<ScanPage> {
         if let Some(f) = &snap.frozen {
             let mut v = Vec::new();
@@ -350,9 +357,7 @@ impl Map {
 /// Merge per-source sorted results (index 0 = newest). Equal keys take the
 /// newest source's value. If any source was cut short at key K, everything
 /// after the smallest such K is dropped and that K is the resume point.
-fn merge(
-    sources: Vec<(Vec<(Key, Option<Value>)>, bool)>,
-) -> (Vec<(Key, Option<Value>)>, Option<Key>) {
+fn merge(sources: Vec<Source>) -> (Entries, Option<Key>) {
     // Resume at the key just after the last one a truncated source returned:
     // every source is complete up to (and including) that key.
     let mut resume: Option<Key> = None;

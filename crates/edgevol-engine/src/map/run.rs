@@ -1,7 +1,7 @@
 //! Sorted runs: the immutable on-disk levels of the block map (an LSM tree).
 //!
-//! A run is a sequence of 4 KiB blocks laid out over whole metadata
-//! segments: leaf blocks holding sorted `(key, value)` entries, then index
+//! A run is a sequence of 4 KiB blocks laid out over a list of metadata
+//! extents (block ranges packed into shared metadata segments): leaf blocks holding sorted `(key, value)` entries, then index
 //! blocks holding the first key of every leaf. The first key of every index
 //! block is kept in memory (the "top index": one key per ~170 leaves, a few
 //! hundred KiB for a billion entries), so memory does not grow with the map.
@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::entry::{decode_value, encode_value, encoded_len, Key, Value};
 use crate::error::{DecodeError, Error, Result};
 use crate::format::codec::{put_u32, Reader, Writer};
-use crate::layout::{SegId, BLOCK};
+use crate::layout::{MetaExtent, SegId, BLOCK};
 
 const MAGIC: u16 = u16::from_le_bytes(*b"MR");
 const VERSION: u8 = 1;
@@ -42,8 +42,8 @@ const INDEX_ENTRY: usize = Key::LEN + 4;
 pub struct RunMeta {
     /// Unique id (also stamped in every block, to catch misdirected reads).
     pub id: u64,
-    /// Segments holding the blocks, in order.
-    pub segments: Vec<SegId>,
+    /// Extents holding the blocks, in order.
+    pub extents: Vec<MetaExtent>,
     /// Leaf blocks (numbered from 0).
     pub leaf_blocks: u32,
     /// Index blocks (numbered after the leaves).
@@ -311,17 +311,31 @@ impl BlockCache {
 /// An open run: its metadata plus the in-memory top index.
 pub struct Run {
     meta: RunMeta,
-    seg_blocks: u64,
+    /// Run block number at which each extent starts (prefix sums).
+    starts: Vec<u32>,
     /// First key of each index block.
     top: Vec<Key>,
 }
 
 impl Run {
     /// Open a run: read its index blocks to build the top index.
-    pub fn open(meta: RunMeta, segment_size: u64, reader: &dyn BlockReader) -> Result<Run> {
+    pub fn open(meta: RunMeta, reader: &dyn BlockReader) -> Result<Run> {
+        let mut starts = Vec::with_capacity(meta.extents.len());
+        let mut at = 0u64;
+        for e in &meta.extents {
+            starts.push(at as u32);
+            at += u64::from(e.blocks);
+        }
+        if at < meta.blocks() || at > u64::from(u32::MAX) {
+            return Err(Error::corrupt(format!(
+                "run {} has {} blocks but its extents hold {at}",
+                meta.id,
+                meta.blocks()
+            )));
+        }
         let mut run = Run {
             meta,
-            seg_blocks: segment_size / BLOCK as u64,
+            starts,
             top: Vec::new(),
         };
         let mut top = Vec::with_capacity(run.meta.index_blocks as usize);
@@ -360,18 +374,23 @@ impl Run {
     }
 
     fn locate(&self, block: u32) -> Result<(SegId, u64)> {
-        let b = u64::from(block);
-        let seg = self
-            .meta
-            .segments
-            .get((b / self.seg_blocks) as usize)
-            .ok_or_else(|| {
-                Error::corrupt(format!(
-                    "run {} block {block} beyond its segments",
-                    self.meta.id
-                ))
-            })?;
-        Ok((*seg, (b % self.seg_blocks) * BLOCK as u64))
+        let i = self.starts.partition_point(|&s| s <= block);
+        let e = i
+            .checked_sub(1)
+            .and_then(|i| self.meta.extents.get(i).map(|e| (i, e)))
+            .filter(|(i, e)| block - self.starts[*i] < e.blocks)
+            .map(|(i, e)| {
+                (
+                    e.seg,
+                    e.offset() + u64::from(block - self.starts[i]) * BLOCK as u64,
+                )
+            });
+        e.ok_or_else(|| {
+            Error::corrupt(format!(
+                "run {} block {block} beyond its extents",
+                self.meta.id
+            ))
+        })
     }
 
     fn read_block(&self, block: u32, reader: &dyn BlockReader) -> Result<Block> {
@@ -542,25 +561,43 @@ mod tests {
         let mut bytes = b.take_ready();
         let (rest, leaves, index) = b.finish();
         bytes.extend_from_slice(&rest);
-        let seg_blocks = seg_size / 4096;
-        let nsegs = (bytes.len() as u64 / 4096).div_ceil(seg_blocks);
-        let segments: Vec<SegId> = (0..nsegs).map(|i| SegId::new(0, 10 + i as u32)).collect();
+        // Extents of varying length, the first one starting mid-segment.
+        let seg_blocks = (seg_size / 4096) as u32;
+        let total = (bytes.len() / 4096) as u32;
+        let mut extents = Vec::new();
+        let mut placed = 0u32;
+        let mut seg = 10u32;
+        let mut first = 3u32;
+        while placed < total {
+            let len = (seg_blocks - first).min(total - placed).min(7 + seg % 50);
+            extents.push(MetaExtent {
+                seg: SegId::new(0, seg),
+                block: first,
+                blocks: len,
+            });
+            placed += len;
+            seg += 1;
+            first = seg % 5;
+        }
         let mem = MemBlocks(Mutex::new(HashMap::new()));
-        for (i, blk) in bytes.chunks(4096).enumerate() {
-            let i = i as u64;
-            mem.0.lock().insert(
-                (segments[(i / seg_blocks) as usize], (i % seg_blocks) * 4096),
-                blk.to_vec(),
-            );
+        let mut i = 0usize;
+        for e in &extents {
+            for b in 0..e.blocks {
+                mem.0.lock().insert(
+                    (e.seg, e.offset() + u64::from(b) * 4096),
+                    bytes[i * 4096..(i + 1) * 4096].to_vec(),
+                );
+                i += 1;
+            }
         }
         let meta = RunMeta {
             id: 7,
-            segments,
+            extents,
             leaf_blocks: leaves,
             index_blocks: index,
             entries: n,
         };
-        let run = Run::open(meta, seg_size, &mem).unwrap();
+        let run = Run::open(meta, &mem).unwrap();
         (run, mem)
     }
 
@@ -617,8 +654,8 @@ mod tests {
     #[test]
     fn damaged_block_is_detected() {
         let (run, mem) = build(100, 1 << 20);
-        let seg = run.meta().segments[0];
-        mem.0.lock().get_mut(&(seg, 0)).unwrap()[100] ^= 1;
+        let e = run.meta().extents[0];
+        mem.0.lock().get_mut(&(e.seg, e.offset())).unwrap()[100] ^= 1;
         let cache = BlockCache::new(1 << 20);
         let mut out = Vec::new();
         let e = run

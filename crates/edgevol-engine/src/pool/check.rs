@@ -59,6 +59,12 @@ fn err(r: &mut CheckReport, msg: String) {
 }
 
 pub(crate) fn check(sh: &Shared) -> Result<CheckReport> {
+    // Segments are only ever released by maintenance (memtable flushes,
+    // compaction, flatten), all under this lock: holding it, every segment
+    // an entry points into stays what it is while we look at it. Client
+    // writes go on; they only make the accounting comparison inexact,
+    // which `idle` below detects.
+    let _maint = sh.maint_lock.lock();
     let mut r = CheckReport::default();
     let batches_before =
         sh.stats.batches.load(Ordering::SeqCst) + sh.stats.checkpoints.load(Ordering::SeqCst);
@@ -67,10 +73,20 @@ pub(crate) fn check(sh: &Shared) -> Result<CheckReport> {
         err(&mut r, format!("catalog: {e}"));
     }
     let levels = sh.map.levels();
+    let (counter_extents, log_seg) = sh.meta_roots.lock().clone();
+    let mut meta_owned: BTreeMap<SegId, u64> = BTreeMap::new();
+    for e in &counter_extents {
+        *meta_owned.entry(e.seg).or_insert(0) += e.len();
+    }
+    if let Some(l) = log_seg {
+        *meta_owned.entry(l).or_insert(0) += sh.vdevs.segment_size;
+    }
     for run in levels.runs() {
         r.runs += 1;
-        for s in &run.meta().segments {
-            if sh.segs.lock().get(*s).map(|x| x.state) != Some(SegState::Meta) {
+        for e in &run.meta().extents {
+            *meta_owned.entry(e.seg).or_insert(0) += e.len();
+            let s = e.seg;
+            if sh.segs.lock().get(s).map(|x| x.state) != Some(SegState::Meta) {
                 err(
                     &mut r,
                     format!(
@@ -112,20 +128,7 @@ pub(crate) fn check(sh: &Shared) -> Result<CheckReport> {
     // Referenced blocks per volume head, resolved through the whole chain.
     for v in cat.volumes.values() {
         let chain = cat.chain(v.head, v.head_epoch);
-        let blocks = v.size / BLOCK_U64;
-        let mut lba = 0;
-        let mut n_data = 0;
-        while lba < blocks {
-            let n = (blocks - lba).min(8192);
-            let pieces = chunk::resolve(&chain, lba, n as u32, |l, f, t| {
-                Ok(sh
-                    .map
-                    .scan(Key::lower(l, f), Key::lower(l, t), usize::MAX)?
-                    .entries)
-            })?;
-            n_data += chunk::data_blocks(&pieces);
-            lba += n;
-        }
+        let n_data = super::walk::data_blocks(sh, &chain, 0, v.size / BLOCK_U64)?;
         referenced.insert(v.head, n_data);
     }
     let idle = batches_before
@@ -141,6 +144,20 @@ pub(crate) fn check(sh: &Shared) -> Result<CheckReport> {
                         "segment {id:?}: table says {} live bytes, the map references {want}",
                         info.live
                     ),
+                ),
+                SegState::Meta if info.live != meta_owned.get(&id).copied().unwrap_or(0) => {
+                    err(
+                        &mut r,
+                        format!(
+                            "metadata segment {id:?}: table says {} bytes in use, runs, counters and the checkpoint log own {}",
+                            info.live,
+                            meta_owned.get(&id).copied().unwrap_or(0)
+                        ),
+                    )
+                }
+                SegState::Free if meta_owned.contains_key(&id) => err(
+                    &mut r,
+                    format!("segment {id:?} is free but metadata lives in it"),
                 ),
                 SegState::Free | SegState::Meta if want > 0 => err(
                     &mut r,

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::Catalog;
 use crate::error::{Error, Result};
 use crate::format::envelope::{self, Kind};
-use crate::layout::{SegId, BLOCK};
+use crate::layout::{MetaExtent, SegId, BLOCK};
 use crate::map::Manifest;
 
 use super::space::Counters;
@@ -47,11 +47,11 @@ pub struct ReplayPoint {
     pub streams: Vec<StreamPos>,
 }
 
-/// A blob stored in whole metadata segments.
+/// A blob stored in metadata extents.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlobRef {
-    /// Segments, in order.
-    pub segments: Vec<SegId>,
+    /// Extents, in order.
+    pub extents: Vec<MetaExtent>,
     /// Bytes (padded envelope).
     pub len: u64,
     /// crc32c of the bytes.
@@ -79,28 +79,38 @@ pub struct Checkpoint {
     pub log_segment: SegId,
 }
 
-/// Write `bytes` (block multiple) over whole segments, first to last.
-pub fn write_blob(vdevs: &Vdevs, segments: &[SegId], bytes: &[u8]) -> Result<()> {
-    let seg_size = vdevs.segment_size as usize;
-    for (i, chunk) in bytes.chunks(seg_size).enumerate() {
-        let seg = segments
-            .get(i)
-            .ok_or_else(|| Error::corrupt("blob larger than its segments"))?;
-        write_aligned(vdevs, *seg, 0, chunk)?;
+/// Write `bytes` over `extents`, first to last.
+pub fn write_blob(vdevs: &Vdevs, extents: &[MetaExtent], bytes: &[u8]) -> Result<()> {
+    let mut rest = bytes;
+    for e in extents {
+        if rest.is_empty() {
+            break;
+        }
+        let n = (e.len() as usize).min(rest.len());
+        write_aligned(vdevs, e.seg, e.offset(), &rest[..n])?;
+        rest = &rest[n..];
+    }
+    if !rest.is_empty() {
+        return Err(Error::corrupt("blob larger than its extents"));
     }
     Ok(())
 }
 
 /// Read a blob written by [`write_blob`] and check its crc.
 pub fn read_blob(vdevs: &Vdevs, r: &BlobRef) -> Result<Vec<u8>> {
-    let seg_size = vdevs.segment_size;
+    let total: u64 = r.extents.iter().map(MetaExtent::len).sum();
+    if total < r.len || r.len > 1 << 36 {
+        return Err(Error::corrupt("blob reference shorter than its length"));
+    }
     let mut out = vec![0u8; r.len as usize];
-    for (i, chunk) in out.chunks_mut(seg_size as usize).enumerate() {
-        let seg = r
-            .segments
-            .get(i)
-            .ok_or_else(|| Error::corrupt("blob reference shorter than its length"))?;
-        read_aligned(vdevs, *seg, 0, chunk)?;
+    let mut at = 0usize;
+    for e in &r.extents {
+        if at == out.len() {
+            break;
+        }
+        let n = (e.len() as usize).min(out.len() - at);
+        read_aligned(vdevs, e.seg, e.offset(), &mut out[at..at + n])?;
+        at += n;
     }
     if crc32c::crc32c(&out) != r.crc {
         return Err(Error::corrupt("metadata blob checksum mismatch"));

@@ -123,8 +123,12 @@ pub struct PoolStatus {
     pub data: u64,
     /// Bytes of metadata (map runs, checkpoints).
     pub metadata: u64,
-    /// Bytes available for new data (capacity minus allocated and reserve).
+    /// Bytes of new data the pool still accepts (usable capacity minus live
+    /// data; usable capacity keeps a reserve for the cleaner and metadata and
+    /// 8% over-provisioning).
     pub free: u64,
+    /// Bytes of live data the pool can hold in all.
+    pub usable: u64,
     /// Segments free right now (without cleaning).
     pub free_segments: u64,
     /// Segments kept for the cleaner and metadata.
@@ -236,9 +240,8 @@ pub(crate) fn pool_status(sh: &Shared) -> PoolStatus {
     let size = sh.vdevs.total_segments() * seg;
     let metadata = meta_segs * seg;
     let allocated = data + metadata;
-    let free = size
-        .saturating_sub(allocated)
-        .saturating_sub(sh.reserve_segments * seg);
+    let usable = super::usable_bytes(sh);
+    let free = usable.saturating_sub(data);
     let poisoned = sh.poisoned.lock().clone();
     let devices = sh
         .vdevs
@@ -296,8 +299,9 @@ pub(crate) fn pool_status(sh: &Shared) -> PoolStatus {
         data,
         metadata,
         free,
+        usable,
         free_segments: free_segs,
-        reserved_segments: sh.reserve_segments,
+        reserved_segments: super::data_reserve(sh),
         referenced: cat
             .volumes
             .values()

@@ -17,10 +17,10 @@ use super::space::SegState;
 use super::writer::{Control, MaintOp, RelocItem};
 use super::Shared;
 use crate::buf::AlignedBuf;
-use crate::chunk::{self, PieceKind};
+use crate::chunk::PieceKind;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::batch::{BatchHeader, EntryKind};
-use crate::layout::{chunk_start, Paddr, SegId, BLOCK, BLOCK_U64, CHUNK_BLOCKS};
+use crate::layout::{chunk_start, MetaExtent, Paddr, SegId, BLOCK, BLOCK_U64, CHUNK_BLOCKS};
 use crate::map::run::{Run, RunBuilder, RunMeta};
 use crate::map::{Key, Levels, Value};
 
@@ -82,24 +82,55 @@ fn step(sh: &Arc<Shared>, last_flush: &mut Instant) -> Result<()> {
         let s = sh.segs.lock();
         (s.free_count(), sh.vdevs.total_segments())
     };
-    let low = (total / 10).max(sh.reserve_segments * 2);
-    if blocked || free < low {
+    let reserve = super::data_reserve(sh);
+    let low = (total / 10).max(reserve + 2);
+    // Only clean when there is dead space worth reclaiming: at least two
+    // segments' worth in sealed segments.
+    let reclaimable = reclaimable_bytes(sh);
+    if (blocked || free < low) && reclaimable >= 2 * sh.vdevs.segment_size {
         let high = (total / 5).max(low + 2);
+        let start = free;
         let mut rounds = 0;
-        while rounds < 8 {
+        while rounds < 16 {
             rounds += 1;
-            let cleaned = clean_locked(sh, 4, 0.95)?;
+            // Under pressure, any segment with dead space is worth cleaning;
+            // flushing after each small step turns the victims into free
+            // segments before the cleaner's own output needs more.
+            let urgent = sh.segs.lock().free_count() <= reserve + 1;
+            let (n, util) = if urgent {
+                (1, MAX_VICTIM_UTIL)
+            } else {
+                (4, 0.90)
+            };
+            let mut r = clean_locked(sh, n, util);
+            if matches!(r, Ok(0)) && util < MAX_VICTIM_UTIL {
+                r = clean_locked(sh, n, MAX_VICTIM_UTIL);
+            }
+            let cleaned = match r {
+                Ok(c) => c,
+                // No room left even for the cleaner's output: stop here;
+                // waiting writes are failed below rather than left hanging.
+                Err(e) if e.kind() == ErrorKind::NoSpace => 0,
+                Err(e) => return Err(e),
+            };
             flush_memtable(sh)?;
+            force_install(sh)?;
             let free = sh.segs.lock().free_count();
             if cleaned == 0 || free >= high {
                 break;
             }
         }
+        let after = sh.segs.lock().free_count();
+        if sh.space_blocked.load(Ordering::Relaxed) && after <= start && after <= reserve {
+            // Nothing can be reclaimed: waiting writes get ENOSPC, not a hang.
+            tracing::warn!(pool = %sh.name, "no space can be reclaimed; failing waiting writes with ENOSPC");
+            let _ = sh.maint_tx.send_blocking(MaintOp::FailStalled);
+        }
     }
     let written = sh.stats.bytes_written.load(Ordering::Relaxed);
     let since = written - sh.maint_status.lock().flushed_at_bytes;
     let mem = sh.map.active_bytes();
-    let due = mem >= sh.cfg.memtable_bytes
+    let due = mem >= sh.memtable_budget
         || since >= sh.cfg.replay_budget
         || (sh.map.active_len() > 0 && last_flush.elapsed() >= sh.cfg.flush_interval);
     if due && flush_memtable(sh)? {
@@ -108,6 +139,12 @@ fn step(sh: &Arc<Shared>, last_flush: &mut Instant) -> Result<()> {
     compact(sh)?;
     gc_pending(sh)?;
     Ok(())
+}
+
+/// Move the persisted replay point to now even when the memtable is empty,
+/// so segments whose records all died can be freed.
+fn force_install(sh: &Shared) -> Result<()> {
+    send(sh, MaintOp::FlushNow)
 }
 
 /// Flush the memtable, run pending GC; with `full`, until nothing is pending.
@@ -131,60 +168,54 @@ pub(crate) fn run_all(sh: &Arc<Shared>, full: bool) -> Result<()> {
 // ----------------------------------------------------------------------
 // Runs
 
-/// Where a run's metadata segments come from.
+/// Where a run's metadata blocks come from.
 pub(crate) trait MetaAlloc {
-    /// One more free segment, now owned by the run being built.
-    fn alloc(&mut self) -> Result<SegId>;
-    /// Give back segments of a run that could not be built.
-    fn release(&mut self, segs: Vec<SegId>);
+    /// `blocks` more metadata blocks, now owned by the run being built.
+    fn alloc(&mut self, blocks: u32) -> Result<Vec<MetaExtent>>;
+    /// Give back the extents of a run that could not be built.
+    fn release(&mut self, extents: Vec<MetaExtent>);
 }
 
-/// Allocation through the writer (from maintenance).
-struct ViaWriter<'a> {
-    sh: &'a Shared,
-    first: Option<SegId>,
-}
+/// Allocation straight from the segment table (metadata may take any free
+/// segment: the floors in `mod.rs` keep enough for it).
+pub(crate) struct TableAlloc<'a>(pub &'a Shared);
 
-impl MetaAlloc for ViaWriter<'_> {
-    fn alloc(&mut self) -> Result<SegId> {
-        if let Some(s) = self.first.take() {
-            return Ok(s);
-        }
-        let (segs, _) = send(self.sh, |d| MaintOp::AllocMeta(1, d))?;
-        segs.first()
-            .copied()
+impl MetaAlloc for TableAlloc<'_> {
+    fn alloc(&mut self, blocks: u32) -> Result<Vec<MetaExtent>> {
+        self.0
+            .segs
+            .lock()
+            .alloc_meta_blocks(blocks)
             .ok_or_else(|| Error::new(ErrorKind::NoSpace, "no free segment for a map run"))
     }
 
-    fn release(&mut self, segs: Vec<SegId>) {
-        let _ = self.sh.maint_tx.send_blocking(MaintOp::ReleaseMeta(segs));
+    fn release(&mut self, extents: Vec<MetaExtent>) {
+        // Never referenced by an installed run: no reader can be using them.
+        self.0.segs.lock().release_meta_blocks(&extents);
     }
 }
 
-/// Build run `id` from sorted entries into segments from `alloc`.
+/// Build run `id` from sorted entries into blocks from `alloc`.
 pub(crate) fn build_run_with(
     sh: &Shared,
     id: u64,
     alloc: &mut dyn MetaAlloc,
     entries: impl Iterator<Item = Result<(Key, Option<Value>)>>,
 ) -> Result<Arc<Run>> {
-    let seg_size = sh.vdevs.segment_size;
-    let mut segments: Vec<SegId> = Vec::new();
-    let mut pos = seg_size;
+    let mut extents: Vec<MetaExtent> = Vec::new();
     let r = (|| {
-        let mut write = |mut bytes: &[u8], segments: &mut Vec<SegId>| -> Result<()> {
-            while !bytes.is_empty() {
-                if pos == seg_size {
-                    segments.push(alloc.alloc()?);
-                    pos = 0;
-                }
-                let seg = *segments
-                    .last()
-                    .ok_or_else(|| Error::corrupt("run without segments"))?;
-                let n = ((seg_size - pos) as usize).min(bytes.len());
-                ckpt::write_aligned(&sh.vdevs, seg, pos, &bytes[..n])?;
-                pos += n as u64;
-                bytes = &bytes[n..];
+        let mut write = |bytes: &[u8], extents: &mut Vec<MetaExtent>| -> Result<()> {
+            if bytes.is_empty() {
+                return Ok(());
+            }
+            let blocks = (bytes.len() / BLOCK) as u32;
+            let got = alloc.alloc(blocks)?;
+            extents.extend_from_slice(&got);
+            let mut rest = bytes;
+            for e in &got {
+                let n = e.len() as usize;
+                ckpt::write_aligned(&sh.vdevs, e.seg, e.offset(), &rest[..n])?;
+                rest = &rest[n..];
             }
             Ok(())
         };
@@ -194,28 +225,40 @@ pub(crate) fn build_run_with(
             b.push(k, &v);
             if b.ready_len() >= 1 << 20 {
                 let bytes = b.take_ready();
-                write(&bytes, &mut segments)?;
+                write(&bytes, &mut extents)?;
             }
         }
         let n = b.entries();
         let ready = b.take_ready();
-        write(&ready, &mut segments)?;
+        write(&ready, &mut extents)?;
         let (rest, leaves, index) = b.finish();
-        write(&rest, &mut segments)?;
+        write(&rest, &mut extents)?;
         sh.vdevs.flush_all()?;
         let meta = RunMeta {
             id,
-            segments: segments.clone(),
+            extents: merge_extents(&extents),
             leaf_blocks: leaves,
             index_blocks: index,
             entries: n,
         };
-        Ok(Arc::new(Run::open(meta, seg_size, sh.map.reader())?))
+        Ok(Arc::new(Run::open(meta, sh.map.reader())?))
     })();
     if r.is_err() {
-        alloc.release(segments);
+        alloc.release(extents);
     }
     r
+}
+
+/// Join extents that continue each other in the same segment.
+fn merge_extents(v: &[MetaExtent]) -> Vec<MetaExtent> {
+    let mut out: Vec<MetaExtent> = Vec::with_capacity(v.len());
+    for e in v {
+        match out.last_mut() {
+            Some(l) if l.seg == e.seg && l.block + l.blocks == e.block => l.blocks += e.blocks,
+            _ => out.push(*e),
+        }
+    }
+    out
 }
 
 /// Build a run from sorted entries (maintenance side).
@@ -223,12 +266,8 @@ fn build_run(
     sh: &Shared,
     entries: impl Iterator<Item = Result<(Key, Option<Value>)>>,
 ) -> Result<Arc<Run>> {
-    let (segs, id) = send(sh, |d| MaintOp::AllocMeta(1, d))?;
-    let mut a = ViaWriter {
-        sh,
-        first: segs.first().copied(),
-    };
-    build_run_with(sh, id, &mut a, entries)
+    let id = sh.next_run_id.fetch_add(1, Ordering::SeqCst);
+    build_run_with(sh, id, &mut TableAlloc(sh), entries)
 }
 
 /// Freeze and flush the memtable. Returns true if a run was installed.
@@ -243,7 +282,7 @@ pub(crate) fn flush_memtable(sh: &Shared) -> Result<bool> {
 }
 
 fn level_target(sh: &Shared, level: usize) -> u64 {
-    (sh.cfg.memtable_bytes as u64 * 8).saturating_mul(10u64.saturating_pow(level as u32))
+    (sh.memtable_budget as u64 * 8).saturating_mul(10u64.saturating_pow(level as u32))
 }
 
 /// One compaction step if the tree needs it.
@@ -272,6 +311,13 @@ fn compact(sh: &Shared) -> Result<bool> {
         }
         (v, i + 1)
     };
+    // The output may be as large as the inputs; it must fit without eating
+    // the segments reserved for flushes.
+    let bytes: u64 = inputs.iter().map(|r| r.bytes()).sum();
+    let need = bytes.div_ceil(sh.vdevs.segment_size) + 1;
+    if sh.segs.lock().free_count() < need + super::meta_floor(sh) {
+        return Ok(false);
+    }
     // Deletion markers can go when nothing older lies below the output.
     let keep_deletions = levels
         .deep
@@ -325,9 +371,7 @@ fn compact(sh: &Shared) -> Result<bool> {
         Some(run.clone())
     };
     if run.meta().entries == 0 {
-        let _ = sh
-            .maint_tx
-            .send_blocking(MaintOp::ReleaseMeta(run.meta().segments.clone()));
+        sh.segs.lock().release_meta_blocks(&run.meta().extents);
     }
     while deep.last().is_some_and(Option::is_none) {
         deep.pop();
@@ -405,10 +449,24 @@ fn gc_lineage(sh: &Shared, l: u32) -> Result<()> {
 // ----------------------------------------------------------------------
 // The cleaner
 
+/// The most-live segment worth cleaning: relocating it must gain clearly
+/// more than its batch headers cost.
+const MAX_VICTIM_UTIL: f64 = 0.97;
+
+/// Bytes the cleaner could reclaim: dead space in sealed data segments.
+fn reclaimable_bytes(sh: &Shared) -> u64 {
+    let seg = sh.vdevs.segment_size;
+    let segs = sh.segs.lock();
+    segs.iter()
+        .filter(|(id, s)| s.state == SegState::Data && s.written > 0 && !segs.is_open(*id))
+        .map(|(_, s)| seg.saturating_sub(s.live))
+        .sum()
+}
+
 /// Clean up to `max` segments whose utilisation is below `max_util`.
 pub(crate) fn clean(sh: &Shared, max: usize, max_util: f64) -> Result<u64> {
     let _g = sh.maint_lock.lock();
-    let n = clean_locked(sh, max, max_util)?;
+    let n = clean_locked(sh, max, max_util.min(MAX_VICTIM_UTIL))?;
     flush_memtable(sh)?;
     Ok(n)
 }
@@ -525,46 +583,51 @@ fn clean_segment(sh: &Shared, seg: SegId) -> Result<()> {
 // Flatten
 
 /// Copy everything a clone still reads from its origin into its own
-/// lineage, then cut the link.
+/// history, then cut the link.
+///
+/// All lineages of a volume (its head, and the branches rollbacks left
+/// behind) descend from one root lineage, the only one whose parent lies
+/// outside the volume. Flattening the root makes every view of the volume
+/// (head and snapshots) independent: copies are born at the root's base
+/// epoch, so every entry the root already has, at any birth, still wins in
+/// the views that see it.
 pub(crate) fn flatten(sh: &Arc<Shared>, name: &str) -> Result<()> {
     let cat = sh.catalog();
     let v = cat.volume_by_name(name)?.clone();
-    let lin = cat
+    let root_id = cat.root_lineage(v.id)?;
+    let root = cat
         .lineages
-        .get(&v.head)
+        .get(&root_id)
         .cloned()
-        .ok_or_else(|| Error::corrupt("volume without a head lineage"))?;
-    let Some((pl, pe)) = lin.parent else {
+        .ok_or_else(|| Error::corrupt("volume without a root lineage"))?;
+    let Some((pl, pe)) = root.parent else {
         // Already independent; still a durable management op like any other.
         let _g = sh.maint_lock.lock();
         sh.control(Control::Detach { vol: v.id })?;
         return Ok(());
     };
-    if v.head_epoch == lin.base_epoch {
+    if v.head == root_id && v.head_epoch == root.base_epoch {
+        // New writes must be born strictly after the copies.
         sh.control(Control::BumpEpoch { vol: v.id })?;
     }
     let parent = cat.chain(pl, pe);
-    // Every view of this lineage falls through to the parent, not only the
+    // Every view of the root falls through to the parent, not only the
     // head: a snapshot taken before a shrink reads beyond the current size.
     // (Branch points of children are snapshots on the lineage too.)
     let blocks = cat
         .snapshots
         .values()
-        .filter(|s| s.lineage == v.head)
+        .filter(|s| s.lineage == root_id)
         .map(|s| s.size)
-        .chain(std::iter::once(v.size))
+        .chain((v.head == root_id).then_some(v.size))
         .max()
         .unwrap_or(v.size)
         / BLOCK_U64;
-    let mut lba = 0u64;
-    while lba < blocks {
-        let n = (blocks - lba).min(8192);
-        let pieces = chunk::resolve(&parent, lba, n as u32, |l, f, t| {
-            Ok(sh
-                .map
-                .scan(Key::lower(l, f), Key::lower(l, t), usize::MAX)?
-                .entries)
-        })?;
+    // The reuse gate is held from the lookup to the last read of each
+    // window, so the cleaner cannot move data out from under us.
+    let mut copies: Vec<(u64, Bytes)> = Vec::new();
+    let mut ticket = Some(sh.gate.enter());
+    super::walk::for_each_populated(sh, &parent, 0, blocks, |pieces| {
         for p in pieces {
             let PieceKind::Data(d) = &p.kind else {
                 continue;
@@ -572,10 +635,7 @@ pub(crate) fn flatten(sh: &Arc<Shared>, name: &str) -> Result<()> {
             let at = u64::from(d.paddr.offset) + u64::from(d.rec_off) * BLOCK_U64;
             let len = u64::from(p.nblocks) * BLOCK_U64;
             let mut buf = AlignedBuf::zeroed(len as usize);
-            {
-                let _t = sh.gate.enter();
-                sh.vdevs.read(d.paddr.seg, at, buf.as_mut_slice())?;
-            }
+            sh.vdevs.read(d.paddr.seg, at, buf.as_mut_slice())?;
             for (blk, want) in buf.as_slice().chunks(BLOCK).zip(d.csums.iter()) {
                 if crc32c::crc32c(blk) != *want {
                     return Err(Error::corrupt(format!(
@@ -584,19 +644,27 @@ pub(crate) fn flatten(sh: &Arc<Shared>, name: &str) -> Result<()> {
                     )));
                 }
             }
-            let data = Bytes::copy_from_slice(buf.as_slice());
-            let (vol, lineage, base, lba0) = (v.id, v.head, lin.base_epoch, p.lba);
+            copies.push((p.lba, Bytes::copy_from_slice(buf.as_slice())));
+        }
+        // Hand the copies to the writer outside the gate (the writer may
+        // have to wait for a grace period).
+        ticket = None;
+        for (lba, data) in copies.drain(..) {
+            let (vol, lineage, parent, base) = (v.id, root_id, (pl, pe), root.base_epoch);
             send(sh, move |done| MaintOp::Copy {
                 vol,
                 lineage,
+                parent,
                 base,
-                lba: lba0,
+                lba,
                 data,
                 done,
             })?;
         }
-        lba += n;
-    }
+        ticket = Some(sh.gate.enter());
+        Ok(())
+    })?;
+    drop(ticket);
     // No background flush may be half-way while the detach flushes.
     let _g = sh.maint_lock.lock();
     sh.control(Control::Detach { vol: v.id })?;

@@ -16,6 +16,7 @@ mod open;
 mod read;
 pub mod space;
 pub mod vdev;
+mod walk;
 pub(crate) mod writer;
 
 use std::collections::BTreeMap;
@@ -129,12 +130,19 @@ pub(crate) struct Shared {
     pub stats: Stats,
     pub lineage_delta: Mutex<BTreeMap<u32, i64>>,
     pub space_blocked: AtomicBool,
-    pub reserve_segments: u64,
     pub maint_wake: (Mutex<bool>, Condvar),
     pub closing: AtomicBool,
     pub maint_status: Mutex<maint::MaintStatus>,
     /// Serialises maintenance work between the background thread and callers.
     pub maint_lock: Mutex<()>,
+    /// Next map run id (persisted in every checkpoint).
+    pub next_run_id: AtomicU64,
+    /// The memtable budget in effect: the configured one, capped for small
+    /// pools so that one flush never needs a large share of the pool.
+    pub memtable_budget: usize,
+    /// Metadata the last checkpoint owns besides map runs: the counters
+    /// table's extents and the checkpoint-log segment (for `pool check`).
+    pub meta_roots: Mutex<(Vec<crate::layout::MetaExtent>, Option<crate::layout::SegId>)>,
 }
 
 impl Shared {
@@ -164,6 +172,67 @@ impl Shared {
 pub struct Pool {
     sh: Arc<Shared>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+/// Space policy. Physical segments are shared by three users, and each
+/// may only take a free segment while more than its floor remains free:
+///
+/// ```text
+///  free segments:  0 .. meta_floor .. data_reserve (= meta_floor + CLEANER_SEGMENTS) ..
+///  metadata        may take any
+///  cleaner         only above meta_floor      (so the flush that frees its
+///                                              victims can always run)
+///  client data     only above data_reserve    (so the cleaner can always run)
+/// ```
+///
+/// `meta_floor` covers one memtable flush, a counters table and a
+/// checkpoint-log rollover. Client writes are admitted while live data
+/// stays below the usable capacity ([`usable_bytes`]), which also keeps
+/// `OVERPROVISION_PERCENT` of the data segments dead or free, so when the
+/// data stream runs out of free segments the cleaner always finds dead
+/// space to reclaim: a full pool slows down, it never deadlocks.
+pub const CLEANER_SEGMENTS: u64 = 4;
+
+/// Share of data segment space kept free of live data so the cleaner always
+/// finds dead space to reclaim (over-provisioning, as in SSDs).
+pub const OVERPROVISION_PERCENT: u64 = 8;
+
+/// Bytes per segment entry in the counters table (generous upper bound).
+const COUNTERS_BYTES_PER_SEGMENT: u64 = 24;
+
+/// The memtable budget for a pool of `pool_bytes`.
+pub(crate) fn memtable_budget(cfg: &PoolConfig, pool_bytes: u64) -> usize {
+    let cap = (pool_bytes / 64).max(256 << 10);
+    cfg.memtable_bytes
+        .min(usize::try_from(cap).unwrap_or(usize::MAX))
+}
+
+/// Free segments only metadata may take.
+pub(crate) fn meta_floor(sh: &Shared) -> u64 {
+    let seg = sh.vdevs.segment_size;
+    let run = (sh.memtable_budget as u64).div_ceil(seg) + 1;
+    let counters =
+        (sh.vdevs.total_segments() * COUNTERS_BYTES_PER_SEGMENT + (64 << 10)).div_ceil(seg);
+    run + counters + 2
+}
+
+/// Free segments client data may not take.
+pub(crate) fn data_reserve(sh: &Shared) -> u64 {
+    meta_floor(sh) + CLEANER_SEGMENTS
+}
+
+/// Bytes of live data the pool accepts: the segments left after the
+/// reserves, the streams' reserved successors, metadata and room for a
+/// compaction that rewrites the whole map, less the over-provisioning.
+pub(crate) fn usable_bytes(sh: &Shared) -> u64 {
+    let seg = sh.vdevs.segment_size;
+    let (meta_segs, map_bytes) = {
+        let t = sh.segs.lock();
+        (t.count(space::SegState::Meta), t.meta_live())
+    };
+    let total = sh.vdevs.total_segments();
+    let held = data_reserve(sh) + 2 * writer::STREAMS as u64 + meta_segs + map_bytes.div_ceil(seg);
+    total.saturating_sub(held) * seg / 100 * (100 - OVERPROVISION_PERCENT)
 }
 
 /// Split `VOL@SNAP` into its parts.
@@ -457,6 +526,23 @@ impl Pool {
     /// Run the cleaner on up to `max` segments now (tests, benchmarks).
     pub fn clean_now(&self, max: usize) -> Result<u64> {
         maint::clean(&self.sh, max, 1.0)
+    }
+
+    /// One line per segment (state, live KiB, written KiB), for debugging.
+    pub fn debug_segments(&self) -> String {
+        let segs = self.sh.segs.lock();
+        segs.iter()
+            .map(|(id, s)| {
+                format!(
+                    "{id:?}:{:?}/{}/{}{}",
+                    s.state,
+                    s.live >> 10,
+                    s.written >> 10,
+                    if segs.is_open(id) { "*" } else { "" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// The engine counters.

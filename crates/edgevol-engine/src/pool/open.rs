@@ -154,7 +154,7 @@ pub(crate) fn create(
         devices.iter().map(|d| vec![d.clone()]).collect(),
     ));
     let sizes: Vec<u32> = vdevs.groups.iter().map(|g| g.segments).collect();
-    let segs = SegmentTable::new(&sizes);
+    let segs = SegmentTable::new(&sizes, seg);
     let paths = devices.iter().map(|d| d.describe()).collect();
     let (sh, data_rx, maint_rx) = shared(
         name,
@@ -170,7 +170,7 @@ pub(crate) fn create(
     let log = sh
         .segs
         .lock()
-        .alloc(SegState::Meta)
+        .alloc_pinned_meta()
         .ok_or_else(|| Error::new(ErrorKind::NoSpace, "no segment for the checkpoint log"))?;
     // Every stream owns a segment and its successor from the start, so every
     // checkpoint's replay point names where each stream writes next.
@@ -191,14 +191,14 @@ pub(crate) fn create(
         lineage_delta: BTreeMap::new(),
     };
     let blob = ckpt::encode_counters(&counters);
-    let cseg = sh
+    let cext = sh
         .segs
         .lock()
-        .alloc(SegState::Meta)
+        .alloc_meta_blocks((blob.len() / BLOCK) as u32)
         .ok_or_else(|| Error::new(ErrorKind::NoSpace, "no segment for the counters"))?;
-    ckpt::write_blob(&sh.vdevs, &[cseg], &blob)?;
+    ckpt::write_blob(&sh.vdevs, &cext, &blob)?;
     let cref = BlobRef {
-        segments: vec![cseg],
+        extents: cext,
         len: blob.len() as u64,
         crc: crc32c::crc32c(&blob),
     };
@@ -215,7 +215,6 @@ pub(crate) fn create(
         (log, 0),
         cref,
         replay,
-        1,
         BTreeMap::new(),
     );
     w.initial_checkpoint()?;
@@ -238,10 +237,10 @@ fn shared(
     async_channel::Receiver<super::writer::DataOp>,
     async_channel::Receiver<super::writer::MaintOp>,
 ) {
+    let pool_bytes = vdevs.total_segments() * vdevs.segment_size;
+    let cfg_budget = cfg.clone();
     let (data_tx, data_rx) = async_channel::bounded(cfg.queue_depth.max(1));
     let (maint_tx, maint_rx) = async_channel::unbounded();
-    let total = vdevs.total_segments();
-    let reserve = (total / 50).max(6).min(total / 2);
     let map = Map::new(
         Arc::new(MetaReader(vdevs.clone())),
         cfg.cache_bytes,
@@ -266,11 +265,13 @@ fn shared(
         stats: Stats::default(),
         lineage_delta: Mutex::new(BTreeMap::new()),
         space_blocked: AtomicBool::new(false),
-        reserve_segments: reserve,
         maint_wake: (Mutex::new(false), Condvar::new()),
         closing: AtomicBool::new(false),
         maint_status: Mutex::new(maint::MaintStatus::default()),
         maint_lock: Mutex::new(()),
+        next_run_id: std::sync::atomic::AtomicU64::new(1),
+        memtable_budget: super::memtable_budget(&cfg_budget, pool_bytes),
+        meta_roots: Mutex::new((Vec::new(), None)),
     });
     (sh, data_rx, maint_rx)
 }
@@ -415,7 +416,7 @@ pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<P
     tracing::info!(pool = %newest.pool_name, seq = ub.seq, "importing pool");
     let counters = ckpt::decode_counters(&ckpt::read_blob(&vdevs, &ck.counters)?)?;
     let sizes: Vec<u32> = vdevs.groups.iter().map(|g| g.segments).collect();
-    let mut segs = SegmentTable::from_counters(&sizes, &counters);
+    let mut segs = SegmentTable::from_counters(&sizes, layout.segment_size, &counters);
     // Metadata ownership comes from the checkpoint, not the counters.
     let meta: Vec<SegId> = segs
         .iter()
@@ -426,14 +427,10 @@ pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<P
         segs.release(s);
     }
     for r in ck.manifest.runs() {
-        for s in &r.segments {
-            segs.claim(*s, SegState::Meta);
-        }
+        segs.claim_meta_blocks(&r.extents);
     }
-    for s in &ck.counters.segments {
-        segs.claim(*s, SegState::Meta);
-    }
-    segs.claim(ck.log_segment, SegState::Meta);
+    segs.claim_meta_blocks(&ck.counters.extents);
+    segs.pin_meta(ck.log_segment);
     for p in &ck.replay.streams {
         for s in [p.seg, p.next].into_iter().flatten() {
             segs.claim(s, SegState::Data);
@@ -450,7 +447,10 @@ pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<P
         cfg,
         ck.catalog.clone(),
     );
+    sh.next_run_id
+        .store(ck.next_run_id, std::sync::atomic::Ordering::SeqCst);
     sh.map.load(&ck.manifest)?;
+    *sh.meta_roots.lock() = (ck.counters.extents.clone(), Some(ck.log_segment));
     *sh.lineage_delta.lock() = counters.lineage_delta.clone();
     let ckpt_log = (ck.log_segment, ub.ckpt.offset + ub.ckpt_len);
     let mut w = Writer::new(
@@ -462,7 +462,6 @@ pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<P
         ckpt_log,
         ck.counters.clone(),
         ck.replay.clone(),
-        ck.next_run_id,
         counters.lineage_delta,
     );
     let replayed = replay(&sh, &mut w, &ck)?;
@@ -496,7 +495,7 @@ fn newest_checkpoint(vdevs: &Vdevs, guid: u128) -> Result<(Uberblock, Checkpoint
             }
         }
     }
-    ubs.sort_by(|a, b| b.seq.cmp(&a.seq));
+    ubs.sort_by_key(|u| std::cmp::Reverse(u.seq));
     ubs.dedup_by_key(|u| u.seq);
     let mut last_err = Error::corrupt("no valid uberblock found");
     for u in ubs {

@@ -210,7 +210,7 @@ impl Volume {
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<(u64, u64)> {
-        if offset % BLOCK_U64 != 0 || len % BLOCK_U64 != 0 {
+        if !offset.is_multiple_of(BLOCK_U64) || !len.is_multiple_of(BLOCK_U64) {
             return Err(Error::invalid(format!(
                 "offset {offset} and length {len} must be multiples of 4096"
             )));
@@ -234,104 +234,28 @@ impl Volume {
         Ok((offset / BLOCK_U64, len / BLOCK_U64))
     }
 
-    fn resolve(&self, lba: u64, n: u64) -> Result<Vec<Piece>> {
-        let chain = self.chain()?;
-        let map = &self.sh.map;
-        chunk::resolve(&chain, lba, n as u32, |l, f, t| {
-            Ok(map
-                .scan(Key::lower(l, f), Key::lower(l, t), usize::MAX)?
-                .entries)
-        })
-    }
-
     /// Read `len` bytes at `offset` (both multiples of 4 KiB).
+    ///
+    /// The whole read (map resolution, which may read map blocks, and the
+    /// device reads) runs as one job on an I/O thread, so a cache miss never
+    /// blocks the caller's executor, and a request costs one thread hop.
     pub async fn read(&self, offset: u64, len: u64) -> Result<Vec<ReadSeg>> {
         let (lba, n) = self.check_range(offset, len)?;
-        let ticket = self.sh.gate.enter();
-        let mut out = Vec::new();
-        let mut done = 0u64;
-        // Resolve in bounded windows so a huge read never builds a huge plan.
-        while done < n {
-            let w = (n - done).min(8192);
-            let pieces = self.resolve(lba + done, w)?;
-            self.read_pieces(&pieces, &mut out).await?;
-            done += w;
-        }
-        drop(ticket);
-        Ok(out)
-    }
-
-    async fn read_pieces(&self, pieces: &[Piece], out: &mut Vec<ReadSeg>) -> Result<()> {
-        // Group physically contiguous raw fragments into one device read.
-        let mut i = 0;
-        while i < pieces.len() {
-            let p = &pieces[i];
-            match &p.kind {
-                PieceKind::Hole | PieceKind::Zero { .. } => {
-                    let bytes = u64::from(p.nblocks) * BLOCK_U64;
-                    match out.last_mut() {
-                        Some(ReadSeg::Zero(z)) => *z += bytes,
-                        _ => out.push(ReadSeg::Zero(bytes)),
-                    }
-                    i += 1;
-                }
-                PieceKind::Data(d) => {
-                    let start = Paddr::new(
-                        d.paddr.seg,
-                        d.paddr.offset + u32::from(d.rec_off) * BLOCK as u32,
-                    );
-                    let mut csums: Vec<u32> = d.csums.to_vec();
-                    let mut blocks = u64::from(p.nblocks);
-                    let mut j = i + 1;
-                    while let Some(PieceKind::Data(n)) = pieces.get(j).map(|q| &q.kind) {
-                        let at = n.paddr.offset + u32::from(n.rec_off) * BLOCK as u32;
-                        let contiguous = n.comp == 0
-                            && d.comp == 0
-                            && n.paddr.seg == start.seg
-                            && u64::from(at) == u64::from(start.offset) + blocks * BLOCK_U64
-                            && blocks < 256;
-                        if !contiguous {
-                            break;
-                        }
-                        csums.extend_from_slice(&n.csums);
-                        blocks += u64::from(n.nblocks);
-                        j += 1;
-                    }
-                    let data = self.read_raw(start, blocks, csums).await?;
-                    out.push(ReadSeg::Data(data));
-                    i = j;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn read_raw(&self, at: Paddr, blocks: u64, csums: Vec<u32>) -> Result<Bytes> {
-        let len = (blocks * BLOCK_U64) as usize;
+        let chain = self.chain()?;
         let sh = self.sh.clone();
-        let job = move || -> Result<Bytes> {
-            let mut buf = AlignedBuf::zeroed(len);
-            sh.vdevs
-                .read(at.seg, u64::from(at.offset), buf.as_mut_slice())?;
-            for (i, (blk, want)) in buf.as_slice().chunks(BLOCK).zip(&csums).enumerate() {
-                if crc32c::crc32c(blk) != *want {
-                    sh.vdevs.note_checksum_error(at.seg);
-                    sh.stats.checksum_errors.fetch_add(1, Ordering::Relaxed);
-                    let off = u64::from(at.offset) + i as u64 * BLOCK_U64;
-                    tracing::error!(pool = %sh.name, segment = ?at.seg, offset = off, "checksum mismatch on read");
-                    return Err(Error::corrupt(format!(
-                        "checksum mismatch in segment {:?} at {off:#x}",
-                        at.seg
-                    )));
-                }
-            }
-            Ok(Bytes::from_owner(buf))
-        };
-        if self.sh.vdevs.is_memory(at.seg) {
-            job()
-        } else {
-            self.sh.io.run(job).await
+        if self
+            .sh
+            .vdevs
+            .groups
+            .iter()
+            .all(|g| g.members.iter().all(|m| m.dev.is_memory()))
+        {
+            return read_blocking(&sh, &chain, lba, n);
         }
+        self.sh
+            .io
+            .run(move || read_blocking(&sh, &chain, lba, n))
+            .await
     }
 
     fn writable(&self) -> Result<()> {
@@ -419,23 +343,128 @@ impl Volume {
 
     /// Allocation of the range from `offset`: extents covering at least the
     /// first block and at most `len` bytes (capped at 64 MiB per call).
-    pub fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+    pub async fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         let (lba, n) = self.check_range(offset, len)?;
         let n = n.min(MAX_STATUS_BLOCKS);
-        let pieces = self.resolve(lba, n)?;
-        let mut out: Vec<Extent> = Vec::new();
-        for p in pieces {
-            let (hole, zero) = match p.kind {
-                PieceKind::Hole | PieceKind::Zero { alloc: false } => (true, true),
-                PieceKind::Zero { alloc: true } => (false, true),
-                PieceKind::Data(_) => (false, false),
-            };
-            let length = u64::from(p.nblocks) * BLOCK_U64;
-            match out.last_mut() {
-                Some(e) if e.hole == hole && e.zero == zero => e.length += length,
-                _ => out.push(Extent { length, hole, zero }),
+        let chain = self.chain()?;
+        let sh = self.sh.clone();
+        let job = move || -> Result<Vec<Extent>> {
+            let pieces = chunk::resolve(&chain, lba, n as u32, |l, f, t| {
+                Ok(sh
+                    .map
+                    .scan(Key::lower(l, f), Key::lower(l, t), usize::MAX)?
+                    .entries)
+            })?;
+            let mut out: Vec<Extent> = Vec::new();
+            for p in pieces {
+                let (hole, zero) = match p.kind {
+                    PieceKind::Hole | PieceKind::Zero { alloc: false } => (true, true),
+                    PieceKind::Zero { alloc: true } => (false, true),
+                    PieceKind::Data(_) => (false, false),
+                };
+                let length = u64::from(p.nblocks) * BLOCK_U64;
+                match out.last_mut() {
+                    Some(e) if e.hole == hole && e.zero == zero => e.length += length,
+                    _ => out.push(Extent { length, hole, zero }),
+                }
+            }
+            Ok(out)
+        };
+        if self
+            .sh
+            .vdevs
+            .groups
+            .iter()
+            .all(|g| g.members.iter().all(|m| m.dev.is_memory()))
+        {
+            return job();
+        }
+        self.sh.io.run(job).await
+    }
+}
+
+/// Resolve and read `[lba, lba + n)` through `chain`, verifying every block.
+fn read_blocking(sh: &Shared, chain: &Chain, lba: u64, n: u64) -> Result<Vec<ReadSeg>> {
+    // Held from before the map lookup until the last device read: the
+    // segments we read cannot be reused under us.
+    let _ticket = sh.gate.enter();
+    let mut out = Vec::new();
+    let mut done = 0u64;
+    // Resolve in bounded windows so a huge read never builds a huge plan.
+    while done < n {
+        let w = (n - done).min(8192);
+        let pieces = chunk::resolve(chain, lba + done, w as u32, |l, f, t| {
+            Ok(sh
+                .map
+                .scan(Key::lower(l, f), Key::lower(l, t), usize::MAX)?
+                .entries)
+        })?;
+        read_pieces(sh, &pieces, &mut out)?;
+        done += w;
+    }
+    Ok(out)
+}
+
+fn read_pieces(sh: &Shared, pieces: &[Piece], out: &mut Vec<ReadSeg>) -> Result<()> {
+    // Group physically contiguous raw fragments into one device read.
+    let mut i = 0;
+    while i < pieces.len() {
+        let p = &pieces[i];
+        match &p.kind {
+            PieceKind::Hole | PieceKind::Zero { .. } => {
+                let bytes = u64::from(p.nblocks) * BLOCK_U64;
+                match out.last_mut() {
+                    Some(ReadSeg::Zero(z)) => *z += bytes,
+                    _ => out.push(ReadSeg::Zero(bytes)),
+                }
+                i += 1;
+            }
+            PieceKind::Data(d) => {
+                let start = Paddr::new(
+                    d.paddr.seg,
+                    d.paddr.offset + u32::from(d.rec_off) * BLOCK as u32,
+                );
+                let mut csums: Vec<u32> = d.csums.to_vec();
+                let mut blocks = u64::from(p.nblocks);
+                let mut j = i + 1;
+                while let Some(PieceKind::Data(n)) = pieces.get(j).map(|q| &q.kind) {
+                    let at = n.paddr.offset + u32::from(n.rec_off) * BLOCK as u32;
+                    let contiguous = n.comp == 0
+                        && d.comp == 0
+                        && n.paddr.seg == start.seg
+                        && u64::from(at) == u64::from(start.offset) + blocks * BLOCK_U64
+                        && blocks < 256;
+                    if !contiguous {
+                        break;
+                    }
+                    csums.extend_from_slice(&n.csums);
+                    blocks += u64::from(n.nblocks);
+                    j += 1;
+                }
+                out.push(ReadSeg::Data(read_raw(sh, start, blocks, &csums)?));
+                i = j;
             }
         }
-        Ok(out)
     }
+    Ok(())
+}
+
+fn read_raw(sh: &Shared, at: Paddr, blocks: u64, csums: &[u32]) -> Result<Bytes> {
+    let len = (blocks * BLOCK_U64) as usize;
+    let mut buf = AlignedBuf::zeroed(len);
+    sh.vdevs
+        .read(at.seg, u64::from(at.offset), buf.as_mut_slice())?;
+    for (i, (blk, want)) in buf.as_slice().chunks(BLOCK).zip(csums).enumerate() {
+        if crc32c::crc32c(blk) != *want {
+            sh.vdevs.note_checksum_error(at.seg);
+            sh.stats.checksum_errors.fetch_add(1, Ordering::Relaxed);
+            let off = u64::from(at.offset) + i as u64 * BLOCK_U64;
+            tracing::error!(pool = %sh.name, segment = ?at.seg, offset = off, "checksum mismatch on read");
+            return Err(Error::corrupt(format!(
+                "checksum mismatch in segment {:?} at {off:#x}",
+                at.seg
+            )));
+        }
+    }
+    Ok(Bytes::from_owner(buf))
 }

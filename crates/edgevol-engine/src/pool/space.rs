@@ -1,17 +1,26 @@
 //! The segment table: state and live bytes of every segment, and the free
 //! lists.
 //!
-//! Live bytes count whole records that are still referenced by at least one
-//! map entry. Freeing is two-phase: a data segment whose live bytes reach
-//! zero is only returned to the free list when the *persisted* state no
-//! longer needs it (see `writer.rs`: the counters captured at memtable
-//! rotation, and the replay point), and after in-flight readers drained.
+//! Data segments: live bytes count whole records that are still referenced
+//! by at least one map entry. Freeing is two-phase: a data segment whose
+//! live bytes reach zero is only returned to the free list when the
+//! *persisted* state no longer needs it (see `writer.rs`: the counters
+//! captured at memtable rotation, and the replay point), and after
+//! in-flight readers drained.
+//!
+//! Metadata segments hold map runs and counter tables as block extents,
+//! appended to the current metadata segment (`meta_cur`), so many small
+//! runs share a segment. A metadata segment's live bytes are the blocks of
+//! extents still owned (by an installed run, the current counters table, or
+//! a run being built); it is freed when that reaches zero and it is no
+//! longer the segment being appended to. The checkpoint log has a segment
+//! of its own, pinned whole.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::layout::SegId;
+use crate::layout::{MetaExtent, SegId, BLOCK_U64};
 
 /// What a segment is used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,11 +72,15 @@ pub struct SegmentTable {
     free: Vec<BTreeSet<u32>>,
     next_group: usize,
     live_total: u64,
+    /// The metadata segment extents are appended to, and its next free block.
+    meta_cur: Option<(SegId, u32)>,
+    /// Blocks per segment.
+    seg_blocks: u32,
 }
 
 impl SegmentTable {
-    /// All segments free; `sizes[g]` segments in group g.
-    pub fn new(sizes: &[u32]) -> SegmentTable {
+    /// All segments free; `sizes[g]` segments of `segment_size` bytes in group g.
+    pub fn new(sizes: &[u32], segment_size: u64) -> SegmentTable {
         let segs: Vec<Vec<SegInfo>> = sizes
             .iter()
             .map(|&n| vec![SegInfo::FREE; n as usize])
@@ -78,6 +91,8 @@ impl SegmentTable {
             free: Vec::new(),
             next_group: 0,
             live_total: 0,
+            meta_cur: None,
+            seg_blocks: (segment_size / BLOCK_U64) as u32,
         };
         t.rebuild_free();
         t
@@ -85,8 +100,8 @@ impl SegmentTable {
 
     /// From persisted counters (extra segments beyond them are free; missing
     /// ones are dropped).
-    pub fn from_counters(sizes: &[u32], c: &Counters) -> SegmentTable {
-        let mut t = SegmentTable::new(sizes);
+    pub fn from_counters(sizes: &[u32], segment_size: u64, c: &Counters) -> SegmentTable {
+        let mut t = SegmentTable::new(sizes, segment_size);
         for (g, segs) in c.segs.iter().enumerate() {
             for (i, info) in segs.iter().enumerate() {
                 if let Some(slot) = t.segs.get_mut(g).and_then(|v| v.get_mut(i)) {
@@ -184,6 +199,110 @@ impl SegmentTable {
         }
     }
 
+    /// Take `blocks` metadata blocks, appended to the current metadata
+    /// segment and then to fresh ones. None (and nothing taken) if the free
+    /// segments do not suffice.
+    pub fn alloc_meta_blocks(&mut self, blocks: u32) -> Option<Vec<MetaExtent>> {
+        let room = self.meta_cur.map_or(0, |(_, next)| self.seg_blocks - next);
+        let fresh = blocks.saturating_sub(room).div_ceil(self.seg_blocks.max(1));
+        if u64::from(fresh) > self.free_count() {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut left = blocks;
+        while left > 0 {
+            let (seg, next) = match self.meta_cur {
+                Some((seg, next)) if next < self.seg_blocks => (seg, next),
+                _ => {
+                    let prev = self.meta_cur.take();
+                    let seg = self.alloc(SegState::Meta)?;
+                    self.meta_cur = Some((seg, 0));
+                    // The previous append segment may already be empty.
+                    if let Some((p, _)) = prev {
+                        self.free_meta_if_empty(p);
+                    }
+                    (seg, 0)
+                }
+            };
+            let n = left.min(self.seg_blocks - next);
+            out.push(MetaExtent {
+                seg,
+                block: next,
+                blocks: n,
+            });
+            self.meta_cur = Some((seg, next + n));
+            if let Some(s) = self.get_mut(seg) {
+                s.live += u64::from(n) * BLOCK_U64;
+                s.written = s.written.max((next + n) * BLOCK_U64 as u32);
+            }
+            left -= n;
+        }
+        Some(out)
+    }
+
+    /// Give back metadata extents; segments left without live blocks (and
+    /// not being appended to) become free.
+    pub fn release_meta_blocks(&mut self, extents: &[MetaExtent]) {
+        for e in extents {
+            if let Some(s) = self.get_mut(e.seg) {
+                if s.state == SegState::Meta {
+                    s.live = s.live.saturating_sub(e.len());
+                }
+            }
+            self.free_meta_if_empty(e.seg);
+        }
+    }
+
+    /// Mark extents as owned (import: extents the checkpoint references).
+    pub fn claim_meta_blocks(&mut self, extents: &[MetaExtent]) {
+        for e in extents {
+            self.claim(e.seg, SegState::Meta);
+            if let Some(s) = self.get_mut(e.seg) {
+                s.live += e.len();
+                s.written = s.written.max((e.block + e.blocks) * BLOCK_U64 as u32);
+            }
+        }
+    }
+
+    /// Take a whole segment for metadata that is not packed (the checkpoint log).
+    pub fn alloc_pinned_meta(&mut self) -> Option<SegId> {
+        let seg = self.alloc(SegState::Meta)?;
+        self.pin_meta(seg);
+        Some(seg)
+    }
+
+    /// Mark a whole segment as used metadata (import: the checkpoint log).
+    pub fn pin_meta(&mut self, seg: SegId) {
+        self.claim(seg, SegState::Meta);
+        let full = u64::from(self.seg_blocks) * BLOCK_U64;
+        if let Some(s) = self.get_mut(seg) {
+            s.live = full;
+            s.written = full as u32;
+        }
+    }
+
+    fn free_meta_if_empty(&mut self, seg: SegId) {
+        if self.meta_cur.is_some_and(|(c, _)| c == seg) {
+            return;
+        }
+        let empty = self
+            .get(seg)
+            .is_some_and(|s| s.state == SegState::Meta && s.live == 0);
+        if empty {
+            self.release(seg);
+        }
+    }
+
+    /// Bytes of metadata blocks in use.
+    pub fn meta_live(&self) -> u64 {
+        self.segs
+            .iter()
+            .flatten()
+            .filter(|s| s.state == SegState::Meta)
+            .map(|s| s.live)
+            .sum()
+    }
+
     /// Return a segment to the free list.
     pub fn release(&mut self, seg: SegId) {
         let live = match self.get_mut(seg) {
@@ -261,7 +380,7 @@ mod tests {
 
     #[test]
     fn alloc_stripes_and_release_returns() {
-        let mut t = SegmentTable::new(&[2, 2]);
+        let mut t = SegmentTable::new(&[2, 2], 1 << 20);
         let a = t.alloc(SegState::Data).unwrap();
         let b = t.alloc(SegState::Data).unwrap();
         assert_ne!(a.group, b.group, "allocation rotates across groups");
@@ -273,5 +392,33 @@ mod tests {
         assert_eq!(t.free_count(), 3);
         t.claim(b, SegState::Meta);
         assert_eq!(t.count(SegState::Meta), 1);
+    }
+
+    #[test]
+    fn metadata_extents_pack_and_free_whole_segments() {
+        let mut t = SegmentTable::new(&[6], 64 * 4096);
+        let a = t.alloc_meta_blocks(10).unwrap();
+        let b = t.alloc_meta_blocks(60).unwrap();
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].seg, b[0].seg, "small extents share a segment");
+        assert_eq!(b.iter().map(|e| e.blocks).sum::<u32>(), 60);
+        assert_eq!(b.len(), 2, "the rest spills into a fresh segment");
+        assert_eq!(t.count(SegState::Meta), 2);
+        assert_eq!(t.meta_live(), 70 * 4096);
+        // The first segment is full and no longer appended to: freeing all
+        // of its extents frees it.
+        t.release_meta_blocks(&a);
+        assert_eq!(t.count(SegState::Meta), 2);
+        t.release_meta_blocks(&b[..1]);
+        assert_eq!(t.count(SegState::Meta), 1);
+        // The current segment stays while appended to, even when empty.
+        t.release_meta_blocks(&b[1..]);
+        assert_eq!(t.count(SegState::Meta), 1);
+        assert_eq!(t.meta_live(), 0);
+        assert!(
+            t.alloc_meta_blocks(64 * 10).is_none(),
+            "not enough free segments"
+        );
+        assert_eq!(t.meta_live(), 0, "a failed allocation takes nothing");
     }
 }

@@ -35,7 +35,7 @@ use crate::chunk::{self, ChunkChanges, NewValue};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::batch::{BatchHeader, EntryKind, LogEntry, FLAG_ZERO_ALLOC};
 use crate::format::uberblock::Uberblock;
-use crate::layout::{chunk_start, Paddr, SegId, BLOCK, BLOCK_U64, CHUNK_BLOCKS};
+use crate::layout::{chunk_start, MetaExtent, Paddr, SegId, BLOCK, BLOCK_U64, CHUNK_BLOCKS};
 use crate::map::run::{Run, RunMeta};
 use crate::map::{DataRef, Key, Levels, Memtable, Value};
 
@@ -148,6 +148,7 @@ pub(crate) enum MaintOp {
     Copy {
         vol: u64,
         lineage: u32,
+        parent: (u32, u64),
         base: u64,
         lba: u64,
         data: Bytes,
@@ -168,8 +169,10 @@ pub(crate) enum MaintOp {
         dropped: Vec<RunMeta>,
         done: Done<()>,
     },
-    AllocMeta(usize, Done<(Vec<SegId>, u64)>),
-    ReleaseMeta(Vec<SegId>),
+    /// The cleaner cannot free a segment: fail writes waiting for one.
+    FailStalled,
+    /// Flush the memtable from the writer and move the replay point to now.
+    FlushNow(Done<()>),
     Shutdown(Done<()>),
 }
 
@@ -275,7 +278,6 @@ pub(crate) struct Writer {
     pub(crate) ckpt_log: (SegId, u32),
     pub(crate) counters_ref: BlobRef,
     pub(crate) replay: ReplayPoint,
-    pub(crate) next_run_id: u64,
     pub(crate) lineage_delta: BTreeMap<u32, i64>,
     rotation: Option<Rotation>,
     rotations: u64,
@@ -311,7 +313,6 @@ impl Writer {
         ckpt_log: (SegId, u32),
         counters_ref: BlobRef,
         replay: ReplayPoint,
-        next_run_id: u64,
         lineage_delta: BTreeMap<u32, i64>,
     ) -> Writer {
         Writer {
@@ -326,7 +327,6 @@ impl Writer {
             ckpt_log,
             counters_ref,
             replay,
-            next_run_id,
             lineage_delta,
             rotation: None,
             rotations: 0,
@@ -553,11 +553,7 @@ impl Writer {
     }
 
     fn usable_bytes(&self) -> u64 {
-        let segs = self.sh.segs.lock();
-        let total = self.sh.vdevs.total_segments();
-        let meta = segs.count(SegState::Meta);
-        let usable = total.saturating_sub(self.sh.reserve_segments + meta);
-        usable * self.sh.vdevs.segment_size
+        super::usable_bytes(&self.sh)
     }
 
     /// Check a client op against the catalog and, for writes, the space.
@@ -607,7 +603,11 @@ impl Writer {
         let nblocks = (data.len() / BLOCK) as u64;
         while *progress < nblocks {
             let x = lba + *progress;
-            let n = (chunk_start(x) + CHUNK_BLOCKS - x).min(nblocks - *progress);
+            let want = (chunk_start(x) + CHUNK_BLOCKS - x).min(nblocks - *progress);
+            // A record may be shorter than its chunk: fill the segment's tail.
+            let Some(n) = self.fit_blocks(STREAM_DATA, want)? else {
+                return Ok(false);
+            };
             let off = (*progress as usize) * BLOCK;
             let payload = &data[off..off + n as usize * BLOCK];
             let csums: Vec<u32> = payload.chunks(BLOCK).map(crc32c::crc32c).collect();
@@ -685,6 +685,43 @@ impl Writer {
 
     /// Add an entry to a stream's batch, writing out and switching segments
     /// as needed. Ok(false) if the stream has no segment to continue in.
+    fn batch_cap(&self, s: usize) -> usize {
+        let room = (self.sh.vdevs.segment_size - u64::from(self.streams[s].off)) as usize;
+        room.min(
+            self.sh
+                .cfg
+                .max_batch_bytes
+                .max(BLOCK * 2 + CHUNK_BLOCKS as usize * BLOCK),
+        )
+    }
+
+    /// How many of `want` blocks (one raw record) fit in stream `s`'s batch,
+    /// writing the batch out or moving to the next segment until at least
+    /// one does. A record is shortened only to use the tail of a segment;
+    /// a full batch is written out instead. None: no segment to go on in.
+    fn fit_blocks(&mut self, s: usize, want: u64) -> Result<Option<u64>> {
+        let fits = |b: &Batch, k: u64, cap: usize| {
+            b.total_with(Batch::entry_len(k as usize, false), k as usize * BLOCK) <= cap
+        };
+        loop {
+            if !self.ensure_stream(s) {
+                return Ok(None);
+            }
+            let cap = self.batch_cap(s);
+            if fits(&self.batches[s], want, cap) {
+                return Ok(Some(want));
+            }
+            if !self.batches[s].is_empty() {
+                self.write_batch(s)?;
+                continue;
+            }
+            if let Some(k) = (1..want).rev().find(|&k| fits(&self.batches[s], k, cap)) {
+                return Ok(Some(k));
+            }
+            self.advance_segment(s);
+        }
+    }
+
     fn push_entry(&mut self, s: usize, e: LogEntry, payload: Option<&[u8]>) -> Result<bool> {
         let elen = Batch::entry_len(e.csums.len(), e.reloc_from.is_some());
         let plen = payload.map_or(0, <[u8]>::len);
@@ -742,14 +779,16 @@ impl Writer {
         self.sh.segs.lock().set_open(open);
     }
 
-    /// Data streams may not eat into the reserve kept for the cleaner and metadata.
+    /// Client data may not eat into the reserve kept for the cleaner and
+    /// metadata; the cleaner may not take the last segments, which only
+    /// metadata (map flushes, checkpoints) may use.
     fn alloc_segment(&mut self, s: usize) -> Option<SegId> {
-        let mut segs = self.sh.segs.lock();
         let reserve = if s == STREAM_DATA {
-            self.sh.reserve_segments
+            super::data_reserve(&self.sh)
         } else {
-            0
+            super::meta_floor(&self.sh)
         };
+        let mut segs = self.sh.segs.lock();
         if segs.free_count() <= reserve {
             return None;
         }
@@ -1034,22 +1073,7 @@ impl Writer {
 
     /// Data blocks visible through `chain` in `[from, to)`.
     fn data_blocks_in(&self, chain: &crate::catalog::Chain, from: u64, to: u64) -> Result<u64> {
-        let sh = self.sh.clone();
-        let mut n = 0;
-        let mut x = from;
-        while x < to {
-            // Skip quickly over ranges where no lineage of the chain has entries.
-            let w = (to - x).min(8192);
-            let pieces = chunk::resolve(chain, x, w as u32, |l, f, t| {
-                Ok(sh
-                    .map
-                    .scan(Key::lower(l, f), Key::lower(l, t), usize::MAX)?
-                    .entries)
-            })?;
-            n += chunk::data_blocks(&pieces);
-            x += w;
-        }
-        Ok(n)
+        super::walk::data_blocks(&self.sh, chain, from, to)
     }
 
     /// Data blocks the head of `vol` sees now.
@@ -1082,12 +1106,13 @@ impl Writer {
             MaintOp::Copy {
                 vol,
                 lineage,
+                parent,
                 base,
                 lba,
                 data,
                 done,
             } => {
-                let r = self.copy(vol, lineage, base, lba, &data);
+                let r = self.copy(vol, lineage, parent, base, lba, &data);
                 complete(done, r);
             }
             MaintOp::Gc {
@@ -1117,25 +1142,30 @@ impl Writer {
                 let r = self.install_compaction(levels, dropped);
                 complete(done, r);
             }
-            MaintOp::AllocMeta(n, done) => {
-                let r = self.alloc_meta(n).map(|v| {
-                    let id = self.next_run_id;
-                    self.next_run_id += 1;
-                    (v, id)
-                });
+            MaintOp::FlushNow(done) => {
+                let r = if self.rotation.is_some() {
+                    Ok(())
+                } else {
+                    self.flush_now()
+                };
                 complete(done, r);
             }
-            MaintOp::ReleaseMeta(segs) => {
-                let mut t = self.sh.segs.lock();
-                for s in segs {
-                    t.release(s);
+            MaintOp::FailStalled => {
+                for job in std::mem::take(&mut self.stalled) {
+                    fail(
+                        job.op,
+                        Error::new(
+                            ErrorKind::NoSpace,
+                            format!("pool {} is full: no space can be reclaimed", self.sh.name),
+                        ),
+                    );
                 }
             }
             MaintOp::Shutdown(done) => {
                 self.write_all_batches_final();
                 let r = if self.poisoned.is_none() {
                     let cat = self.cat.clone();
-                    self.write_checkpoint(&cat, None, Vec::new())
+                    self.write_checkpoint(&cat, None, Release::default())
                 } else {
                     Ok(())
                 };
@@ -1146,15 +1176,12 @@ impl Writer {
         false
     }
 
-    fn alloc_meta(&mut self, n: usize) -> Result<Vec<SegId>> {
-        let mut segs = self.sh.segs.lock();
-        if segs.free_count() < n as u64 {
-            return Err(Error::new(
-                ErrorKind::NoSpace,
-                "no free segments for metadata",
-            ));
-        }
-        Ok((0..n).filter_map(|_| segs.alloc(SegState::Meta)).collect())
+    fn alloc_meta_blocks(&mut self, bytes: usize) -> Result<Vec<MetaExtent>> {
+        self.sh
+            .segs
+            .lock()
+            .alloc_meta_blocks(bytes.div_ceil(BLOCK) as u32)
+            .ok_or_else(|| Error::new(ErrorKind::NoSpace, "no free segments for metadata"))
     }
 
     fn publish(&self) {
@@ -1259,7 +1286,7 @@ impl Writer {
         for l in &fx.dead {
             self.sh.lineage_delta.lock().remove(l);
         }
-        self.write_checkpoint(&cat, None, Vec::new())?;
+        self.write_checkpoint(&cat, None, Release::default())?;
         self.cat = cat;
         self.publish();
         if !fx.reap.is_empty() || !fx.dead.is_empty() {
@@ -1295,15 +1322,34 @@ impl Writer {
         Ok(self.sh.stats.relocated.load(Ordering::Relaxed) - before)
     }
 
-    fn copy(&mut self, vol: u64, lineage: u32, base: u64, lba: u64, data: &Bytes) -> Result<()> {
-        if self.cat.volume(vol).ok().map(|v| v.head) != Some(lineage) {
+    fn copy(
+        &mut self,
+        vol: u64,
+        lineage: u32,
+        parent: (u32, u64),
+        base: u64,
+        lba: u64,
+        data: &Bytes,
+    ) -> Result<()> {
+        let same = self
+            .cat
+            .lineages
+            .get(&lineage)
+            .is_some_and(|l| l.volume == Some(vol) && l.parent == Some(parent));
+        if !same {
             return Err(Error::new(ErrorKind::Busy, "volume changed during flatten"));
         }
         let nblocks = (data.len() / BLOCK) as u64;
         let mut done = 0u64;
         while done < nblocks {
             let x = lba + done;
-            let n = (chunk_start(x) + CHUNK_BLOCKS - x).min(nblocks - done);
+            let want = (chunk_start(x) + CHUNK_BLOCKS - x).min(nblocks - done);
+            let Some(n) = self.fit_blocks(STREAM_CLEANER, want)? else {
+                return Err(Error::new(
+                    ErrorKind::NoSpace,
+                    "no segment free for the flatten copy",
+                ));
+            };
             let off = done as usize * BLOCK;
             let payload = &data[off..off + n as usize * BLOCK];
             let e = LogEntry {
@@ -1400,10 +1446,9 @@ impl Writer {
         self.capture_rotation();
         let run = match frozen {
             Some(frozen) => {
-                let id = self.next_run_id;
-                self.next_run_id += 1;
+                let id = self.sh.next_run_id.fetch_add(1, Ordering::SeqCst);
                 let sh = self.sh.clone();
-                let mut alloc = Direct(&sh);
+                let mut alloc = super::maint::TableAlloc(&sh);
                 let r = super::maint::build_run_with(
                     &sh,
                     id,
@@ -1476,13 +1521,20 @@ impl Writer {
         self.replay = rot.replay;
         self.log_since_replay = 0;
         let blob = ckpt::encode_counters(&counters);
-        let n = blob.len().div_ceil(self.sh.vdevs.segment_size as usize);
-        let segs = self.alloc_meta(n)?;
-        ckpt::write_blob(&self.sh.vdevs, &segs, &blob)?;
+        let extents = self.alloc_meta_blocks(blob.len())?;
+        if let Err(e) = ckpt::write_blob(&self.sh.vdevs, &extents, &blob) {
+            self.sh.segs.lock().release_meta_blocks(&extents);
+            self.poison(&e);
+            return Err(e);
+        }
         let r = BlobRef {
-            segments: segs,
+            extents,
             len: blob.len() as u64,
             crc: crc32c::crc32c(&blob),
+        };
+        let release = Release {
+            segments: release,
+            extents: Vec::new(),
         };
         self.write_checkpoint(&cat, Some(r), release)?;
         self.cat = cat;
@@ -1510,10 +1562,13 @@ impl Writer {
             l0,
             deep: levels.deep,
         });
-        let release: Vec<SegId> = dropped
-            .iter()
-            .flat_map(|m| m.segments.iter().copied())
-            .collect();
+        let release = Release {
+            segments: Vec::new(),
+            extents: dropped
+                .iter()
+                .flat_map(|m| m.extents.iter().copied())
+                .collect(),
+        };
         let cat = self.cat.clone();
         self.write_checkpoint(&cat, None, release)?;
         self.sh.stats.compactions.fetch_add(1, Ordering::Relaxed);
@@ -1522,7 +1577,7 @@ impl Writer {
 
     /// Write a checkpoint of `cat` with nothing else changing.
     pub(crate) fn write_checkpoint_pub(&mut self, cat: &Catalog) -> Result<()> {
-        self.write_checkpoint(cat, None, Vec::new())
+        self.write_checkpoint(cat, None, Release::default())
     }
 
     /// Write a checkpoint of `cat` and the current map; on success, release
@@ -1531,7 +1586,7 @@ impl Writer {
         &mut self,
         cat: &Catalog,
         counters: Option<BlobRef>,
-        mut release: Vec<SegId>,
+        mut release: Release,
     ) -> Result<()> {
         let seq = self.ckpt_seq + 1;
         let counters_ref = counters
@@ -1544,20 +1599,19 @@ impl Writer {
             counters: counters_ref,
             replay: self.replay.clone(),
             next_lsn: self.next_lsn,
-            next_run_id: self.next_run_id,
+            next_run_id: self.sh.next_run_id.load(Ordering::SeqCst),
             log_segment: self.ckpt_log.0,
         };
         let mut bytes = ckpt::encode_checkpoint(&ck);
         let (mut seg, mut off) = self.ckpt_log;
         if u64::from(off) + bytes.len() as u64 > self.sh.vdevs.segment_size {
-            let fresh = self.alloc_meta(1)?;
-            let Some(&s) = fresh.first() else {
+            let Some(s) = self.sh.segs.lock().alloc_pinned_meta() else {
                 return Err(Error::new(
                     ErrorKind::NoSpace,
                     "no free segment for the checkpoint log",
                 ));
             };
-            release.push(seg);
+            release.segments.push(seg);
             seg = s;
             off = 0;
             ck.log_segment = s;
@@ -1593,16 +1647,20 @@ impl Writer {
         self.ckpt_seq = seq;
         self.ckpt_log = (seg, off + bytes.len() as u32);
         if let Some(c) = counters {
-            release.extend(self.counters_ref.segments.iter().copied());
+            release
+                .extents
+                .extend(self.counters_ref.extents.iter().copied());
             self.counters_ref = c;
         }
-        if !release.is_empty() {
+        *self.sh.meta_roots.lock() = (self.counters_ref.extents.clone(), Some(seg));
+        if !release.segments.is_empty() || !release.extents.is_empty() {
             // Readers that looked up the old state may still be reading.
             self.sh.gate.drain();
             let mut segs = self.sh.segs.lock();
-            for s in release {
+            for s in release.segments {
                 segs.release(s);
             }
+            segs.release_meta_blocks(&release.extents);
         }
         self.sh.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -1642,24 +1700,13 @@ impl Writer {
     }
 }
 
-/// Metadata segments allocated by the writer itself.
-struct Direct<'a>(&'a Shared);
-
-impl super::maint::MetaAlloc for Direct<'_> {
-    fn alloc(&mut self) -> Result<SegId> {
-        self.0
-            .segs
-            .lock()
-            .alloc(SegState::Meta)
-            .ok_or_else(|| Error::new(ErrorKind::NoSpace, "no free segment for a map run"))
-    }
-
-    fn release(&mut self, segs: Vec<SegId>) {
-        let mut t = self.0.segs.lock();
-        for s in segs {
-            t.release(s);
-        }
-    }
+/// What a checkpoint makes reusable once it is durable.
+#[derive(Default)]
+struct Release {
+    /// Whole segments (data segments, an old checkpoint-log segment).
+    segments: Vec<SegId>,
+    /// Metadata blocks (dropped runs, an old counters table).
+    extents: Vec<MetaExtent>,
 }
 
 /// Work for the writer.
