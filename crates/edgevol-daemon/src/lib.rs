@@ -1,1 +1,246 @@
-//! placeholder
+//! The edgevol daemon: imports the pools recorded in a data directory,
+//! serves the management API on a Unix socket and volumes over NBD (TCP and
+//! Unix), and shuts down cleanly on SIGINT/SIGTERM.
+//!
+//! ```text
+//!   CLI / controller ──HTTP/JSON──▶ api.rs ─┐
+//!                                           ├─▶ Registry ─▶ engine Pools
+//!   qemu, nbdinfo, fio ──NBD──▶ edgevol-nbd ─▶ export.rs ─┘
+//! ```
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod export;
+pub mod registry;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use edgevol_engine::PoolConfig;
+pub use registry::Registry;
+
+/// Daemon settings.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Where pools.json, sockets and (for `up`) pool files live.
+    pub data_dir: PathBuf,
+    /// Management API socket (default `DATA_DIR/api.sock`).
+    pub api_socket: Option<PathBuf>,
+    /// NBD TCP address (None: no TCP).
+    pub nbd_listen: Option<SocketAddr>,
+    /// NBD Unix socket (None: no Unix socket).
+    pub nbd_socket: Option<PathBuf>,
+    /// Export served for the empty export name.
+    pub default_export: Option<String>,
+    /// Engine settings for every pool.
+    pub pool: PoolConfig,
+}
+
+/// Why the daemon could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Another daemon uses the data directory.
+    #[error("{0} is in use by another edgevol daemon")]
+    Locked(PathBuf),
+    /// A socket could not be set up.
+    #[error("cannot listen on {what}: {source}")]
+    Listen {
+        /// Which socket.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Opening pools failed.
+    #[error(transparent)]
+    Engine(#[from] edgevol_engine::Error),
+    /// Other I/O.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// What a running daemon exposes to its caller (for `up`'s banner and tests).
+pub struct Running {
+    /// The registry.
+    pub registry: Arc<Registry>,
+    /// The API socket path.
+    pub api_socket: PathBuf,
+    /// The NBD TCP address actually bound.
+    pub nbd_addr: Option<SocketAddr>,
+    /// The NBD Unix socket.
+    pub nbd_socket: Option<PathBuf>,
+}
+
+/// Remove a stale socket file, refusing if something still answers on it.
+async fn clear_socket(path: &Path) -> Result<(), DaemonError> {
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(DaemonError::Listen {
+                what: path.display().to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another process is serving this socket",
+                ),
+            });
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| DaemonError::Io(format!("cannot remove stale {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// Run the daemon until SIGINT/SIGTERM. `init` runs once the pools are
+/// imported and before anything is served (used by `edgevol up` to create
+/// its default pool); `ready` is told what is being served.
+pub async fn serve(
+    cfg: ServeConfig,
+    init: impl FnOnce(&Registry) -> Result<(), edgevol_engine::Error> + Send + 'static,
+    ready: impl FnOnce(&Running),
+) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| DaemonError::Io(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
+    let lock_path = cfg.data_dir.join("daemon.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| DaemonError::Io(format!("cannot open {}: {e}", lock_path.display())))?;
+    if lock.try_lock().is_err() {
+        return Err(DaemonError::Locked(cfg.data_dir.clone()));
+    }
+    let dir = cfg.data_dir.clone();
+    let pool_cfg = cfg.pool.clone();
+    let registry =
+        tokio::task::spawn_blocking(move || -> Result<Arc<Registry>, edgevol_engine::Error> {
+            let r = Registry::open(&dir, pool_cfg)?;
+            init(&r)?;
+            Ok(Arc::new(r))
+        })
+        .await
+        .map_err(|e| DaemonError::Io(format!("startup task failed: {e}")))??;
+
+    let api_path = cfg
+        .api_socket
+        .clone()
+        .unwrap_or_else(|| cfg.data_dir.join("api.sock"));
+    clear_socket(&api_path).await?;
+    let api_listener =
+        tokio::net::UnixListener::bind(&api_path).map_err(|source| DaemonError::Listen {
+            what: api_path.display().to_string(),
+            source,
+        })?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let app = api::router(registry.clone());
+    let mut api_stop = stop_rx.clone();
+    let api_task = tokio::spawn(async move {
+        let r = axum::serve(api_listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = api_stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "API server failed");
+        }
+    });
+
+    let provider = Arc::new(export::Provider::new(
+        registry.clone(),
+        cfg.default_export.clone(),
+    ));
+    let mut tasks = Vec::new();
+    let mut nbd_addr = None;
+    if let Some(addr) = cfg.nbd_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Listen {
+                what: addr.to_string(),
+                source,
+            })?;
+        nbd_addr = l.local_addr().ok();
+        tasks.push(tokio::spawn(nbd_tcp(l, provider.clone(), stop_rx.clone())));
+    }
+    if let Some(path) = &cfg.nbd_socket {
+        clear_socket(path).await?;
+        let l = tokio::net::UnixListener::bind(path).map_err(|source| DaemonError::Listen {
+            what: path.display().to_string(),
+            source,
+        })?;
+        tasks.push(tokio::spawn(nbd_unix(l, provider.clone(), stop_rx.clone())));
+    }
+    let running = Running {
+        registry: registry.clone(),
+        api_socket: api_path.clone(),
+        nbd_addr,
+        nbd_socket: cfg.nbd_socket.clone(),
+    };
+    ready(&running);
+    tracing::info!(api = %api_path.display(), nbd = ?nbd_addr, "edgevol daemon ready");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = api_task.await;
+    let reg = registry.clone();
+    let _ = tokio::task::spawn_blocking(move || reg.shutdown()).await;
+    let _ = std::fs::remove_file(&api_path);
+    if let Some(p) = &cfg.nbd_socket {
+        let _ = std::fs::remove_file(p);
+    }
+    drop(lock);
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn nbd_tcp(
+    l: tokio::net::TcpListener,
+    p: Arc<export::Provider>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    if let Err(e) = edgevol_nbd::serve_tcp(
+        l,
+        p,
+        edgevol_nbd::ServerConfig::default(),
+        edgevol_nbd::Shutdown::new(stop),
+    )
+    .await
+    {
+        tracing::error!(error = %e, "NBD TCP server failed");
+    }
+}
+
+async fn nbd_unix(
+    l: tokio::net::UnixListener,
+    p: Arc<export::Provider>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    if let Err(e) = edgevol_nbd::serve_unix(
+        l,
+        p,
+        edgevol_nbd::ServerConfig::default(),
+        edgevol_nbd::Shutdown::new(stop),
+    )
+    .await
+    {
+        tracing::error!(error = %e, "NBD Unix server failed");
+    }
+}

@@ -1,0 +1,403 @@
+//! The management API server (HTTP/JSON on a Unix socket).
+//!
+//! Handlers parse the request into engine calls, run them on the blocking
+//! pool (engine management calls wait for the writer), and map engine
+//! errors to HTTP statuses:
+//!
+//! | engine | HTTP |
+//! |---|---|
+//! | NotFound | 404 |
+//! | AlreadyExists, Busy | 409 |
+//! | InvalidArgument | 400 |
+//! | ReadOnly | 403 |
+//! | NoSpace | 507 |
+//! | Shutdown | 503 |
+//! | Unsupported | 501 |
+//! | Io, Corrupt, Poisoned | 500 |
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use edgevol_api::{
+    CloneVolume, CreatePool, CreateSnapshot, CreateVolume, ErrorBody, ErrorDetail, ExportInfo,
+    Resize, RollbackResult, SetProperties,
+};
+use edgevol_engine::{Error, ErrorKind};
+use serde::{Deserialize, Serialize};
+
+use crate::registry::Registry;
+
+/// An API error response.
+pub struct ApiError(Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match self.0.kind() {
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::AlreadyExists | ErrorKind::Busy => StatusCode::CONFLICT,
+            ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
+            ErrorKind::ReadOnly => StatusCode::FORBIDDEN,
+            ErrorKind::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorKind::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut message = self.0.to_string();
+        let mut src = std::error::Error::source(&self.0);
+        while let Some(s) = src {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            src = s.source();
+        }
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %message, "API request failed");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                kind: self.0.kind().as_str().to_string(),
+                message,
+            },
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// Run a blocking engine call off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(ApiError),
+        Err(e) => Err(ApiError(Error::new(
+            ErrorKind::Io,
+            format!("API worker failed: {e}"),
+        ))),
+    }
+}
+
+type St = State<Arc<Registry>>;
+
+/// The router.
+pub fn router(reg: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/pools", get(list_pools).post(create_pool))
+        .route("/v1/pools/{pool}", get(pool_status).delete(destroy_pool))
+        .route("/v1/pools/{pool}/check", post(check_pool))
+        .route(
+            "/v1/pools/{pool}/volumes",
+            get(list_volumes).post(create_volume),
+        )
+        .route(
+            "/v1/pools/{pool}/volumes/{vol}",
+            get(volume_info)
+                .patch(set_properties)
+                .delete(destroy_volume),
+        )
+        .route("/v1/pools/{pool}/volumes/{vol}/resize", post(resize_volume))
+        .route(
+            "/v1/pools/{pool}/volumes/{vol}/promote",
+            post(promote_volume),
+        )
+        .route("/v1/pools/{pool}/volumes/{vol}/space", get(volume_space))
+        .route(
+            "/v1/pools/{pool}/volumes/{vol}/snapshots",
+            get(list_snapshots).post(create_snapshot),
+        )
+        .route(
+            "/v1/pools/{pool}/volumes/{vol}/snapshots/{snap}",
+            axum::routing::delete(destroy_snapshot),
+        )
+        .route(
+            "/v1/pools/{pool}/volumes/{vol}/snapshots/{snap}/rollback",
+            post(rollback),
+        )
+        .route(
+            "/v1/pools/{pool}/volumes/{vol}/snapshots/{snap}/clone",
+            post(clone_snapshot),
+        )
+        .route("/v1/exports", get(exports))
+        .with_state(reg)
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    version: &'static str,
+}
+
+async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// A pool in a listing: its status, or why it could not be imported.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum PoolListEntry {
+    Ok(Box<edgevol_engine::PoolStatus>),
+    Failed {
+        name: String,
+        state: &'static str,
+        error: String,
+    },
+}
+
+async fn list_pools(State(reg): St) -> ApiResult<Vec<PoolListEntry>> {
+    let r = blocking(move || {
+        let mut v: Vec<PoolListEntry> = reg
+            .pools()
+            .iter()
+            .map(|p| PoolListEntry::Ok(Box::new(p.status())))
+            .collect();
+        v.extend(
+            reg.failed()
+                .into_iter()
+                .map(|(name, error)| PoolListEntry::Failed {
+                    name,
+                    state: "UNAVAIL",
+                    error,
+                }),
+        );
+        Ok(v)
+    })
+    .await?;
+    Ok(Json(r))
+}
+
+async fn create_pool(
+    State(reg): St,
+    Json(req): Json<CreatePool>,
+) -> ApiResult<edgevol_engine::PoolStatus> {
+    let r = blocking(move || {
+        let p = reg.create_pool(&req.name, &req.devices, req.size, req.segment_size)?;
+        Ok(p.status())
+    })
+    .await?;
+    Ok(Json(r))
+}
+
+async fn pool_status(
+    State(reg): St,
+    Path(pool): Path<String>,
+) -> ApiResult<edgevol_engine::PoolStatus> {
+    Ok(Json(blocking(move || Ok(reg.pool(&pool)?.status())).await?))
+}
+
+#[derive(Deserialize)]
+struct ForceQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn destroy_pool(
+    State(reg): St,
+    Path(pool): Path<String>,
+    Query(q): Query<ForceQuery>,
+) -> ApiResult<()> {
+    blocking(move || reg.destroy_pool(&pool, q.force)).await?;
+    Ok(Json(()))
+}
+
+async fn check_pool(
+    State(reg): St,
+    Path(pool): Path<String>,
+) -> ApiResult<edgevol_engine::CheckReport> {
+    Ok(Json(blocking(move || reg.pool(&pool)?.check()).await?))
+}
+
+async fn list_volumes(
+    State(reg): St,
+    Path(pool): Path<String>,
+) -> ApiResult<Vec<edgevol_engine::VolumeInfo>> {
+    Ok(Json(
+        blocking(move || Ok(reg.pool(&pool)?.volumes())).await?,
+    ))
+}
+
+async fn create_volume(
+    State(reg): St,
+    Path(pool): Path<String>,
+    Json(req): Json<CreateVolume>,
+) -> ApiResult<edgevol_engine::VolumeInfo> {
+    Ok(Json(
+        blocking(move || {
+            reg.pool(&pool)?
+                .create_volume(&req.name, req.size, req.properties)
+        })
+        .await?,
+    ))
+}
+
+async fn volume_info(
+    State(reg): St,
+    Path((pool, vol)): Path<(String, String)>,
+) -> ApiResult<edgevol_engine::VolumeInfo> {
+    Ok(Json(
+        blocking(move || reg.pool(&pool)?.volume_info(&vol)).await?,
+    ))
+}
+
+async fn set_properties(
+    State(reg): St,
+    Path((pool, vol)): Path<(String, String)>,
+    Json(req): Json<SetProperties>,
+) -> ApiResult<edgevol_engine::VolumeInfo> {
+    Ok(Json(
+        blocking(move || {
+            let p = reg.pool(&pool)?;
+            for (k, v) in &req.properties {
+                p.set_property(&vol, k, v.as_deref())?;
+            }
+            p.volume_info(&vol)
+        })
+        .await?,
+    ))
+}
+
+async fn destroy_volume(
+    State(reg): St,
+    Path((pool, vol)): Path<(String, String)>,
+    Query(q): Query<ForceQuery>,
+) -> ApiResult<()> {
+    blocking(move || {
+        let users = reg.attached_to_volume(&pool, &vol);
+        if users > 0 && !q.force {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!("volume {pool}/{vol} has {users} attached clients; disconnect them or use --force"),
+            ));
+        }
+        reg.pool(&pool)?.destroy_volume(&vol, q.force)
+    })
+    .await?;
+    Ok(Json(()))
+}
+
+async fn resize_volume(
+    State(reg): St,
+    Path((pool, vol)): Path<(String, String)>,
+    Json(req): Json<Resize>,
+) -> ApiResult<edgevol_engine::VolumeInfo> {
+    Ok(Json(
+        blocking(move || {
+            let p = reg.pool(&pool)?;
+            p.resize_volume(&vol, req.size, req.force)?;
+            p.volume_info(&vol)
+        })
+        .await?,
+    ))
+}
+
+async fn promote_volume(
+    State(reg): St,
+    Path((pool, vol)): Path<(String, String)>,
+) -> ApiResult<edgevol_engine::VolumeInfo> {
+    Ok(Json(
+        blocking(move || {
+            let p = reg.pool(&pool)?;
+            p.promote(&vol)?;
+            p.volume_info(&vol)
+        })
+        .await?,
+    ))
+}
+
+async fn volume_space(
+    State(reg): St,
+    Path((pool, vol)): Path<(String, String)>,
+) -> ApiResult<edgevol_engine::SpaceReport> {
+    Ok(Json(blocking(move || reg.pool(&pool)?.space(&vol)).await?))
+}
+
+async fn list_snapshots(
+    State(reg): St,
+    Path((pool, vol)): Path<(String, String)>,
+) -> ApiResult<Vec<edgevol_engine::SnapshotInfo>> {
+    Ok(Json(
+        blocking(move || reg.pool(&pool)?.snapshots(&vol)).await?,
+    ))
+}
+
+async fn create_snapshot(
+    State(reg): St,
+    Path((pool, vol)): Path<(String, String)>,
+    Json(req): Json<CreateSnapshot>,
+) -> ApiResult<edgevol_engine::SnapshotInfo> {
+    Ok(Json(
+        blocking(move || reg.pool(&pool)?.snapshot(&vol, &req.name)).await?,
+    ))
+}
+
+async fn destroy_snapshot(
+    State(reg): St,
+    Path((pool, vol, snap)): Path<(String, String, String)>,
+) -> ApiResult<()> {
+    blocking(move || {
+        let users = reg.attached_to_volume(&pool, &format!("{vol}@{snap}"));
+        if users > 0 {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!("snapshot {pool}/{vol}@{snap} has {users} attached clients"),
+            ));
+        }
+        reg.pool(&pool)?.destroy_snapshot(&vol, &snap)
+    })
+    .await?;
+    Ok(Json(()))
+}
+
+async fn rollback(
+    State(reg): St,
+    Path((pool, vol, snap)): Path<(String, String, String)>,
+) -> ApiResult<RollbackResult> {
+    Ok(Json(
+        blocking(move || {
+            let p = reg.pool(&pool)?;
+            let previous_head = p.rollback(&vol, &snap)?;
+            Ok(RollbackResult {
+                previous_head,
+                volume: p.volume_info(&vol)?,
+            })
+        })
+        .await?,
+    ))
+}
+
+async fn clone_snapshot(
+    State(reg): St,
+    Path((pool, vol, snap)): Path<(String, String, String)>,
+    Json(req): Json<CloneVolume>,
+) -> ApiResult<edgevol_engine::VolumeInfo> {
+    Ok(Json(
+        blocking(move || reg.pool(&pool)?.clone_snapshot(&vol, &snap, &req.name)).await?,
+    ))
+}
+
+async fn exports(State(reg): St) -> ApiResult<Vec<ExportInfo>> {
+    Ok(Json(
+        reg.attachments()
+            .into_iter()
+            .map(|(name, n)| ExportInfo {
+                read_only: name.contains('@'),
+                name,
+                transport: "nbd".into(),
+                connections: n,
+            })
+            .collect(),
+    ))
+}

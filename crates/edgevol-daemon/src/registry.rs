@@ -1,0 +1,315 @@
+//! The pools a daemon serves, and which exports have clients attached.
+//!
+//! The list of pools (name and device paths) is kept in `DIR/pools.json`,
+//! written atomically; on start every pool in it is imported (recovering
+//! after a crash by itself).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use edgevol_engine::{CreateOptions, Error, ErrorKind, Pool, PoolConfig, Result};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct PoolsFile {
+    pools: Vec<PoolEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PoolEntry {
+    name: String,
+    devices: Vec<String>,
+}
+
+/// Pools and attachments.
+pub struct Registry {
+    dir: PathBuf,
+    cfg: PoolConfig,
+    pools: RwLock<BTreeMap<String, Arc<Pool>>>,
+    /// Pools listed in pools.json that failed to import, with the reason.
+    failed: RwLock<BTreeMap<String, (Vec<String>, String)>>,
+    attached: Mutex<BTreeMap<String, u64>>,
+    /// Serialises pool creation/destruction and pools.json updates.
+    admin: Mutex<()>,
+}
+
+impl Registry {
+    /// Open the registry in `dir`, importing every recorded pool.
+    pub fn open(dir: &Path, cfg: PoolConfig) -> Result<Registry> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("cannot create {}: {e}", dir.display()),
+            )
+        })?;
+        let reg = Registry {
+            dir: dir.to_path_buf(),
+            cfg,
+            pools: RwLock::new(BTreeMap::new()),
+            failed: RwLock::new(BTreeMap::new()),
+            attached: Mutex::new(BTreeMap::new()),
+            admin: Mutex::new(()),
+        };
+        let file = reg.load()?;
+        for e in file.pools {
+            let paths: Vec<PathBuf> = e.devices.iter().map(PathBuf::from).collect();
+            match Pool::open_paths(&paths, reg.cfg.clone()) {
+                Ok(p) if p.name() == e.name => {
+                    tracing::info!(pool = %e.name, "imported pool");
+                    reg.pools.write().insert(e.name.clone(), Arc::new(p));
+                }
+                Ok(p) => {
+                    let msg = format!("devices hold pool {:?}, expected {:?}", p.name(), e.name);
+                    tracing::error!(pool = %e.name, "{msg}");
+                    reg.failed
+                        .write()
+                        .insert(e.name.clone(), (e.devices.clone(), msg));
+                }
+                Err(err) => {
+                    tracing::error!(pool = %e.name, error = %err, "cannot import pool");
+                    reg.failed
+                        .write()
+                        .insert(e.name.clone(), (e.devices.clone(), err.to_string()));
+                }
+            }
+        }
+        Ok(reg)
+    }
+
+    fn pools_file(&self) -> PathBuf {
+        self.dir.join("pools.json")
+    }
+
+    fn load(&self) -> Result<PoolsFile> {
+        let p = self.pools_file();
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+                Error::new(
+                    ErrorKind::Corrupt,
+                    format!("{} is not valid: {e}", p.display()),
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PoolsFile::default()),
+            Err(e) => Err(Error::new(
+                ErrorKind::Io,
+                format!("cannot read {}: {e}", p.display()),
+            )),
+        }
+    }
+
+    fn save(&self) -> Result<()> {
+        let mut file = PoolsFile::default();
+        for (name, p) in self.pools.read().iter() {
+            file.pools.push(PoolEntry {
+                name: name.clone(),
+                devices: p.paths().to_vec(),
+            });
+        }
+        for (name, (devices, _)) in self.failed.read().iter() {
+            file.pools.push(PoolEntry {
+                name: name.clone(),
+                devices: devices.clone(),
+            });
+        }
+        let io =
+            |e: std::io::Error| Error::new(ErrorKind::Io, format!("cannot write pools.json: {e}"));
+        let tmp = self.dir.join("pools.json.tmp");
+        let body = serde_json::to_vec_pretty(&file)
+            .map_err(|e| Error::new(ErrorKind::Io, e.to_string()))?;
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&body).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, self.pools_file()).map_err(io)?;
+        if let Ok(d) = std::fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Create a pool and record it.
+    pub fn create_pool(
+        &self,
+        name: &str,
+        devices: &[String],
+        size: Option<u64>,
+        segment_size: Option<u64>,
+    ) -> Result<Arc<Pool>> {
+        let _g = self.admin.lock();
+        if self.pools.read().contains_key(name) || self.failed.read().contains_key(name) {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("pool {name:?} already exists"),
+            ));
+        }
+        if devices.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "give at least one file or device",
+            ));
+        }
+        let paths: Vec<PathBuf> = devices.iter().map(|d| absolute(Path::new(d))).collect();
+        for p in &paths {
+            if let Some(parent) = p.parent() {
+                if !parent.as_os_str().is_empty() && !parent.exists() {
+                    return Err(Error::new(
+                        ErrorKind::InvalidArgument,
+                        format!("directory {} does not exist", parent.display()),
+                    ));
+                }
+            }
+            if p.exists() {
+                if let Ok((pool, _)) = Pool::probe(p) {
+                    return Err(Error::new(
+                        ErrorKind::Busy,
+                        format!(
+                            "{} already belongs to pool {pool:?}; destroy that pool first",
+                            p.display()
+                        ),
+                    ));
+                }
+            }
+        }
+        let pool = Pool::create_on_paths(
+            name,
+            &paths,
+            size,
+            &CreateOptions { segment_size },
+            self.cfg.clone(),
+        )?;
+        let pool = Arc::new(pool);
+        self.pools.write().insert(name.to_string(), pool.clone());
+        if let Err(e) = self.save() {
+            tracing::error!(error = %e, "pool created but pools.json not updated");
+            return Err(e);
+        }
+        Ok(pool)
+    }
+
+    /// Destroy a pool: refused while clients are attached unless `force`.
+    pub fn destroy_pool(&self, name: &str, force: bool) -> Result<()> {
+        let _g = self.admin.lock();
+        if self.failed.write().remove(name).is_some() {
+            return self.save();
+        }
+        let pool = self.pool(name)?;
+        let users = self.attached_under(&format!("{name}/"));
+        if users > 0 && !force {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!("pool {name:?} has {users} attached clients; use --force"),
+            ));
+        }
+        self.pools.write().remove(name);
+        pool.destroy()?;
+        self.save()
+    }
+
+    /// A pool by name.
+    pub fn pool(&self, name: &str) -> Result<Arc<Pool>> {
+        if let Some(p) = self.pools.read().get(name) {
+            return Ok(p.clone());
+        }
+        if let Some((_, why)) = self.failed.read().get(name) {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("pool {name:?} could not be imported: {why}"),
+            ));
+        }
+        Err(Error::new(
+            ErrorKind::NotFound,
+            format!("no pool named {name:?}"),
+        ))
+    }
+
+    /// All imported pools.
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        self.pools.read().values().cloned().collect()
+    }
+
+    /// Pools that failed to import: (name, reason).
+    pub fn failed(&self) -> Vec<(String, String)> {
+        self.failed
+            .read()
+            .iter()
+            .map(|(k, (_, why))| (k.clone(), why.clone()))
+            .collect()
+    }
+
+    /// Count a client attaching to `export`.
+    pub fn attach(&self, export: &str) {
+        *self.attached.lock().entry(export.to_string()).or_insert(0) += 1;
+    }
+
+    /// Count a client detaching.
+    pub fn detach(&self, export: &str) {
+        let mut g = self.attached.lock();
+        if let Some(n) = g.get_mut(export) {
+            *n -= 1;
+            if *n == 0 {
+                g.remove(export);
+            }
+        }
+    }
+
+    /// Clients attached to `pool/vol` and its snapshots.
+    pub fn attached_to_volume(&self, pool: &str, vol: &str) -> u64 {
+        let exact = format!("{pool}/{vol}");
+        let snaps = format!("{pool}/{vol}@");
+        self.attached
+            .lock()
+            .iter()
+            .filter(|(k, _)| **k == exact || k.starts_with(&snaps))
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    fn attached_under(&self, prefix: &str) -> u64 {
+        self.attached
+            .lock()
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    /// Every attachment: (export, connections).
+    pub fn attachments(&self) -> Vec<(String, u64)> {
+        self.attached
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
+    /// Close every pool cleanly.
+    pub fn shutdown(&self) {
+        for (name, p) in std::mem::take(&mut *self.pools.write()) {
+            if let Err(e) = p.close() {
+                tracing::error!(pool = %name, error = %e, "closing pool failed");
+            } else {
+                tracing::info!(pool = %name, "closed pool");
+            }
+        }
+    }
+}
+
+/// `p` made absolute against the current directory (without resolving links).
+pub fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}

@@ -1,0 +1,847 @@
+//! Client subcommands: each parses its arguments, calls the daemon's API,
+//! and prints a table (or JSON with `--json`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Subcommand;
+use edgevol_api::{
+    CheckReport, Client, CloneVolume, CreatePool, CreateSnapshot, CreateVolume, ExportInfo,
+    PoolStatus, Resize, RollbackResult, SetProperties, SnapshotInfo, SpaceReport, VolumeInfo,
+};
+use hyper::Method;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::table::Table;
+use crate::units::{human, parse_size, time};
+
+/// What every client command needs.
+pub struct Ctx {
+    client: Client,
+    json: bool,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Ctx {
+    pub fn new(socket: Option<PathBuf>, json: bool) -> Ctx {
+        let socket = socket.unwrap_or_else(|| PathBuf::from("edgevol-data/api.sock"));
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("edgevol: cannot start a runtime: {e}");
+                std::process::exit(1);
+            }
+        };
+        Ctx {
+            client: Client::new(socket),
+            json,
+            rt,
+        }
+    }
+
+    fn call<T: DeserializeOwned>(
+        &self,
+        m: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T> {
+        Ok(self.rt.block_on(self.client.call(m, path, body))?)
+    }
+
+    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call(Method::GET, path, None::<&()>)
+    }
+
+    fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
+        self.call(Method::POST, path, Some(body))
+    }
+
+    fn delete(&self, path: &str) -> Result<()> {
+        let _: serde_json::Value = self.call(Method::DELETE, path, None::<&()>)?;
+        Ok(())
+    }
+
+    fn print_json(&self, v: &impl Serialize) -> Result<()> {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        Ok(())
+    }
+
+    /// Report a completed destroy: `{"destroyed": what}` with `--json`.
+    fn destroyed(&self, kind: &str, what: &str) -> Result<()> {
+        if self.json {
+            return self.print_json(&serde_json::json!({ "destroyed": what, "kind": kind }));
+        }
+        println!("destroyed {kind} {what}");
+        Ok(())
+    }
+
+    /// Report a volume whose properties changed.
+    fn changed(&self, info: &VolumeInfo) -> Result<()> {
+        if self.json {
+            return self.print_json(info);
+        }
+        println!("updated {}/{}", info.pool, info.name);
+        Ok(())
+    }
+}
+
+/// URL path segment escaping for names (names are [A-Za-z0-9_.:-], but be safe).
+fn seg(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Split `POOL/VOL`.
+fn pool_vol(s: &str) -> Result<(&str, &str)> {
+    let (p, v) = s
+        .split_once('/')
+        .ok_or_else(|| anyhow!("{s:?}: expected POOL/VOLUME"))?;
+    if p.is_empty() || v.is_empty() || v.contains('@') || v.contains('/') {
+        bail!("{s:?}: expected POOL/VOLUME");
+    }
+    Ok((p, v))
+}
+
+/// Split `POOL/VOL@SNAP`.
+fn pool_vol_snap(s: &str) -> Result<(&str, &str, &str)> {
+    let (pv, snap) = s
+        .split_once('@')
+        .ok_or_else(|| anyhow!("{s:?}: expected POOL/VOLUME@SNAPSHOT"))?;
+    let (p, v) = pool_vol(pv)?;
+    if snap.is_empty() {
+        bail!("{s:?}: expected POOL/VOLUME@SNAPSHOT");
+    }
+    Ok((p, v, snap))
+}
+
+fn vol_path(p: &str, v: &str) -> String {
+    format!("/pools/{}/volumes/{}", seg(p), seg(v))
+}
+
+fn size_arg(s: &str) -> Result<u64, String> {
+    parse_size(s)
+}
+
+fn parse_kv(items: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut m = BTreeMap::new();
+    for it in items {
+        let (k, v) = it
+            .split_once('=')
+            .ok_or_else(|| anyhow!("{it:?}: expected key=value"))?;
+        m.insert(k.to_string(), v.to_string());
+    }
+    Ok(m)
+}
+
+// ----------------------------------------------------------------------
+// pool
+
+#[derive(Subcommand)]
+pub enum PoolCmd {
+    /// Create a pool on files (created sparse at --size if missing) or block devices.
+    Create {
+        /// Pool name.
+        pool: String,
+        /// Files or block devices.
+        #[arg(required = true)]
+        devices: Vec<PathBuf>,
+        /// Size of files that do not exist yet (e.g. 20G).
+        #[arg(long, value_parser = size_arg)]
+        size: Option<u64>,
+        /// Pool options: segment_size=SIZE.
+        #[arg(short = 'o', value_name = "KEY=VALUE")]
+        options: Vec<String>,
+    },
+    /// List pools.
+    List,
+    /// Health, space and devices of a pool.
+    Status {
+        /// Pool name.
+        pool: String,
+    },
+    /// Verify every metadata structure and data checksum; exits non-zero on any inconsistency.
+    Check {
+        /// Pool name.
+        pool: String,
+    },
+    /// Destroy a pool (its devices are wiped of edgevol labels, files are kept).
+    Destroy {
+        /// Pool name.
+        pool: String,
+        /// Even with clients attached.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
+    match cmd {
+        PoolCmd::Create {
+            pool,
+            devices,
+            size,
+            options,
+        } => {
+            let opts = parse_kv(&options)?;
+            let mut segment_size = None;
+            for (k, v) in &opts {
+                match k.as_str() {
+                    "segment_size" => segment_size = Some(parse_size(v).map_err(|e| anyhow!(e))?),
+                    _ => bail!("unknown pool option {k:?} (known: segment_size)"),
+                }
+            }
+            let cwd = std::env::current_dir().context("current directory")?;
+            let devices = devices
+                .iter()
+                .map(|d| {
+                    if d.is_absolute() {
+                        d.clone()
+                    } else {
+                        cwd.join(d)
+                    }
+                })
+                .map(|d| d.display().to_string())
+                .collect();
+            let st: PoolStatus = ctx.post(
+                "/pools",
+                &CreatePool {
+                    name: pool,
+                    devices,
+                    size,
+                    segment_size,
+                },
+            )?;
+            if ctx.json {
+                return ctx.print_json(&st);
+            }
+            println!("created pool {} ({} usable)", st.name, human(st.size));
+            Ok(())
+        }
+        PoolCmd::List => {
+            let v: Vec<serde_json::Value> = ctx.get("/pools")?;
+            if ctx.json {
+                return ctx.print_json(&v);
+            }
+            let mut t = Table::new(&[
+                "NAME",
+                ">SIZE",
+                ">ALLOC",
+                ">FREE",
+                ">VOLUMES",
+                ">SNAPSHOTS",
+                "STATE",
+            ]);
+            for p in v {
+                match serde_json::from_value::<PoolStatus>(p.clone()) {
+                    Ok(s) => t.row(vec![
+                        s.name,
+                        human(s.size),
+                        human(s.allocated),
+                        human(s.free),
+                        s.volumes.to_string(),
+                        s.snapshots.to_string(),
+                        s.state,
+                    ]),
+                    Err(_) => t.row(vec![
+                        p["name"].as_str().unwrap_or("?").to_string(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        format!("UNAVAIL: {}", p["error"].as_str().unwrap_or("")),
+                    ]),
+                }
+            }
+            t.print();
+            Ok(())
+        }
+        PoolCmd::Status { pool } => {
+            let s: PoolStatus = ctx.get(&format!("/pools/{}", seg(&pool)))?;
+            if ctx.json {
+                return ctx.print_json(&s);
+            }
+            println!("   pool: {}", s.name);
+            println!("  state: {}", s.state);
+            if let Some(e) = &s.error {
+                println!(" reason: {e}");
+            }
+            println!(
+                "   size: {}   allocated: {} (data {}, metadata {})   free: {}",
+                human(s.size),
+                human(s.allocated),
+                human(s.data),
+                human(s.metadata),
+                human(s.free)
+            );
+            println!(
+                "content: {} volumes, {} snapshots, {} referenced",
+                s.volumes,
+                s.snapshots,
+                human(s.referenced)
+            );
+            println!(
+                "  segments: {} each, {} free, {} reserved for the cleaner and metadata",
+                human(s.segment_size),
+                s.free_segments,
+                s.reserved_segments
+            );
+            if s.gc_pending > 0 {
+                println!(
+                    "     gc: {} lineages waiting for garbage collection",
+                    s.gc_pending
+                );
+            }
+            if let Some(e) = &s.maintenance_error {
+                println!("  maint: last error: {e}");
+            }
+            println!("config:");
+            let mut t = Table::new(&["  DEVICE", "STATE", ">SIZE", ">READ", ">WRITE", ">CKSUM"]);
+            for d in &s.devices {
+                t.row(vec![
+                    format!("  {}", d.path),
+                    d.state.clone(),
+                    human(d.size),
+                    d.read_errors.to_string(),
+                    d.write_errors.to_string(),
+                    d.checksum_errors.to_string(),
+                ]);
+            }
+            t.print();
+            let errs: u64 = s
+                .devices
+                .iter()
+                .map(|d| d.read_errors + d.write_errors + d.checksum_errors)
+                .sum();
+            println!(
+                "errors: {}",
+                if errs == 0 {
+                    "No known data errors".to_string()
+                } else {
+                    format!("{errs} device errors")
+                }
+            );
+            Ok(())
+        }
+        PoolCmd::Check { pool } => {
+            let r: CheckReport = ctx.call(
+                Method::POST,
+                &format!("/pools/{}/check", seg(&pool)),
+                None::<&()>,
+            )?;
+            if ctx.json {
+                ctx.print_json(&r)?;
+            } else {
+                println!(
+                    "checked pool {pool}: {} map runs, {} map entries, {} records, {} of data verified",
+                    r.runs,
+                    r.entries,
+                    r.records,
+                    human(r.data_bytes)
+                );
+                for n in &r.notes {
+                    println!("note: {n}");
+                }
+                for e in &r.errors {
+                    println!("ERROR: {e}");
+                }
+                if r.errors.is_empty() {
+                    println!("no inconsistencies found");
+                }
+            }
+            if !r.errors.is_empty() {
+                bail!("pool {pool} has {} inconsistencies", r.errors.len());
+            }
+            Ok(())
+        }
+        PoolCmd::Destroy { pool, force } => {
+            ctx.delete(&format!("/pools/{}?force={force}", seg(&pool)))?;
+            ctx.destroyed("pool", &pool)
+        }
+    }
+}
+
+// ----------------------------------------------------------------------
+// volume
+
+#[derive(Subcommand)]
+pub enum VolumeCmd {
+    /// Create a thin volume.
+    Create {
+        /// POOL/VOLUME.
+        volume: String,
+        /// Size (bytes or with K/M/G/T), a multiple of 4K.
+        #[arg(long, short = 's', value_parser = size_arg)]
+        size: u64,
+        /// Properties: readonly=on|off, comment=..., user properties (org:key=value).
+        #[arg(short = 'o', value_name = "KEY=VALUE")]
+        options: Vec<String>,
+    },
+    /// List volumes (of one pool, or all).
+    List {
+        /// Pool name.
+        pool: Option<String>,
+    },
+    /// Show properties (all, or one).
+    Get {
+        /// POOL/VOLUME.
+        volume: String,
+        /// Property name.
+        property: Option<String>,
+    },
+    /// Set properties (volsize=SIZE grows the volume).
+    Set {
+        /// POOL/VOLUME.
+        volume: String,
+        /// KEY=VALUE assignments.
+        #[arg(required = true)]
+        assignments: Vec<String>,
+    },
+    /// Clear a property.
+    Inherit {
+        /// POOL/VOLUME.
+        volume: String,
+        /// Property name.
+        property: String,
+    },
+    /// Change the size: grow online; shrinking needs --force and discards data past the end.
+    Resize {
+        /// POOL/VOLUME.
+        volume: String,
+        /// New size.
+        #[arg(value_parser = size_arg)]
+        size: u64,
+        /// Allow shrinking.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Destroy a volume and its snapshots (refused with clones or attached clients).
+    Destroy {
+        /// POOL/VOLUME.
+        volume: String,
+        /// Destroy even with attached clients; clones keep what they need.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make a clone independent of its origin (copies the data it shares), so the origin can be destroyed.
+    Promote {
+        /// POOL/VOLUME.
+        volume: String,
+    },
+}
+
+pub fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
+    match cmd {
+        VolumeCmd::Create {
+            volume,
+            size,
+            options,
+        } => {
+            let (p, v) = pool_vol(&volume)?;
+            let info: VolumeInfo = ctx.post(
+                &format!("/pools/{}/volumes", seg(p)),
+                &CreateVolume {
+                    name: v.to_string(),
+                    size,
+                    properties: parse_kv(&options)?,
+                },
+            )?;
+            if ctx.json {
+                return ctx.print_json(&info);
+            }
+            println!("created volume {p}/{v} ({})", human(info.size));
+            Ok(())
+        }
+        VolumeCmd::List { pool } => {
+            let pools: Vec<String> = match pool {
+                Some(p) => vec![p],
+                None => {
+                    let all: Vec<serde_json::Value> = ctx.get("/pools")?;
+                    all.iter()
+                        .filter(|p| p.get("size").is_some())
+                        .filter_map(|p| p["name"].as_str().map(str::to_string))
+                        .collect()
+                }
+            };
+            let mut all = Vec::new();
+            for p in pools {
+                let v: Vec<VolumeInfo> = ctx.get(&format!("/pools/{}/volumes", seg(&p)))?;
+                all.extend(v);
+            }
+            if ctx.json {
+                return ctx.print_json(&all);
+            }
+            let mut t = Table::new(&["NAME", ">SIZE", ">REFER", ">SNAPS", "ORIGIN"]);
+            for v in all {
+                t.row(vec![
+                    format!("{}/{}", v.pool, v.name),
+                    human(v.size),
+                    human(v.referenced),
+                    v.snapshots.to_string(),
+                    v.origin.unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            t.print();
+            Ok(())
+        }
+        VolumeCmd::Get { volume, property } => {
+            let (p, v) = pool_vol(&volume)?;
+            let info: VolumeInfo = ctx.get(&vol_path(p, v))?;
+            let space: SpaceReport = ctx.get(&format!("{}/space", vol_path(p, v)))?;
+            let mut props: Vec<(String, String, String)> = vec![
+                ("name".into(), format!("{p}/{v}"), "-".into()),
+                ("volsize".into(), info.size.to_string(), "local".into()),
+                ("referenced".into(), info.referenced.to_string(), "-".into()),
+                ("used".into(), space.used.to_string(), "-".into()),
+                (
+                    "usedbydataset".into(),
+                    space.used_by_dataset.to_string(),
+                    "-".into(),
+                ),
+                (
+                    "usedbysnapshots".into(),
+                    space.used_by_snapshots.to_string(),
+                    "-".into(),
+                ),
+                ("logicalsize".into(), info.size.to_string(), "-".into()),
+                (
+                    "origin".into(),
+                    info.origin.clone().unwrap_or_else(|| "-".into()),
+                    "-".into(),
+                ),
+                (
+                    "basedon".into(),
+                    info.based_on.clone().unwrap_or_else(|| "-".into()),
+                    "-".into(),
+                ),
+                ("snapshots".into(), info.snapshots.to_string(), "-".into()),
+                ("creation".into(), time(info.created), "-".into()),
+                ("guid".into(), info.guid.clone(), "-".into()),
+                (
+                    "readonly".into(),
+                    if info.readonly { "on" } else { "off" }.into(),
+                    if info.properties.contains_key("readonly") {
+                        "local"
+                    } else {
+                        "default"
+                    }
+                    .into(),
+                ),
+            ];
+            for (k, val) in &info.properties {
+                if k != "readonly" {
+                    props.push((k.clone(), val.clone(), "local".into()));
+                }
+            }
+            if let Some(want) = &property {
+                props.retain(|(k, _, _)| k == want);
+                if props.is_empty() {
+                    bail!("volume {p}/{v} has no property {want:?}");
+                }
+            }
+            if ctx.json {
+                let m: BTreeMap<&str, &str> = props
+                    .iter()
+                    .map(|(k, v, _)| (k.as_str(), v.as_str()))
+                    .collect();
+                return ctx.print_json(&m);
+            }
+            let mut t = Table::new(&["PROPERTY", "VALUE", "SOURCE"]);
+            for (k, val, src) in props {
+                t.row(vec![k, val, src]);
+            }
+            t.print();
+            Ok(())
+        }
+        VolumeCmd::Set {
+            volume,
+            assignments,
+        } => {
+            let (p, v) = pool_vol(&volume)?;
+            let mut kv = parse_kv(&assignments)?;
+            if kv.is_empty() {
+                bail!("nothing to set: give one or more key=value");
+            }
+            let mut info = None;
+            if let Some(size) = kv.remove("volsize") {
+                let size = parse_size(&size).map_err(|e| anyhow!(e))?;
+                info = Some(ctx.post::<VolumeInfo>(
+                    &format!("{}/resize", vol_path(p, v)),
+                    &Resize { size, force: false },
+                )?);
+            }
+            if !kv.is_empty() {
+                info = Some(ctx.call::<VolumeInfo>(
+                    Method::PATCH,
+                    &vol_path(p, v),
+                    Some(&SetProperties {
+                        properties: kv.into_iter().map(|(k, v)| (k, Some(v))).collect(),
+                    }),
+                )?);
+            }
+            match info {
+                Some(i) => ctx.changed(&i),
+                None => Ok(()),
+            }
+        }
+        VolumeCmd::Inherit { volume, property } => {
+            let (p, v) = pool_vol(&volume)?;
+            let info: VolumeInfo = ctx.call(
+                Method::PATCH,
+                &vol_path(p, v),
+                Some(&SetProperties {
+                    properties: [(property, None)].into_iter().collect(),
+                }),
+            )?;
+            ctx.changed(&info)
+        }
+        VolumeCmd::Resize {
+            volume,
+            size,
+            force,
+        } => {
+            let (p, v) = pool_vol(&volume)?;
+            let info: VolumeInfo = ctx.post(
+                &format!("{}/resize", vol_path(p, v)),
+                &Resize { size, force },
+            )?;
+            if ctx.json {
+                return ctx.print_json(&info);
+            }
+            println!("{p}/{v} is now {}", human(info.size));
+            Ok(())
+        }
+        VolumeCmd::Destroy { volume, force } => {
+            let (p, v) = pool_vol(&volume)?;
+            ctx.delete(&format!("{}?force={force}", vol_path(p, v)))?;
+            ctx.destroyed("volume", &format!("{p}/{v}"))
+        }
+        VolumeCmd::Promote { volume } => {
+            let (p, v) = pool_vol(&volume)?;
+            let info: VolumeInfo = ctx.call(
+                Method::POST,
+                &format!("{}/promote", vol_path(p, v)),
+                None::<&()>,
+            )?;
+            if ctx.json {
+                return ctx.print_json(&info);
+            }
+            println!("{p}/{v} no longer depends on an origin");
+            Ok(())
+        }
+    }
+}
+
+// ----------------------------------------------------------------------
+// snapshot
+
+#[derive(Subcommand)]
+pub enum SnapshotCmd {
+    /// Take a snapshot (instant; durable when the command returns).
+    Create {
+        /// POOL/VOLUME@SNAPSHOT.
+        snapshot: String,
+    },
+    /// List a volume's snapshots as a history tree.
+    List {
+        /// POOL/VOLUME.
+        volume: String,
+    },
+    /// Destroy a snapshot and free its unique data.
+    Destroy {
+        /// POOL/VOLUME@SNAPSHOT.
+        snapshot: String,
+    },
+    /// Make the volume equal to the snapshot. The previous head is kept as a
+    /// snapshot (if it changed), so you can roll forward again.
+    Rollback {
+        /// POOL/VOLUME@SNAPSHOT.
+        snapshot: String,
+    },
+}
+
+pub fn snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> Result<()> {
+    match cmd {
+        SnapshotCmd::Create { snapshot } => {
+            let (p, v, s) = pool_vol_snap(&snapshot)?;
+            let info: SnapshotInfo = ctx.post(
+                &format!("{}/snapshots", vol_path(p, v)),
+                &CreateSnapshot {
+                    name: s.to_string(),
+                },
+            )?;
+            if ctx.json {
+                return ctx.print_json(&info);
+            }
+            println!("created snapshot {p}/{v}@{s}");
+            Ok(())
+        }
+        SnapshotCmd::List { volume } => {
+            let (p, v) = pool_vol(&volume)?;
+            let snaps: Vec<SnapshotInfo> = ctx.get(&format!("{}/snapshots", vol_path(p, v)))?;
+            let info: VolumeInfo = ctx.get(&vol_path(p, v))?;
+            let space: SpaceReport = ctx.get(&format!("{}/space", vol_path(p, v)))?;
+            if ctx.json {
+                #[derive(Serialize)]
+                struct Out<'a> {
+                    snapshots: &'a [SnapshotInfo],
+                    head_based_on: &'a Option<String>,
+                    unique: &'a BTreeMap<String, u64>,
+                }
+                return ctx.print_json(&Out {
+                    snapshots: &snaps,
+                    head_based_on: &info.based_on,
+                    unique: &space.snapshots,
+                });
+            }
+            print_tree(p, v, &snaps, &info, &space);
+            Ok(())
+        }
+        SnapshotCmd::Destroy { snapshot } => {
+            let (p, v, s) = pool_vol_snap(&snapshot)?;
+            ctx.delete(&format!("{}/snapshots/{}", vol_path(p, v), seg(s)))?;
+            ctx.destroyed("snapshot", &format!("{p}/{v}@{s}"))
+        }
+        SnapshotCmd::Rollback { snapshot } => {
+            let (p, v, s) = pool_vol_snap(&snapshot)?;
+            let r: RollbackResult = ctx.call(
+                Method::POST,
+                &format!("{}/snapshots/{}/rollback", vol_path(p, v), seg(s)),
+                None::<&()>,
+            )?;
+            if ctx.json {
+                return ctx.print_json(&r);
+            }
+            match &r.previous_head {
+                Some(h) => println!(
+                    "{p}/{v} rolled back to @{s}; the previous head is kept as {p}/{v}@{h} (roll forward with `edgevol snapshot rollback {p}/{v}@{h}`)"
+                ),
+                None => println!("{p}/{v} rolled back to @{s} (the previous head had no changes since its last snapshot)"),
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Print snapshots as a tree, with the head where it is.
+fn print_tree(p: &str, v: &str, snaps: &[SnapshotInfo], info: &VolumeInfo, space: &SpaceReport) {
+    let mut t = Table::new(&["NAME", "CREATED", ">REFER", ">USED"]);
+    // Children of each node; None = roots.
+    let mut kids: BTreeMap<Option<String>, Vec<String>> = BTreeMap::new();
+    for s in snaps {
+        kids.entry(s.parent.clone())
+            .or_default()
+            .push(s.name.clone());
+    }
+    const HEAD: &str = "\u{0}head";
+    kids.entry(info.based_on.clone())
+        .or_default()
+        .push(HEAD.to_string());
+    let by_name: BTreeMap<&str, &SnapshotInfo> =
+        snaps.iter().map(|s| (s.name.as_str(), s)).collect();
+    fn walk(
+        node: Option<String>,
+        prefix: &str,
+        kids: &BTreeMap<Option<String>, Vec<String>>,
+        by_name: &BTreeMap<&str, &SnapshotInfo>,
+        rows: &mut Vec<(String, String)>,
+    ) {
+        let Some(children) = kids.get(&node) else {
+            return;
+        };
+        for (i, c) in children.iter().enumerate() {
+            let last = i + 1 == children.len();
+            let branch = if node.is_none() {
+                ""
+            } else if last {
+                "└─ "
+            } else {
+                "├─ "
+            };
+            rows.push((format!("{prefix}{branch}"), c.clone()));
+            let next = if node.is_none() {
+                prefix.to_string()
+            } else if last {
+                format!("{prefix}   ")
+            } else {
+                format!("{prefix}│  ")
+            };
+            if by_name.contains_key(c.as_str()) {
+                walk(Some(c.clone()), &next, kids, by_name, rows);
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    walk(None, "", &kids, &by_name, &mut rows);
+    for (prefix, name) in rows {
+        if name == HEAD {
+            t.row(vec![
+                format!("{prefix}{p}/{v} (current)"),
+                "-".into(),
+                human(info.referenced),
+                human(space.used_by_dataset),
+            ]);
+        } else if let Some(s) = by_name.get(name.as_str()) {
+            let auto = if s.auto { " (kept by rollback)" } else { "" };
+            t.row(vec![
+                format!("{prefix}{p}/{v}@{name}{auto}"),
+                time(s.created),
+                human(s.referenced),
+                human(space.snapshots.get(&name).copied().unwrap_or(0)),
+            ]);
+        }
+    }
+    t.print();
+}
+
+// ----------------------------------------------------------------------
+// clone, exports
+
+pub fn clone(ctx: &Ctx, snapshot: &str, volume: &str) -> Result<()> {
+    let (p, v, s) = pool_vol_snap(snapshot)?;
+    let (p2, nv) = pool_vol(volume)?;
+    if p2 != p {
+        bail!("a clone lives in its origin's pool ({p}), not {p2}");
+    }
+    let info: VolumeInfo = ctx.post(
+        &format!("{}/snapshots/{}/clone", vol_path(p, v), seg(s)),
+        &CloneVolume {
+            name: nv.to_string(),
+        },
+    )?;
+    if ctx.json {
+        return ctx.print_json(&info);
+    }
+    println!("created clone {p}/{nv} of {p}/{v}@{s}");
+    Ok(())
+}
+
+pub fn exports(ctx: &Ctx) -> Result<()> {
+    let v: Vec<ExportInfo> = ctx.get("/exports")?;
+    if ctx.json {
+        return ctx.print_json(&v);
+    }
+    let mut t = Table::new(&["EXPORT", "TRANSPORT", ">CONNECTIONS", "MODE"]);
+    for e in v {
+        t.row(vec![
+            e.name,
+            e.transport,
+            e.connections.to_string(),
+            if e.read_only { "ro" } else { "rw" }.into(),
+        ]);
+    }
+    t.print();
+    Ok(())
+}
