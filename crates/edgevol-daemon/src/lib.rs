@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod export;
+pub mod reactor;
 pub mod registry;
 
 use std::net::SocketAddr;
@@ -33,8 +34,10 @@ pub struct ServeConfig {
     pub nbd_socket: Option<PathBuf>,
     /// Export served for the empty export name.
     pub default_export: Option<String>,
-    /// Engine settings for every pool.
+    /// Engine settings for every pool (its spawner is set by the daemon).
     pub pool: PoolConfig,
+    /// Data-plane threads (see [`reactor`]); 0 picks [`reactor::default_count`].
+    pub reactors: usize,
 }
 
 /// Why the daemon could not start or stopped.
@@ -110,8 +113,16 @@ pub async fn serve(
     if lock.try_lock().is_err() {
         return Err(DaemonError::Locked(cfg.data_dir.clone()));
     }
+    let n = if cfg.reactors == 0 {
+        reactor::default_count()
+    } else {
+        cfg.reactors
+    };
+    let reactors = reactor::Reactors::start(n)
+        .map_err(|e| DaemonError::Io(format!("cannot start the data-plane threads: {e}")))?;
     let dir = cfg.data_dir.clone();
-    let pool_cfg = cfg.pool.clone();
+    let mut pool_cfg = cfg.pool.clone();
+    pool_cfg.spawner = Some(reactors.engine_spawner());
     let registry =
         tokio::task::spawn_blocking(move || -> Result<Arc<Registry>, edgevol_engine::Error> {
             let r = Registry::open(&dir, pool_cfg)?;
@@ -159,7 +170,12 @@ pub async fn serve(
                 source,
             })?;
         nbd_addr = l.local_addr().ok();
-        tasks.push(tokio::spawn(nbd_tcp(l, provider.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(nbd_tcp(
+            l,
+            provider.clone(),
+            stop_rx.clone(),
+            reactors.conn_spawner(),
+        )));
     }
     if let Some(path) = &cfg.nbd_socket {
         clear_socket(path).await?;
@@ -167,7 +183,12 @@ pub async fn serve(
             what: path.display().to_string(),
             source,
         })?;
-        tasks.push(tokio::spawn(nbd_unix(l, provider.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(nbd_unix(
+            l,
+            provider.clone(),
+            stop_rx.clone(),
+            reactors.conn_spawner(),
+        )));
     }
     let running = Running {
         registry: registry.clone(),
@@ -176,7 +197,7 @@ pub async fn serve(
         nbd_socket: cfg.nbd_socket.clone(),
     };
     ready(&running);
-    tracing::info!(api = %api_path.display(), nbd = ?nbd_addr, "edgevol daemon ready");
+    tracing::info!(api = %api_path.display(), nbd = ?nbd_addr, reactors = reactors.count(), "edgevol daemon ready");
 
     wait_for_signal().await;
     tracing::info!("shutting down");
@@ -187,6 +208,9 @@ pub async fn serve(
     let _ = api_task.await;
     let reg = registry.clone();
     let _ = tokio::task::spawn_blocking(move || reg.shutdown()).await;
+    // Pools are closed: nothing runs on the reactors any more.
+    let r = reactors.clone();
+    let _ = tokio::task::spawn_blocking(move || r.stop()).await;
     let _ = std::fs::remove_file(&api_path);
     if let Some(p) = &cfg.nbd_socket {
         let _ = std::fs::remove_file(p);
@@ -215,12 +239,14 @@ async fn nbd_tcp(
     l: tokio::net::TcpListener,
     p: Arc<export::Provider>,
     stop: tokio::sync::watch::Receiver<bool>,
+    spawner: Arc<dyn edgevol_nbd::ConnSpawner>,
 ) {
-    if let Err(e) = edgevol_nbd::serve_tcp(
+    if let Err(e) = edgevol_nbd::serve_tcp_on(
         l,
         p,
         edgevol_nbd::ServerConfig::default(),
         edgevol_nbd::Shutdown::new(stop),
+        spawner,
     )
     .await
     {
@@ -232,12 +258,14 @@ async fn nbd_unix(
     l: tokio::net::UnixListener,
     p: Arc<export::Provider>,
     stop: tokio::sync::watch::Receiver<bool>,
+    spawner: Arc<dyn edgevol_nbd::ConnSpawner>,
 ) {
-    if let Err(e) = edgevol_nbd::serve_unix(
+    if let Err(e) = edgevol_nbd::serve_unix_on(
         l,
         p,
         edgevol_nbd::ServerConfig::default(),
         edgevol_nbd::Shutdown::new(stop),
+        spawner,
     )
     .await
     {

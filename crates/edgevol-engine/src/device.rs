@@ -46,6 +46,11 @@ pub trait Device: Send + Sync + 'static {
     fn is_block_device(&self) -> bool {
         false
     }
+    /// The file descriptor, for devices that a thread's io_uring can drive
+    /// directly (see `edgevol_io::ring`). None: only the blocking methods.
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 /// A file or block device opened for direct I/O.
@@ -177,6 +182,11 @@ impl Device for FileDevice {
 
     fn is_block_device(&self) -> bool {
         self.block_device
+    }
+
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        Some(self.file.as_raw_fd())
     }
 }
 

@@ -7,7 +7,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod buf;
+pub use edgevol_io::buf;
 pub mod catalog;
 pub mod chunk;
 pub mod device;
@@ -20,6 +20,6 @@ pub use error::{Error, ErrorKind, Result};
 pub mod pool;
 
 pub use pool::{
-    CheckReport, CreateOptions, Pool, PoolConfig, PoolStatus, ReadSeg, SnapshotInfo, SpaceReport,
-    Volume, VolumeInfo,
+    CheckReport, CreateOptions, LocalTaskFactory, Pool, PoolConfig, PoolStatus, ReadSeg,
+    SnapshotInfo, SpaceReport, Spawner, Volume, VolumeInfo,
 };

@@ -31,7 +31,6 @@ fn bg_cfg() -> PoolConfig {
 /// long log replays).
 fn daemon_cfg() -> PoolConfig {
     PoolConfig {
-        io_threads: 2,
         ..PoolConfig::default()
     }
 }

@@ -144,6 +144,10 @@ pub struct ZeroFlags {
 ///
 /// Dropping the value detaches the client (the provider may count attached
 /// clients through it).
+///
+/// The futures need not be `Send`: a connection and its requests run on one
+/// thread (a `tokio::task::LocalSet`), so an export can do its I/O through
+/// that thread's own resources (e.g. its io_uring).
 pub trait Export: Send + Sync + 'static {
     /// Size in bytes. May change between calls (online resize).
     fn size(&self) -> u64;
@@ -163,39 +167,39 @@ pub trait Export: Send + Sync + 'static {
         &self,
         offset: u64,
         len: u32,
-    ) -> impl Future<Output = Result<Vec<ReadChunk>, ExportError>> + Send;
+    ) -> impl Future<Output = Result<Vec<ReadChunk>, ExportError>>;
     /// Write `data` at `offset`; durable on return if `fua`.
     fn write(
         &self,
         offset: u64,
         data: Bytes,
         fua: bool,
-    ) -> impl Future<Output = Result<(), ExportError>> + Send;
+    ) -> impl Future<Output = Result<(), ExportError>>;
     /// Make every write acknowledged so far (on any connection) durable.
-    fn flush(&self) -> impl Future<Output = Result<(), ExportError>> + Send;
+    fn flush(&self) -> impl Future<Output = Result<(), ExportError>>;
     /// Deallocate a range; it reads as zeroes afterwards.
     fn trim(
         &self,
         offset: u64,
         len: u32,
         fua: bool,
-    ) -> impl Future<Output = Result<(), ExportError>> + Send;
+    ) -> impl Future<Output = Result<(), ExportError>>;
     /// Make a range read as zeroes.
     fn write_zeroes(
         &self,
         offset: u64,
         len: u32,
         flags: ZeroFlags,
-    ) -> impl Future<Output = Result<(), ExportError>> + Send;
+    ) -> impl Future<Output = Result<(), ExportError>>;
     /// Allocation state from `offset`: extents covering at least the first
     /// byte and at most `len` bytes, in order, without gaps.
     fn block_status(
         &self,
         offset: u64,
         len: u32,
-    ) -> impl Future<Output = Result<Vec<Extent>, ExportError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Extent>, ExportError>>;
     /// Prefetch a range (NBD_CMD_CACHE); may do nothing.
-    fn cache(&self, offset: u64, len: u32) -> impl Future<Output = Result<(), ExportError>> + Send;
+    fn cache(&self, offset: u64, len: u32) -> impl Future<Output = Result<(), ExportError>>;
 }
 
 /// Names and opens exports.

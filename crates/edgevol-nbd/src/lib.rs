@@ -16,9 +16,11 @@
 //! # async fn demo<P: edgevol_nbd::ExportProvider>(provider: Arc<P>) -> Result<(), Box<dyn std::error::Error>> {
 //! use edgevol_nbd::{serve_tcp, ServerConfig, Shutdown};
 //!
+//! // Connections run on this thread's LocalSet (their futures need not be
+//! // Send); `serve_tcp_on` spreads them over threads instead.
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:10809").await?;
 //! let (stop, stop_rx) = tokio::sync::watch::channel(false);
-//! let server = tokio::spawn(serve_tcp(
+//! let server = tokio::task::spawn_local(serve_tcp(
 //!     listener,
 //!     provider,
 //!     ServerConfig::default(),
@@ -56,4 +58,7 @@ pub use error::{ConfigError, ConnectionError, ProtocolError, ServeError};
 pub use export::{
     BlockSizes, Errno, Export, ExportError, ExportProvider, Extent, OpenError, ReadChunk, ZeroFlags,
 };
-pub use server::{serve_stream, serve_tcp, serve_unix, ServerConfig, Shutdown};
+pub use server::{
+    serve_stream, serve_tcp, serve_tcp_on, serve_unix, serve_unix_on, ConnSpawner, ConnTask,
+    ServerConfig, Shutdown, SpawnLocal,
+};

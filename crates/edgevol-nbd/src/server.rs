@@ -1,7 +1,8 @@
 //! Listeners, connection lifecycle, configuration and shutdown.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -10,7 +11,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinSet;
 use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::error::{ConfigError, ConnectionError, ServeError};
@@ -147,8 +147,9 @@ static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 /// Opening and closing are logged (`info`), as is any protocol violation
 /// (`warn`); the returned error is the same one that was logged.
 ///
-/// Must run inside a Tokio runtime with the time driver enabled (requests
-/// are executed on spawned tasks; the handshake and shutdown use timers).
+/// Must run inside a Tokio runtime with the time driver enabled, within a
+/// `tokio::task::LocalSet` (requests are executed on local tasks of the
+/// connection's thread; the handshake and shutdown use timers).
 pub async fn serve_stream<P, S>(
     stream: S,
     provider: Arc<P>,
@@ -236,20 +237,46 @@ where
     .await
 }
 
+/// A connection ready to be served: call it on the thread that will serve
+/// it (inside a `tokio::task::LocalSet`) to get the future that serves it.
+pub type ConnTask = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send>;
+
+/// Decides which thread serves an accepted connection.
+pub trait ConnSpawner: Send + Sync + 'static {
+    /// Run `task` (build its future there, and drive it to completion).
+    fn spawn(&self, task: ConnTask);
+}
+
+/// Serve every connection on the accepting thread's `LocalSet`.
+pub struct SpawnLocal;
+
+impl ConnSpawner for SpawnLocal {
+    fn spawn(&self, task: ConnTask) {
+        tokio::task::spawn_local(task());
+    }
+}
+
 /// Serve NBD on a TCP listener until `shutdown` fires, then wait for the
-/// open connections to finish (see [`Shutdown`]).
+/// open connections to finish (see [`Shutdown`]). Connections are served on
+/// the calling thread, which must run a `tokio::task::LocalSet`.
 ///
 /// Accepted sockets get `TCP_NODELAY`, as the spec recommends. Accept errors
 /// (e.g. out of file descriptors) are logged and retried after a short
-/// pause; they never stop the server. Dropping the returned future aborts
-/// every connection immediately.
+/// pause; they never stop the server.
 pub async fn serve_tcp<P: ExportProvider>(
     listener: TcpListener,
     provider: Arc<P>,
     config: ServerConfig,
     shutdown: Shutdown,
 ) -> Result<(), ServeError> {
-    accept_loop(Tcp(listener), provider, config, shutdown).await
+    accept_loop(
+        Tcp(listener),
+        provider,
+        config,
+        shutdown,
+        Arc::new(SpawnLocal),
+    )
+    .await
 }
 
 /// Serve NBD on a Unix-domain listener until `shutdown` fires, then wait for
@@ -261,27 +288,66 @@ pub async fn serve_unix<P: ExportProvider>(
     config: ServerConfig,
     shutdown: Shutdown,
 ) -> Result<(), ServeError> {
-    accept_loop(Unix(listener), provider, config, shutdown).await
+    accept_loop(
+        Unix(listener),
+        provider,
+        config,
+        shutdown,
+        Arc::new(SpawnLocal),
+    )
+    .await
 }
 
-/// The listener operations the accept loop needs.
+/// [`serve_tcp`], handing each accepted connection to `spawner` (e.g. to
+/// spread connections over several event-loop threads).
+pub async fn serve_tcp_on<P: ExportProvider>(
+    listener: TcpListener,
+    provider: Arc<P>,
+    config: ServerConfig,
+    shutdown: Shutdown,
+    spawner: Arc<dyn ConnSpawner>,
+) -> Result<(), ServeError> {
+    accept_loop(Tcp(listener), provider, config, shutdown, spawner).await
+}
+
+/// [`serve_unix`], handing each accepted connection to `spawner`.
+pub async fn serve_unix_on<P: ExportProvider>(
+    listener: UnixListener,
+    provider: Arc<P>,
+    config: ServerConfig,
+    shutdown: Shutdown,
+    spawner: Arc<dyn ConnSpawner>,
+) -> Result<(), ServeError> {
+    accept_loop(Unix(listener), provider, config, shutdown, spawner).await
+}
+
+/// The listener operations the accept loop needs. Accepted sockets travel
+/// as std sockets, so they can be served on another thread's runtime.
 trait Acceptor: Send + Sync {
-    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Stream, String)>>;
+    type Std: Send + 'static;
+    type Stream: AsyncRead + AsyncWrite + Unpin + 'static;
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Std, String)>>;
+    /// Register an accepted socket with the current thread's runtime.
+    fn adopt(s: Self::Std) -> io::Result<Self::Stream>;
     fn describe(&self) -> String;
 }
 
 struct Tcp(TcpListener);
 
 impl Acceptor for Tcp {
+    type Std = std::net::TcpStream;
     type Stream = TcpStream;
-    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(TcpStream, String)>> {
-        self.0.poll_accept(cx).map_ok(|(s, addr)| {
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Std, String)>> {
+        self.0.poll_accept(cx).map(|r| {
+            let (s, addr) = r?;
             if let Err(e) = s.set_nodelay(true) {
                 warn!(peer = %addr, error = %e, "nbd: cannot set TCP_NODELAY");
             }
-            (s, addr.to_string())
+            Ok((s.into_std()?, addr.to_string()))
         })
+    }
+    fn adopt(s: Self::Std) -> io::Result<TcpStream> {
+        TcpStream::from_std(s)
     }
     fn describe(&self) -> String {
         match self.0.local_addr() {
@@ -294,16 +360,21 @@ impl Acceptor for Tcp {
 struct Unix(UnixListener);
 
 impl Acceptor for Unix {
+    type Std = std::os::unix::net::UnixStream;
     type Stream = UnixStream;
-    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(UnixStream, String)>> {
-        self.0.poll_accept(cx).map_ok(|(s, _)| {
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<(Self::Std, String)>> {
+        self.0.poll_accept(cx).map(|r| {
+            let (s, _) = r?;
             // Unix peers are anonymous; report the peer's pid when known.
             let peer = match s.peer_cred().ok().and_then(|c| c.pid()) {
                 Some(pid) => format!("unix:pid={pid}"),
                 None => "unix".into(),
             };
-            (s, peer)
+            Ok((s.into_std()?, peer))
         })
+    }
+    fn adopt(s: Self::Std) -> io::Result<UnixStream> {
+        UnixStream::from_std(s)
     }
     fn describe(&self) -> String {
         match self
@@ -323,11 +394,12 @@ async fn accept_loop<L: Acceptor, P: ExportProvider>(
     provider: Arc<P>,
     config: ServerConfig,
     mut shutdown: Shutdown,
+    spawner: Arc<dyn ConnSpawner>,
 ) -> Result<(), ServeError> {
     config.validate()?;
     let config = Arc::new(config);
+    // One permit per open connection; all permits back = none open.
     let limit = Arc::new(Semaphore::new(config.max_connections));
-    let mut connections = JoinSet::new();
     let address = listener.describe();
     info!(listener = %address, "nbd server listening");
     loop {
@@ -345,15 +417,22 @@ async fn accept_loop<L: Acceptor, P: ExportProvider>(
                     };
                     let (provider, config, shutdown) =
                         (Arc::clone(&provider), Arc::clone(&config), shutdown.clone());
-                    let span = info_span!("nbd", %peer);
-                    connections.spawn(
-                        async move {
-                            // Errors were logged by serve_stream.
-                            let _ = serve_stream(stream, provider, &config, shutdown).await;
-                            drop(permit);
-                        }
-                        .instrument(span),
-                    );
+                    spawner.spawn(Box::new(move || {
+                        let span = info_span!("nbd", %peer);
+                        Box::pin(
+                            async move {
+                                match L::adopt(stream) {
+                                    // Errors were logged by serve_stream.
+                                    Ok(s) => {
+                                        let _ = serve_stream(s, provider, &config, shutdown).await;
+                                    }
+                                    Err(e) => error!(error = %e, "nbd: cannot register a connection"),
+                                }
+                                drop(permit);
+                            }
+                            .instrument(span),
+                        )
+                    }));
                 }
                 Err(e) => {
                     // Typically EMFILE/ENFILE/ECONNABORTED: transient.
@@ -364,28 +443,19 @@ async fn accept_loop<L: Acceptor, P: ExportProvider>(
                     }
                 }
             },
-            Some(done) = connections.join_next(), if !connections.is_empty() => reap(done),
         }
     }
     drop(listener);
+    let open = config.max_connections - limit.available_permits();
     info!(
         listener = %address,
-        open_connections = connections.len(),
+        open_connections = open,
         "nbd server stopped accepting; waiting for connections to finish"
     );
-    while let Some(done) = connections.join_next().await {
-        reap(done);
-    }
+    let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
+    let _ = limit.acquire_many(all).await;
     info!(listener = %address, "nbd server stopped");
     Ok(())
-}
-
-fn reap(done: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = done {
-        if e.is_panic() {
-            error!(error = %e, "nbd connection task panicked");
-        }
-    }
 }
 
 #[cfg(test)]

@@ -367,7 +367,7 @@ impl<E: Export> Reader<E> {
             };
             let responder = Responder::new(self.tx.clone(), header.cookie, slot, bytes);
             let export = Arc::clone(&self.export);
-            tokio::spawn(
+            tokio::task::spawn_local(
                 async move {
                     let body = execute(&*export, cmd, data).await;
                     responder.send(body);

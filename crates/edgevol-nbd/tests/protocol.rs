@@ -638,6 +638,12 @@ fn client_vanishing_mid_request_is_harmless() {
 
 #[tokio::test]
 async fn serve_stream_over_an_in_memory_pipe() {
+    tokio::task::LocalSet::new()
+        .run_until(serve_stream_over_an_in_memory_pipe_local())
+        .await;
+}
+
+async fn serve_stream_over_an_in_memory_pipe_local() {
     use edgevol_nbd::{serve_stream, Shutdown};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -645,8 +651,9 @@ async fn serve_stream_over_an_in_memory_pipe() {
     p.add("", MemStore::new(1 << 20).fill(0, b"default export"));
     let (client, server) = tokio::io::duplex(4096);
     let config = ServerConfig::default();
-    let task =
-        tokio::spawn(async move { serve_stream(server, p, &config, Shutdown::never()).await });
+    let task = tokio::task::spawn_local(async move {
+        serve_stream(server, p, &config, Shutdown::never()).await
+    });
     let (mut rd, mut wr) = tokio::io::split(client);
     let mut greeting = [0u8; 18];
     rd.read_exact(&mut greeting).await.unwrap();
@@ -716,8 +723,14 @@ fn shutdown_is_bounded_by_the_grace_period() {
 /// A cheap deterministic stand-in for the fuzzers: random bytes after
 /// several valid prefixes must end the connection (error or not) without a
 /// panic or a hang.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn random_traffic_never_panics_or_hangs() {
+    tokio::task::LocalSet::new()
+        .run_until(random_traffic_never_panics_or_hangs_local())
+        .await;
+}
+
+async fn random_traffic_never_panics_or_hangs_local() {
     use edgevol_nbd::{serve_stream, Shutdown};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -777,8 +790,9 @@ async fn random_traffic_never_panics_or_hangs() {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let p = Arc::clone(&p);
         let cfg = config.clone();
-        let task =
-            tokio::spawn(async move { serve_stream(server, p, &cfg, Shutdown::never()).await });
+        let task = tokio::task::spawn_local(async move {
+            serve_stream(server, p, &cfg, Shutdown::never()).await
+        });
         let (mut rd, mut wr) = tokio::io::split(client);
         let drain = tokio::spawn(async move {
             let mut sink = vec![0u8; 64 * 1024];

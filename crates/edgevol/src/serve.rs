@@ -20,9 +20,10 @@ pub struct Tuning {
     /// Memtable budget per pool before the map flushes (e.g. 16M).
     #[arg(long, default_value = "16M", value_parser = parse_size)]
     memtable: u64,
-    /// Threads doing device reads per pool.
-    #[arg(long, default_value_t = 8)]
-    io_threads: usize,
+    /// Data-plane threads, each with its own io_uring serving NBD
+    /// connections and pool writers [default: one per two cores].
+    #[arg(long, value_name = "N")]
+    reactors: Option<usize>,
 }
 
 impl Tuning {
@@ -30,9 +31,12 @@ impl Tuning {
         PoolConfig {
             cache_bytes: self.cache,
             memtable_bytes: self.memtable as usize,
-            io_threads: self.io_threads,
             ..PoolConfig::default()
         }
+    }
+
+    fn reactors(&self) -> usize {
+        self.reactors.unwrap_or(0)
     }
 }
 
@@ -76,10 +80,11 @@ fn nbd_socket(arg: &Option<String>, dir: &std::path::Path) -> Option<PathBuf> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    // Two workers: the machines this runs on are small; the engine has its own threads.
+    // The control plane (API, signals, accepting NBD connections): one
+    // worker is plenty; the data path runs on the reactors.
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("ev-net")
+        .worker_threads(1)
+        .thread_name("ev-ctl")
         .enable_all()
         .build()
         .context("cannot start the async runtime")
@@ -93,6 +98,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         api_socket: a.api_socket,
         default_export: a.default_export,
         pool: a.tuning.pool_config(),
+        reactors: a.tuning.reactors(),
     };
     runtime()?.block_on(edgevol_daemon::serve(cfg, |_| Ok(()), |_| {}))?;
     Ok(())
@@ -136,6 +142,7 @@ pub fn up(a: UpArgs) -> Result<()> {
         api_socket: None,
         default_export: Some("demo/vol0".into()),
         pool: a.tuning.pool_config(),
+        reactors: a.tuning.reactors(),
     };
     let (pool_size, vol_size) = (a.pool_size, a.volume_size);
     let img = match &a.pool_file {

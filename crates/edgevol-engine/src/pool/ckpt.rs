@@ -96,6 +96,23 @@ pub fn write_blob(vdevs: &Vdevs, extents: &[MetaExtent], bytes: &[u8]) -> Result
     Ok(())
 }
 
+/// [`write_blob`] through the calling thread's io_uring, if it has one.
+pub async fn write_blob_async(vdevs: &Vdevs, extents: &[MetaExtent], bytes: Vec<u8>) -> Result<()> {
+    let mut rest = &bytes[..];
+    for e in extents {
+        if rest.is_empty() {
+            break;
+        }
+        let n = (e.len() as usize).min(rest.len());
+        write_aligned_async(vdevs, e.seg, e.offset(), &rest[..n]).await?;
+        rest = &rest[n..];
+    }
+    if !rest.is_empty() {
+        return Err(Error::corrupt("blob larger than its extents"));
+    }
+    Ok(())
+}
+
 /// Read a blob written by [`write_blob`] and check its crc.
 pub fn read_blob(vdevs: &Vdevs, r: &BlobRef) -> Result<Vec<u8>> {
     let total: u64 = r.extents.iter().map(MetaExtent::len).sum();
@@ -131,6 +148,13 @@ pub fn write_aligned(vdevs: &Vdevs, seg: SegId, off: u64, data: &[u8]) -> Result
     let mut b = crate::buf::AlignedBuf::zeroed(data.len().div_ceil(BLOCK) * BLOCK);
     b.as_mut_slice()[..data.len()].copy_from_slice(data);
     vdevs.write(seg, off, b.as_slice())
+}
+
+/// [`write_aligned`] through the calling thread's io_uring, if it has one.
+pub async fn write_aligned_async(vdevs: &Vdevs, seg: SegId, off: u64, data: &[u8]) -> Result<()> {
+    let mut b = crate::buf::AlignedBuf::zeroed(data.len().div_ceil(BLOCK) * BLOCK);
+    b.as_mut_slice()[..data.len()].copy_from_slice(data);
+    vdevs.write_owned(seg, off, b).await.map(drop)
 }
 
 /// Encode counters as a padded envelope.

@@ -3,19 +3,24 @@
 //!
 //! Readers `enter` before they look up the map and leave (drop the ticket)
 //! after their device reads complete. To reuse segments freed so far, the
-//! writer calls [`ReuseGate::drain`]: it switches readers to the other
-//! generation and waits until the old one is empty (an RCU grace period).
-//! Tickets are plain values, so they can be held across `.await`.
+//! writer awaits [`ReuseGate::drained`]: it switches readers to the other
+//! generation and waits until the old one is empty (an RCU grace period),
+//! yielding meanwhile, since readers may run on the writer's own thread. Tickets are
+//! plain values, so they can be held across `.await`.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Poll, Waker};
+
+use parking_lot::Mutex;
 
 /// Shared state.
 #[derive(Default)]
 pub struct ReuseGate {
     generation: AtomicU64,
     active: [AtomicUsize; 2],
+    /// A task waiting in [`ReuseGate::drained`], woken by the last reader.
+    waiter: Mutex<Option<Waker>>,
 }
 
 /// Held by a reader while it may touch segments.
@@ -41,31 +46,42 @@ impl ReuseGate {
         }
     }
 
-    /// Wait until every reader that entered before this call has left.
-    pub fn drain(&self) {
+    /// Wait until every reader that entered before this call has left. The
+    /// wait yields to the event loop (readers may run on the same thread);
+    /// plain threads block on it with `block_on`.
+    pub async fn drained(&self) {
         let g = self.generation.fetch_add(1, Ordering::SeqCst);
         let p = (g & 1) as usize;
-        let mut spins = 0u32;
-        while self.active[p].load(Ordering::SeqCst) != 0 {
-            spins += 1;
-            if spins < 100 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::sleep(Duration::from_micros(200));
+        std::future::poll_fn(|cx| {
+            if self.active[p].load(Ordering::SeqCst) == 0 {
+                return Poll::Ready(());
             }
-        }
+            *self.waiter.lock() = Some(cx.waker().clone());
+            // Re-check: the last reader may have left before the waker was set.
+            if self.active[p].load(Ordering::SeqCst) == 0 {
+                self.waiter.lock().take();
+                return Poll::Ready(());
+            }
+            Poll::Pending
+        })
+        .await;
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.gate.active[self.parity].fetch_sub(1, Ordering::SeqCst);
+        if self.gate.active[self.parity].fetch_sub(1, Ordering::SeqCst) == 1 {
+            if let Some(w) = self.gate.waiter.lock().take() {
+                w.wake();
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
 
     #[test]
     fn drain_waits_for_old_readers_only() {
@@ -73,15 +89,30 @@ mod tests {
         let t = gate.enter();
         let g2 = gate.clone();
         let h = std::thread::spawn(move || {
-            g2.drain();
+            futures::executor::block_on(g2.drained());
         });
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(!h.is_finished(), "drain must wait for the reader");
         // A reader entering now belongs to the new generation and does not block.
         let t2 = gate.enter();
         drop(t);
         h.join().unwrap();
         drop(t2);
-        gate.drain();
+        futures::executor::block_on(gate.drained());
+    }
+
+    #[test]
+    fn drained_yields_until_the_last_reader_leaves() {
+        let gate = Arc::new(ReuseGate::default());
+        let t = gate.enter();
+        let mut f = Box::pin(gate.drained());
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(f.as_mut().poll(&mut cx).is_pending());
+        let late = gate.enter(); // new generation: not waited for
+        assert!(f.as_mut().poll(&mut cx).is_pending());
+        drop(t);
+        assert!(f.as_mut().poll(&mut cx).is_ready());
+        drop(late);
     }
 }

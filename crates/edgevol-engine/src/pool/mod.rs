@@ -51,8 +51,11 @@ pub struct PoolConfig {
     pub cache_bytes: u64,
     /// Largest batch written in one device write. Default 2 MiB.
     pub max_batch_bytes: usize,
-    /// Threads doing device reads for clients. Default 8.
-    pub io_threads: usize,
+    /// Where the pool's writer runs: None starts a thread of its own
+    /// (blocking device I/O); a data-plane event loop passes a spawner so
+    /// the writer runs as a task on its thread and does its device I/O
+    /// through that thread's io_uring, next to the clients' requests.
+    pub spawner: Option<Spawner>,
     /// Flush the memtable at least this often when it is not empty. Default 30 s.
     pub flush_interval: Duration,
     /// Flush the memtable when this much log was written since the last
@@ -71,12 +74,26 @@ impl Default for PoolConfig {
             memtable_bytes: 16 << 20,
             cache_bytes: 64 << 20,
             max_batch_bytes: 2 << 20,
-            io_threads: 8,
+            spawner: None,
             flush_interval: Duration::from_secs(30),
             replay_budget: 512 << 20,
             background: true,
             queue_depth: 1024,
         }
+    }
+}
+
+/// A task for a data-plane thread: built there (it need not be `Send`).
+pub type LocalTaskFactory =
+    Box<dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> + Send>;
+
+/// Runs a task on a data-plane thread (see [`PoolConfig::spawner`]).
+#[derive(Clone)]
+pub struct Spawner(pub Arc<dyn Fn(LocalTaskFactory) + Send + Sync>);
+
+impl std::fmt::Debug for Spawner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Spawner")
     }
 }
 
@@ -126,7 +143,6 @@ pub(crate) struct Shared {
     pub data_tx: async_channel::Sender<DataOp>,
     pub maint_tx: async_channel::Sender<MaintOp>,
     pub poisoned: Mutex<Option<String>>,
-    pub io: read::IoPool,
     pub stats: Stats,
     pub lineage_delta: Mutex<BTreeMap<u32, i64>>,
     pub space_blocked: AtomicBool,
@@ -143,6 +159,8 @@ pub(crate) struct Shared {
     /// Metadata the last checkpoint owns besides map runs: the counters
     /// table's extents and the checkpoint-log segment (for `pool check`).
     pub meta_roots: Mutex<(Vec<crate::layout::MetaExtent>, Option<crate::layout::SegId>)>,
+    /// (segment table generation, metadata segments, metadata bytes).
+    pub usable_cache: Mutex<(u64, u64, u64)>,
 }
 
 impl Shared {
@@ -172,6 +190,8 @@ impl Shared {
 pub struct Pool {
     sh: Arc<Shared>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Disconnected when the writer (a thread or a data-plane task) ends.
+    writer_done: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
 
 /// Space policy. Physical segments are shared by three users, and each
@@ -228,7 +248,15 @@ pub(crate) fn usable_bytes(sh: &Shared) -> u64 {
     let seg = sh.vdevs.segment_size;
     let (meta_segs, map_bytes) = {
         let t = sh.segs.lock();
-        (t.count(space::SegState::Meta), t.meta_live())
+        let mut c = sh.usable_cache.lock();
+        if c.0 != t.generation() || c.0 == 0 {
+            *c = (
+                t.generation(),
+                t.count(space::SegState::Meta),
+                t.meta_live(),
+            );
+        }
+        (c.1, c.2)
     };
     let total = sh.vdevs.total_segments();
     let held = data_reserve(sh) + 2 * writer::STREAMS as u64 + meta_segs + map_bytes.div_ceil(seg);
@@ -309,10 +337,15 @@ impl Pool {
         open::probe(path)
     }
 
-    fn from_shared(sh: Arc<Shared>, threads: Vec<std::thread::JoinHandle<()>>) -> Pool {
+    fn from_shared(
+        sh: Arc<Shared>,
+        threads: Vec<std::thread::JoinHandle<()>>,
+        writer_done: std::sync::mpsc::Receiver<()>,
+    ) -> Pool {
         Pool {
             sh,
             threads: Mutex::new(threads),
+            writer_done: Mutex::new(Some(writer_done)),
         }
     }
 
@@ -584,7 +617,10 @@ impl Pool {
         self.sh.data_tx.close();
         self.sh.maint_tx.close();
         self.sh.wake_maintenance();
-        self.sh.io.close();
+        if let Some(done) = self.writer_done.lock().take() {
+            // Returns once the writer dropped its end (it has finished).
+            let _ = done.recv();
+        }
         for t in self.threads.lock().drain(..) {
             let _ = t.join();
         }
@@ -606,6 +642,25 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
+        if edgevol_io::current().is_some() && self.sh.cfg.spawner.is_some() {
+            // On a data-plane thread the writer may be a task of this very
+            // thread: waiting for it here would wait forever. Close from a
+            // helper thread instead.
+            let sh = self.sh.clone();
+            let threads = std::mem::take(&mut *self.threads.lock());
+            let done = self.writer_done.lock().take();
+            let _ = std::thread::Builder::new()
+                .name("ev-close".into())
+                .spawn(move || {
+                    let p = Pool {
+                        sh,
+                        threads: Mutex::new(threads),
+                        writer_done: Mutex::new(done),
+                    };
+                    let _ = p.shutdown(true);
+                });
+            return;
+        }
         let _ = self.shutdown(true);
     }
 }

@@ -21,7 +21,6 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::ckpt::{self, BlobRef, Checkpoint, ReplayPoint, StreamPos};
 use super::gate::ReuseGate;
-use super::read::IoPool;
 use super::space::{Counters, SegState, SegmentTable};
 use super::vdev::Vdevs;
 use super::writer::{Writer, STREAMS};
@@ -217,7 +216,7 @@ pub(crate) fn create(
         replay,
         BTreeMap::new(),
     );
-    w.initial_checkpoint()?;
+    futures::executor::block_on(w.initial_checkpoint())?;
     tracing::info!(pool = name, segment_size = seg, "created pool");
     Ok(start(sh, w, data_rx, maint_rx))
 }
@@ -246,7 +245,6 @@ fn shared(
         cfg.cache_bytes,
         vdevs.segment_size,
     );
-    let io = IoPool::new(cfg.io_threads);
     let sh = Arc::new(Shared {
         guid,
         name: name.to_string(),
@@ -261,7 +259,6 @@ fn shared(
         data_tx,
         maint_tx,
         poisoned: Mutex::new(None),
-        io,
         stats: Stats::default(),
         lineage_delta: Mutex::new(BTreeMap::new()),
         space_blocked: AtomicBool::new(false),
@@ -272,6 +269,7 @@ fn shared(
         next_run_id: std::sync::atomic::AtomicU64::new(1),
         memtable_budget: super::memtable_budget(&cfg_budget, pool_bytes),
         meta_roots: Mutex::new((Vec::new(), None)),
+        usable_cache: Mutex::new((0, 0, 0)),
     });
     (sh, data_rx, maint_rx)
 }
@@ -284,12 +282,24 @@ fn start(
 ) -> Pool {
     let mut threads = Vec::new();
     let name = sh.name.clone();
-    match std::thread::Builder::new()
-        .name(format!("ev-writer-{name}"))
-        .spawn(move || w.run(data_rx, maint_rx))
-    {
-        Ok(t) => threads.push(t),
-        Err(e) => tracing::error!(error = %e, "cannot start the writer thread"),
+    // Dropped when the writer's loop ends: `shutdown` waits on it.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    match sh.cfg.spawner.clone() {
+        Some(spawner) => (spawner.0)(Box::new(move || {
+            Box::pin(async move {
+                w.run(data_rx, maint_rx).await;
+                drop(done_tx);
+            })
+        })),
+        None => match std::thread::Builder::new()
+            .name(format!("ev-writer-{name}"))
+            .spawn(move || {
+                futures::executor::block_on(w.run(data_rx, maint_rx));
+                drop(done_tx);
+            }) {
+            Ok(t) => threads.push(t),
+            Err(e) => tracing::error!(error = %e, "cannot start the writer thread"),
+        },
     }
     if sh.cfg.background {
         let s2 = sh.clone();
@@ -301,7 +311,7 @@ fn start(
             Err(e) => tracing::error!(error = %e, "cannot start the maintenance thread"),
         }
     }
-    Pool::from_shared(sh, threads)
+    Pool::from_shared(sh, threads, done_rx)
 }
 
 /// Read both labels of a device; the valid one with the higher txg.
@@ -465,7 +475,8 @@ pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<P
         counters.lineage_delta,
     );
     let replayed = replay(&sh, &mut w, &ck)?;
-    w.finish_replay(replayed > 0)?;
+    // Blocking device I/O: import runs on a plain thread.
+    futures::executor::block_on(w.finish_replay(replayed > 0))?;
     if replayed > 0 {
         tracing::info!(pool = %sh.name, batches = replayed, "recovered from the log");
     }
@@ -668,7 +679,7 @@ fn replay(sh: &Arc<Shared>, w: &mut Writer, ck: &Checkpoint) -> Result<usize> {
 impl Writer {
     /// After replay: make what was replayed durable, then continue safely
     /// past any lsn a lost tail might have used.
-    pub(crate) fn finish_replay(&mut self, replayed: bool) -> Result<()> {
+    pub(crate) async fn finish_replay(&mut self, replayed: bool) -> Result<()> {
         self.sh.vdevs.flush_all()?;
         self.next_lsn += 1 << 20;
         self.flushed_lsn = self.next_lsn - 1;
@@ -677,15 +688,15 @@ impl Writer {
         if replayed {
             // What was replayed is now in runs and the replay point moves past
             // it: a torn tail is never read again as if it had been flushed.
-            self.flush_now()?;
+            self.flush_now().await?;
         }
         Ok(())
     }
 
     /// The first checkpoint of a new pool.
-    pub(crate) fn initial_checkpoint(&mut self) -> Result<()> {
+    pub(crate) async fn initial_checkpoint(&mut self) -> Result<()> {
         let cat = self.cat.clone();
-        self.write_checkpoint_pub(&cat)?;
+        self.write_checkpoint_pub(&cat).await?;
         *self.sh.catalog.write() = Arc::new(cat);
         Ok(())
     }

@@ -7,13 +7,10 @@
 //! until its device reads finish, so the segments it reads cannot be reused
 //! under it.
 
-use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, Sender};
-use parking_lot::Mutex;
 
 use super::writer::{DataOp, DiscardMode};
 use super::Shared;
@@ -23,81 +20,6 @@ use crate::chunk::{self, Piece, PieceKind};
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{Paddr, BLOCK, BLOCK_U64};
 use crate::map::Key;
-
-type Job = Box<dyn FnOnce() + Send>;
-
-/// Threads that run blocking device reads for async callers.
-pub(crate) struct IoPool {
-    tx: Mutex<Option<Sender<Job>>>,
-    rx: Receiver<Job>,
-    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
-    n: usize,
-}
-
-impl IoPool {
-    pub(crate) fn new(n: usize) -> IoPool {
-        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
-        IoPool {
-            tx: Mutex::new(Some(tx)),
-            rx,
-            threads: Mutex::new(Vec::new()),
-            n: n.max(1),
-        }
-    }
-
-    fn ensure_started(&self) {
-        let mut t = self.threads.lock();
-        if !t.is_empty() {
-            return;
-        }
-        for i in 0..self.n {
-            let rx = self.rx.clone();
-            if let Ok(h) = std::thread::Builder::new()
-                .name(format!("ev-io-{i}"))
-                .spawn(move || {
-                    while let Ok(job) = rx.recv() {
-                        job();
-                    }
-                })
-            {
-                t.push(h);
-            }
-        }
-    }
-
-    /// Run `f` on an I/O thread.
-    pub(crate) fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> Result<T> + Send + 'static,
-    ) -> impl Future<Output = Result<T>> {
-        self.ensure_started();
-        let (tx, rx) = futures::channel::oneshot::channel();
-        let sent = self
-            .tx
-            .lock()
-            .as_ref()
-            .map(|s| {
-                s.send(Box::new(move || {
-                    let _ = tx.send(f());
-                }))
-            })
-            .is_some_and(|r| r.is_ok());
-        async move {
-            if !sent {
-                return Err(Error::new(ErrorKind::Shutdown, "pool is closing"));
-            }
-            rx.await
-                .map_err(|_| Error::new(ErrorKind::Shutdown, "pool is closing"))?
-        }
-    }
-
-    pub(crate) fn close(&self) {
-        self.tx.lock().take();
-        for t in self.threads.lock().drain(..) {
-            let _ = t.join();
-        }
-    }
-}
 
 /// A piece of a read result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,26 +158,54 @@ impl Volume {
 
     /// Read `len` bytes at `offset` (both multiples of 4 KiB).
     ///
-    /// The whole read (map resolution, which may read map blocks, and the
-    /// device reads) runs as one job on an I/O thread, so a cache miss never
-    /// blocks the caller's executor, and a request costs one thread hop.
+    /// Resolves the blocks through the map on the calling thread, then
+    /// issues every device read at once (through the thread's io_uring on
+    /// data-plane threads, so the request never changes threads) and
+    /// verifies every block's checksum.
     pub async fn read(&self, offset: u64, len: u64) -> Result<Vec<ReadSeg>> {
         let (lba, n) = self.check_range(offset, len)?;
         let chain = self.chain()?;
-        let sh = self.sh.clone();
-        if self
-            .sh
-            .vdevs
-            .groups
-            .iter()
-            .all(|g| g.members.iter().all(|m| m.dev.is_memory()))
-        {
-            return read_blocking(&sh, &chain, lba, n);
+        let sh = &*self.sh;
+        // Held from before the map lookup until the last device read: the
+        // segments we read cannot be reused under us.
+        let _ticket = sh.gate.enter();
+        let mut plan: Vec<Part> = Vec::new();
+        let mut done = 0u64;
+        // Resolve in bounded windows so a huge read never builds a huge plan.
+        while done < n {
+            let w = (n - done).min(8192);
+            let pieces = chunk::resolve(&chain, lba + done, w as u32, |l, f, t| {
+                Ok(sh
+                    .map
+                    .scan(Key::lower(l, f), Key::lower(l, t), usize::MAX)?
+                    .entries)
+            })?;
+            plan_reads(&pieces, &mut plan);
+            done += w;
         }
-        self.sh
-            .io
-            .run(move || read_blocking(&sh, &chain, lba, n))
-            .await
+        let reads = plan.iter().filter_map(|p| match p {
+            Part::Read { at, blocks, .. } => Some(sh.vdevs.read_owned(
+                at.seg,
+                u64::from(at.offset),
+                AlignedBuf::zeroed((*blocks * BLOCK_U64) as usize),
+            )),
+            Part::Zero(_) => None,
+        });
+        let mut bufs = futures::future::join_all(reads).await.into_iter();
+        let mut out = Vec::with_capacity(plan.len());
+        for p in plan {
+            match p {
+                Part::Zero(bytes) => out.push(ReadSeg::Zero(bytes)),
+                Part::Read { at, csums, .. } => {
+                    let buf = bufs
+                        .next()
+                        .ok_or_else(|| Error::corrupt("read plan and results disagree"))??;
+                    verify(sh, at, buf.as_slice(), &csums)?;
+                    out.push(ReadSeg::Data(Bytes::from_owner(buf)));
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn writable(&self) -> Result<()> {
@@ -347,66 +297,43 @@ impl Volume {
         let (lba, n) = self.check_range(offset, len)?;
         let n = n.min(MAX_STATUS_BLOCKS);
         let chain = self.chain()?;
-        let sh = self.sh.clone();
-        let job = move || -> Result<Vec<Extent>> {
-            let pieces = chunk::resolve(&chain, lba, n as u32, |l, f, t| {
-                Ok(sh
-                    .map
-                    .scan(Key::lower(l, f), Key::lower(l, t), usize::MAX)?
-                    .entries)
-            })?;
-            let mut out: Vec<Extent> = Vec::new();
-            for p in pieces {
-                let (hole, zero) = match p.kind {
-                    PieceKind::Hole | PieceKind::Zero { alloc: false } => (true, true),
-                    PieceKind::Zero { alloc: true } => (false, true),
-                    PieceKind::Data(_) => (false, false),
-                };
-                let length = u64::from(p.nblocks) * BLOCK_U64;
-                match out.last_mut() {
-                    Some(e) if e.hole == hole && e.zero == zero => e.length += length,
-                    _ => out.push(Extent { length, hole, zero }),
-                }
-            }
-            Ok(out)
-        };
-        if self
-            .sh
-            .vdevs
-            .groups
-            .iter()
-            .all(|g| g.members.iter().all(|m| m.dev.is_memory()))
-        {
-            return job();
-        }
-        self.sh.io.run(job).await
-    }
-}
-
-/// Resolve and read `[lba, lba + n)` through `chain`, verifying every block.
-fn read_blocking(sh: &Shared, chain: &Chain, lba: u64, n: u64) -> Result<Vec<ReadSeg>> {
-    // Held from before the map lookup until the last device read: the
-    // segments we read cannot be reused under us.
-    let _ticket = sh.gate.enter();
-    let mut out = Vec::new();
-    let mut done = 0u64;
-    // Resolve in bounded windows so a huge read never builds a huge plan.
-    while done < n {
-        let w = (n - done).min(8192);
-        let pieces = chunk::resolve(chain, lba + done, w as u32, |l, f, t| {
+        let sh = &self.sh;
+        let pieces = chunk::resolve(&chain, lba, n as u32, |l, f, t| {
             Ok(sh
                 .map
                 .scan(Key::lower(l, f), Key::lower(l, t), usize::MAX)?
                 .entries)
         })?;
-        read_pieces(sh, &pieces, &mut out)?;
-        done += w;
+        let mut out: Vec<Extent> = Vec::new();
+        for p in pieces {
+            let (hole, zero) = match p.kind {
+                PieceKind::Hole | PieceKind::Zero { alloc: false } => (true, true),
+                PieceKind::Zero { alloc: true } => (false, true),
+                PieceKind::Data(_) => (false, false),
+            };
+            let length = u64::from(p.nblocks) * BLOCK_U64;
+            match out.last_mut() {
+                Some(e) if e.hole == hole && e.zero == zero => e.length += length,
+                _ => out.push(Extent { length, hole, zero }),
+            }
+        }
+        Ok(out)
     }
-    Ok(out)
 }
 
-fn read_pieces(sh: &Shared, pieces: &[Piece], out: &mut Vec<ReadSeg>) -> Result<()> {
-    // Group physically contiguous raw fragments into one device read.
+/// One step of a read: zeroes, or one device read of contiguous raw blocks.
+enum Part {
+    Zero(u64),
+    Read {
+        at: Paddr,
+        blocks: u64,
+        csums: Vec<u32>,
+    },
+}
+
+/// Turn resolved pieces into reads, merging physically contiguous raw
+/// fragments into one device read (at most 1 MiB).
+fn plan_reads(pieces: &[Piece], out: &mut Vec<Part>) {
     let mut i = 0;
     while i < pieces.len() {
         let p = &pieces[i];
@@ -414,8 +341,8 @@ fn read_pieces(sh: &Shared, pieces: &[Piece], out: &mut Vec<ReadSeg>) -> Result<
             PieceKind::Hole | PieceKind::Zero { .. } => {
                 let bytes = u64::from(p.nblocks) * BLOCK_U64;
                 match out.last_mut() {
-                    Some(ReadSeg::Zero(z)) => *z += bytes,
-                    _ => out.push(ReadSeg::Zero(bytes)),
+                    Some(Part::Zero(z)) => *z += bytes,
+                    _ => out.push(Part::Zero(bytes)),
                 }
                 i += 1;
             }
@@ -441,20 +368,20 @@ fn read_pieces(sh: &Shared, pieces: &[Piece], out: &mut Vec<ReadSeg>) -> Result<
                     blocks += u64::from(n.nblocks);
                     j += 1;
                 }
-                out.push(ReadSeg::Data(read_raw(sh, start, blocks, &csums)?));
+                out.push(Part::Read {
+                    at: start,
+                    blocks,
+                    csums,
+                });
                 i = j;
             }
         }
     }
-    Ok(())
 }
 
-fn read_raw(sh: &Shared, at: Paddr, blocks: u64, csums: &[u32]) -> Result<Bytes> {
-    let len = (blocks * BLOCK_U64) as usize;
-    let mut buf = AlignedBuf::zeroed(len);
-    sh.vdevs
-        .read(at.seg, u64::from(at.offset), buf.as_mut_slice())?;
-    for (i, (blk, want)) in buf.as_slice().chunks(BLOCK).zip(csums).enumerate() {
+/// Check every block read at `at` against its checksum.
+fn verify(sh: &Shared, at: Paddr, data: &[u8], csums: &[u32]) -> Result<()> {
+    for (i, (blk, want)) in data.chunks(BLOCK).zip(csums).enumerate() {
         if crc32c::crc32c(blk) != *want {
             sh.vdevs.note_checksum_error(at.seg);
             sh.stats.checksum_errors.fetch_add(1, Ordering::Relaxed);
@@ -466,5 +393,5 @@ fn read_raw(sh: &Shared, at: Paddr, blocks: u64, csums: &[u32]) -> Result<Bytes>
             )));
         }
     }
-    Ok(Bytes::from_owner(buf))
+    Ok(())
 }

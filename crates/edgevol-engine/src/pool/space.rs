@@ -76,6 +76,9 @@ pub struct SegmentTable {
     meta_cur: Option<(SegId, u32)>,
     /// Blocks per segment.
     seg_blocks: u32,
+    /// Bumped by every change of segment states or metadata use (not by
+    /// data live-byte changes): lets callers cache values derived from them.
+    generation: u64,
 }
 
 impl SegmentTable {
@@ -93,6 +96,7 @@ impl SegmentTable {
             live_total: 0,
             meta_cur: None,
             seg_blocks: (segment_size / BLOCK_U64) as u32,
+            generation: 0,
         };
         t.rebuild_free();
         t
@@ -113,8 +117,14 @@ impl SegmentTable {
         t
     }
 
+    /// See the `generation` field.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Recompute the free lists and totals from states.
     pub fn rebuild_free(&mut self) {
+        self.generation += 1;
         self.free = self
             .segs
             .iter()
@@ -163,6 +173,7 @@ impl SegmentTable {
 
     /// Take a free segment for `state`, rotating across groups (striping).
     pub fn alloc(&mut self, state: SegState) -> Option<SegId> {
+        self.generation += 1;
         let n = self.free.len();
         for k in 0..n {
             let g = (self.next_group + k) % n;
@@ -184,6 +195,7 @@ impl SegmentTable {
 
     /// Mark a segment as used for `state` (replay, load).
     pub fn claim(&mut self, seg: SegId, state: SegState) {
+        self.generation += 1;
         if let Some(set) = self.free.get_mut(seg.group as usize) {
             set.remove(&seg.index);
         }
@@ -203,6 +215,7 @@ impl SegmentTable {
     /// segment and then to fresh ones. None (and nothing taken) if the free
     /// segments do not suffice.
     pub fn alloc_meta_blocks(&mut self, blocks: u32) -> Option<Vec<MetaExtent>> {
+        self.generation += 1;
         let room = self.meta_cur.map_or(0, |(_, next)| self.seg_blocks - next);
         let fresh = blocks.saturating_sub(room).div_ceil(self.seg_blocks.max(1));
         if u64::from(fresh) > self.free_count() {
@@ -243,6 +256,7 @@ impl SegmentTable {
     /// Give back metadata extents; segments left without live blocks (and
     /// not being appended to) become free.
     pub fn release_meta_blocks(&mut self, extents: &[MetaExtent]) {
+        self.generation += 1;
         for e in extents {
             if let Some(s) = self.get_mut(e.seg) {
                 if s.state == SegState::Meta {
@@ -273,6 +287,7 @@ impl SegmentTable {
 
     /// Mark a whole segment as used metadata (import: the checkpoint log).
     pub fn pin_meta(&mut self, seg: SegId) {
+        self.generation += 1;
         self.claim(seg, SegState::Meta);
         let full = u64::from(self.seg_blocks) * BLOCK_U64;
         if let Some(s) = self.get_mut(seg) {
@@ -305,6 +320,7 @@ impl SegmentTable {
 
     /// Return a segment to the free list.
     pub fn release(&mut self, seg: SegId) {
+        self.generation += 1;
         let live = match self.get_mut(seg) {
             Some(s) => {
                 let live = if s.state == SegState::Data { s.live } else { 0 };

@@ -7,10 +7,33 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::buf::AlignedBuf;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::format::label::PoolLayout;
 use crate::layout::{SegId, DATA_START};
+
+/// Write `buf` at device offset `at` of `m`, counting a failure.
+async fn write_dev(m: &Member, at: u64, buf: AlignedBuf) -> std::io::Result<AlignedBuf> {
+    let r = match (edgevol_io::current(), m.dev.raw_fd()) {
+        (Some(ring), Some(fd)) => {
+            let want = buf.len();
+            match ring.write_at(fd, buf, at).await {
+                (Ok(n), Some(b)) if n == want => Ok(b),
+                (Ok(n), _) => Err(std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    format!("short write: {n} of {want} bytes"),
+                )),
+                (Err(e), _) => Err(e),
+            }
+        }
+        _ => m.dev.write_at(buf.as_slice(), at).map(|()| buf),
+    };
+    if r.is_err() {
+        m.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    r
+}
 
 /// Error counters of one device, as `zpool status` shows them.
 #[derive(Debug, Default)]
@@ -140,6 +163,118 @@ impl Vdevs {
                     e,
                 )
             })
+    }
+
+    /// Read `buf.len()` bytes at `off` within segment `seg` into `buf`:
+    /// through the calling thread's io_uring if it has one (the data path),
+    /// else with a blocking read.
+    pub async fn read_owned(
+        &self,
+        seg: SegId,
+        off: u64,
+        mut buf: AlignedBuf,
+    ) -> Result<AlignedBuf> {
+        self.check_span(seg, off, buf.len())?;
+        let m = self.member(seg)?;
+        let at = self.device_offset(seg, off);
+        let fail = |e: std::io::Error| {
+            m.stats.read_errors.fetch_add(1, Ordering::Relaxed);
+            Error::io(
+                format!(
+                    "read of segment {seg:?} at {off:#x} on {} failed",
+                    m.dev.describe()
+                ),
+                e,
+            )
+        };
+        match (edgevol_io::current(), m.dev.raw_fd()) {
+            (Some(ring), Some(fd)) => {
+                let want = buf.len();
+                let (r, b) = ring.read_at(fd, buf, at).await;
+                let b = b.ok_or_else(|| Error::corrupt("io_uring lost a read buffer"))?;
+                match r {
+                    Ok(n) if n == want => Ok(b),
+                    Ok(n) => Err(fail(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("short read: {n} of {want} bytes"),
+                    ))),
+                    Err(e) => Err(fail(e)),
+                }
+            }
+            _ => {
+                m.dev.read_at(buf.as_mut_slice(), at).map_err(fail)?;
+                Ok(buf)
+            }
+        }
+    }
+
+    /// Write `buf` at `off` within segment `seg` (io_uring if the calling
+    /// thread has one, else blocking). Returns the buffer.
+    pub async fn write_owned(&self, seg: SegId, off: u64, buf: AlignedBuf) -> Result<AlignedBuf> {
+        self.check_span(seg, off, buf.len())?;
+        let m = self.member(seg)?;
+        write_dev(m, self.device_offset(seg, off), buf)
+            .await
+            .map_err(|e| {
+                Error::io(
+                    format!(
+                        "write of segment {seg:?} at {off:#x} on {} failed",
+                        m.dev.describe()
+                    ),
+                    e,
+                )
+            })
+    }
+
+    /// Write the same block at a raw device offset on every device (labels,
+    /// uberblocks), through the calling thread's io_uring if it has one.
+    pub async fn write_everywhere_async(&self, offset: u64, data: &[u8]) -> Result<()> {
+        let len = data.len().div_ceil(crate::layout::BLOCK) * crate::layout::BLOCK;
+        for g in &self.groups {
+            for m in &g.members {
+                let mut b = AlignedBuf::zeroed(len);
+                b.as_mut_slice()[..data.len()].copy_from_slice(data);
+                write_dev(m, offset, b).await.map_err(|e| {
+                    Error::io(
+                        format!("write at {offset:#x} on {} failed", m.dev.describe()),
+                        e,
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flush every device (concurrently through io_uring when the calling
+    /// thread has one).
+    pub async fn flush_all_async(&self) -> Result<()> {
+        let Some(ring) = edgevol_io::current() else {
+            return self.flush_all();
+        };
+        let mut ops = Vec::new();
+        for g in &self.groups {
+            for m in &g.members {
+                match m.dev.raw_fd() {
+                    Some(fd) => ops.push((m, Some(ring.fdatasync(fd)))),
+                    None => ops.push((m, None)),
+                }
+            }
+        }
+        let mut first_err = None;
+        for (m, op) in ops {
+            let r = match op {
+                Some(op) => op.await.0.map(drop),
+                None => m.dev.flush(),
+            };
+            if let Err(e) = r {
+                m.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                first_err.get_or_insert(Error::io(
+                    format!("flush of {} failed", m.dev.describe()),
+                    e,
+                ));
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     /// Count a checksum failure on the device holding `seg`.

@@ -46,6 +46,9 @@ use super::Shared;
 /// Completion of an op.
 pub(crate) type Done<T> = oneshot::Sender<Result<T>>;
 
+/// Most blocks of a discard resolved at once.
+const DISCARD_WINDOW: u64 = 8192;
+
 /// Stream numbers.
 pub(crate) const STREAM_DATA: usize = 0;
 pub(crate) const STREAM_CLEANER: usize = 1;
@@ -188,7 +191,12 @@ struct Batch {
 
 impl Batch {
     fn new() -> Batch {
-        let mut buf = AlignedBuf::zeroed(256 * 1024);
+        Batch::with_buf(AlignedBuf::zeroed(64 * 1024))
+    }
+
+    /// A batch reusing `buf` (its old contents are overwritten).
+    fn with_buf(mut buf: AlignedBuf) -> Batch {
+        buf.resize(0);
         buf.resize(BLOCK);
         Batch {
             entries: Vec::new(),
@@ -243,6 +251,19 @@ impl Batch {
     }
 }
 
+/// A batch whose header is final and whose place in its stream is taken,
+/// waiting for (or in) its device write. Its entries are applied to the
+/// map once the write completed.
+struct Sealed {
+    stream: usize,
+    lsn: u64,
+    at: Paddr,
+    /// Bytes (whole blocks).
+    total: u32,
+    buf: AlignedBuf,
+    entries: Vec<LogEntry>,
+}
+
 /// A client op in progress: how far it got into batches.
 struct Job {
     op: DataOp,
@@ -288,6 +309,24 @@ pub(crate) struct Writer {
     /// Bytes of log written since the persisted replay point.
     pub(crate) log_since_replay: u64,
     stalled: VecDeque<Job>,
+    /// Writes over the usable capacity while garbage collection of
+    /// destroyed history is still to free space: retried after every
+    /// maintenance op, failed with ENOSPC once nothing is pending.
+    space_waiters: VecDeque<Job>,
+    /// Bumped whenever `cat` is replaced.
+    cat_gen: u64,
+    /// Views per (lineage, epoch), valid for one catalog (see `views_of`).
+    #[allow(clippy::type_complexity)]
+    view_cache: (
+        u64,
+        u64,
+        u64,
+        BTreeMap<(u32, u64), (Arc<[u64]>, Arc<crate::catalog::Chain>)>,
+    ),
+    /// Batches sealed and not yet written and applied, in lsn order.
+    sealed: Vec<Sealed>,
+    /// Batch buffers to reuse.
+    spare: Vec<AlignedBuf>,
 }
 
 fn now_secs() -> u64 {
@@ -335,6 +374,11 @@ impl Writer {
             pending_bytes: 0,
             log_since_replay: 0,
             stalled: VecDeque::new(),
+            space_waiters: VecDeque::new(),
+            cat_gen: 0,
+            view_cache: (0, 0, 0, BTreeMap::new()),
+            sealed: Vec::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -342,7 +386,7 @@ impl Writer {
     // The loop
 
     /// Run until shutdown.
-    pub(crate) fn run(
+    pub(crate) async fn run(
         mut self,
         data_rx: async_channel::Receiver<DataOp>,
         maint_rx: async_channel::Receiver<MaintOp>,
@@ -354,26 +398,26 @@ impl Writer {
             let first = if self.can_take_data() && !self.stalled.is_empty() {
                 None
             } else if self.can_take_data() {
-                match futures::executor::block_on(next_op(&data_rx, &maint_rx)) {
+                match next_op(&data_rx, &maint_rx).await {
                     Some(w) => Some(w),
                     None => return, // both channels closed
                 }
             } else {
-                match maint_rx.recv_blocking() {
+                match maint_rx.recv().await {
                     Ok(m) => Some(Work::Maint(m)),
                     Err(_) => return,
                 }
             };
             let mut exit = false;
             if let Some(w) = first {
-                exit |= self.handle(w, &mut round);
+                exit |= self.handle(w, &mut round).await;
             }
             // Take whatever else is ready, maintenance first.
             let mut budget = 4096usize;
             while budget > 0 && !exit {
                 budget -= 1;
                 if let Ok(m) = maint_rx.try_recv() {
-                    exit |= self.handle(Work::Maint(m), &mut round);
+                    exit |= self.handle(Work::Maint(m), &mut round).await;
                     continue;
                 }
                 if !self.can_take_data() {
@@ -384,11 +428,11 @@ impl Writer {
                     continue;
                 }
                 match data_rx.try_recv() {
-                    Ok(d) => exit |= self.handle(Work::Data(d), &mut round),
+                    Ok(d) => exit |= self.handle(Work::Data(d), &mut round).await,
                     Err(_) => break,
                 }
             }
-            self.finish_round(round);
+            self.finish_round(round).await;
             let blocked = !self.can_take_data();
             self.sh.space_blocked.store(blocked, Ordering::Relaxed);
             if exit {
@@ -407,7 +451,7 @@ impl Writer {
     }
 
     /// Handle one op. Returns true on shutdown.
-    fn handle(&mut self, w: Work, round: &mut Round) -> bool {
+    async fn handle(&mut self, w: Work, round: &mut Round) -> bool {
         match w {
             Work::Data(op) => {
                 self.run_job(Job { op, progress: 0 }, round);
@@ -416,17 +460,22 @@ impl Writer {
             Work::Maint(m) => {
                 // Everything batched so far is written and applied first, so
                 // maintenance and control ops see all earlier writes.
-                self.write_all_batches(round);
-                self.maint(m, round)
+                self.write_all_batches().await;
+                let exit = self.maint(m, round).await;
+                // Maintenance may have freed space.
+                for job in std::mem::take(&mut self.space_waiters) {
+                    self.run_job(job, round);
+                }
+                exit
             }
         }
     }
 
-    fn finish_round(&mut self, round: Round) {
-        self.write_all_batches_final();
+    async fn finish_round(&mut self, round: Round) {
+        self.write_all_batches().await;
         let mut sync_err = None;
         if round.sync && self.poisoned.is_none() {
-            if let Err(e) = self.sync_devices() {
+            if let Err(e) = self.sync_devices().await {
                 sync_err = Some(e);
             }
         }
@@ -440,26 +489,59 @@ impl Writer {
         }
     }
 
-    fn write_all_batches(&mut self, _round: &mut Round) {
-        self.write_all_batches_final();
+    /// Seal every open batch, write every sealed batch (all at once), and
+    /// apply their entries in lsn order. On failure the pool is poisoned.
+    async fn write_all_batches(&mut self) {
+        if let Err(e) = self.flush_sealed().await {
+            self.poison(&e);
+        }
     }
 
-    fn write_all_batches_final(&mut self) {
+    async fn flush_sealed(&mut self) -> Result<()> {
         for s in 0..STREAMS {
             if !self.batches[s].is_empty() {
-                if let Err(e) = self.write_batch(s) {
-                    self.poison(&e);
+                self.seal_batch(s)?;
+            }
+        }
+        if self.sealed.is_empty() {
+            return Ok(());
+        }
+        let mut sealed = std::mem::take(&mut self.sealed);
+        let sh = self.sh.clone();
+        let writes = sealed.iter_mut().map(|b| {
+            let buf = std::mem::replace(&mut b.buf, AlignedBuf::zeroed(0));
+            sh.vdevs.write_owned(b.at.seg, u64::from(b.at.offset), buf)
+        });
+        let results = futures::future::join_all(writes).await;
+        let mut first_err = None;
+        for (b, r) in sealed.into_iter().zip(results) {
+            match r {
+                Ok(buf) if first_err.is_none() => {
+                    if self.spare.len() < 4 {
+                        self.spare.push(buf);
+                    }
+                    if let Err(e) = self.apply_sealed(b) {
+                        first_err = Some(e);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
                 }
             }
         }
+        self.pending_bytes = 0;
+        match first_err {
+            Some(e) => {
+                self.poison(&e);
+                Err(e)
+            }
+            None => Ok(()),
+        }
     }
 
-    fn sync_devices(&mut self) -> Result<()> {
-        if self.flushed_lsn >= self.last_written_lsn {
-            // Nothing written since the last flush: still flush, a client
-            // may rely on writes acknowledged by another pool user.
-        }
-        let r = self.sh.vdevs.flush_all();
+    async fn sync_devices(&mut self) -> Result<()> {
+        let r = self.sh.vdevs.flush_all_async().await;
         match &r {
             Ok(()) => self.flushed_lsn = self.last_written_lsn,
             Err(e) => self.poison(e),
@@ -512,6 +594,12 @@ impl Writer {
                 let nblocks = (data.len() / BLOCK) as u64;
                 if job.progress == 0 {
                     if let Err(e) = self.admit(vol, lba, nblocks, true) {
+                        if e.kind() == ErrorKind::NoSpace && self.gc_pending() {
+                            // Space destroyed history holds is about to come back.
+                            self.space_waiters.push_back(job);
+                            self.sh.wake_maintenance();
+                            return;
+                        }
                         return fail(job.op, e);
                     }
                 }
@@ -554,6 +642,15 @@ impl Writer {
 
     fn usable_bytes(&self) -> u64 {
         super::usable_bytes(&self.sh)
+    }
+
+    /// True while some destroyed history still waits to be collected.
+    fn gc_pending(&self) -> bool {
+        self.cat
+            .gc_todo
+            .iter()
+            .chain(self.cat.purge_todo.iter())
+            .any(|l| !self.gc_done.iter().any(|(d, _)| d == l))
     }
 
     /// Check a client op against the catalog and, for writes, the space.
@@ -712,7 +809,7 @@ impl Writer {
                 return Ok(Some(want));
             }
             if !self.batches[s].is_empty() {
-                self.write_batch(s)?;
+                self.seal_batch(s)?;
                 continue;
             }
             if let Some(k) = (1..want).rev().find(|&k| fits(&self.batches[s], k, cap)) {
@@ -741,7 +838,7 @@ impl Writer {
                 return Ok(true);
             }
             if !self.batches[s].is_empty() {
-                self.write_batch(s)?;
+                self.seal_batch(s)?;
                 continue;
             }
             // Even an empty batch does not fit in what is left of the segment.
@@ -803,9 +900,14 @@ impl Writer {
         self.publish_open();
     }
 
-    /// Write out stream `s`'s batch and apply it.
-    fn write_batch(&mut self, s: usize) -> Result<()> {
-        let mut batch = std::mem::replace(&mut self.batches[s], Batch::new());
+    /// Seal stream `s`'s batch: final header, its place in the stream
+    /// taken. It is written and applied by [`Writer::flush_sealed`].
+    fn seal_batch(&mut self, s: usize) -> Result<()> {
+        let fresh = match self.spare.pop() {
+            Some(b) => Batch::with_buf(b),
+            None => Batch::new(),
+        };
+        let mut batch = std::mem::replace(&mut self.batches[s], fresh);
         let st = self.streams[s];
         let (Some(seg), Some(next)) = (st.seg, st.next) else {
             return Err(Error::corrupt("batch without a segment"));
@@ -816,7 +918,8 @@ impl Writer {
                 e.payload_off += base as u32;
             }
         }
-        let total = batch.total();
+        // Whole blocks: the device is written with direct I/O.
+        let total = batch.total().div_ceil(BLOCK) * BLOCK;
         let lsn = self.next_lsn;
         let header = BatchHeader {
             pool_guid: self.sh.guid,
@@ -834,53 +937,54 @@ impl Writer {
         header.encode_into(&mut hbuf);
         debug_assert_eq!(hbuf.len(), base);
         batch.buf.as_mut_slice()[..base].copy_from_slice(&hbuf);
+        batch.buf.resize(total);
         self.next_lsn += 1;
-        let r = self
-            .sh
-            .vdevs
-            .write(seg, u64::from(st.off), &batch.buf.as_slice()[..total]);
-        if let Err(e) = r {
-            self.poison(&e);
-            return Err(e);
-        }
-        self.sh.stats.batches.fetch_add(1, Ordering::Relaxed);
-        self.sh
-            .stats
-            .bytes_written
-            .fetch_add(total as u64, Ordering::Relaxed);
-        self.last_written_lsn = lsn;
         self.log_since_replay += total as u64;
         let crc = BatchHeader::crc_of_encoded(&hbuf);
-        let batch_at = Paddr::new(seg, st.off);
+        let at = Paddr::new(seg, st.off);
         {
             let st = &mut self.streams[s];
             st.off += total as u32;
             st.prev_lsn = lsn;
             st.prev_crc = crc;
         }
+        self.sealed.push(Sealed {
+            stream: s,
+            lsn,
+            at,
+            total: total as u32,
+            buf: batch.buf,
+            entries: header.entries,
+        });
+        // Leave a small tail unused rather than write tiny batches into it.
+        if self.sh.vdevs.segment_size - u64::from(self.streams[s].off) < 2 * BLOCK_U64 {
+            self.advance_segment(s);
+        }
+        Ok(())
+    }
+
+    /// A sealed batch is on the device: account for it and apply its entries.
+    fn apply_sealed(&mut self, b: Sealed) -> Result<()> {
+        let total = u64::from(b.total);
+        debug_assert!(b.stream < STREAMS);
+        self.sh.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.sh
+            .stats
+            .bytes_written
+            .fetch_add(total, Ordering::Relaxed);
+        self.last_written_lsn = self.last_written_lsn.max(b.lsn);
         self.sh
             .segs
             .lock()
-            .note_write(seg, self.streams[s].off, lsn);
-        self.pending_bytes = 0;
+            .note_write(b.at.seg, b.at.offset + total as u32, b.lsn);
         let mut reloc_done = 0u64;
-        for e in &header.entries {
-            match self.apply_entry(e, batch_at) {
-                Ok(moved) => reloc_done += moved,
-                Err(err) => {
-                    self.poison(&err);
-                    return Err(err);
-                }
-            }
+        for e in &b.entries {
+            reloc_done += self.apply_entry(e, b.at)?;
         }
         self.sh
             .stats
             .relocated
             .fetch_add(reloc_done, Ordering::Relaxed);
-        // Leave a small tail unused rather than write tiny batches into it.
-        if self.sh.vdevs.segment_size - u64::from(self.streams[s].off) < 2 * BLOCK_U64 {
-            self.advance_segment(s);
-        }
         Ok(())
     }
 
@@ -1000,62 +1104,72 @@ impl Writer {
     /// A head write, trim or zero of `[lba, lba + n)` at `head.epoch`.
     fn apply_head(&mut self, head: &ViewStep, lba: u64, n: u64, new: NewValue) -> Result<()> {
         let l = head.lineage;
-        let frozen = self.cat.frozen_views(l);
-        let chain = self.cat.chain(l, head.epoch);
-        let sh = self.sh.clone();
-        let scan = |l: u32, f: u64, t: u64| -> Result<Vec<(Key, Value)>> {
-            Ok(sh
-                .map
-                .scan(Key::lower(l, f), Key::lower(l, t), usize::MAX)?
-                .entries)
-        };
-        let before = chunk::resolve(&chain, lba, n as u32, scan)?;
-        let before_data = chunk::data_blocks(&before);
+        let (frozen, chain) = self.views_of(l, head.epoch);
         let end = lba + n;
+        // Change of data blocks the head sees (for `referenced`).
+        let mut delta: i64 = 0;
         match &new {
             NewValue::Data(d) => {
+                // One scan of the head's chunk serves both the resolution of
+                // what the head saw and the plan.
                 let entries = self.chunk_entries(l, lba)?;
+                let before = self.resolve_with(&chain, &entries, lba, n)?;
+                delta = n as i64 - chunk::data_blocks(&before) as i64;
                 let plan = chunk::plan_write(&entries, head, lba, n as u8, &frozen, &new);
                 self.apply_changes(plan, Some(d));
             }
             NewValue::ZeroAlloc | NewValue::Trim => {
-                // Only chunks where this lineage has entries need punching.
-                // Whole chunks: deciding whether a record dies needs every
-                // fragment in its chunk, not only those in the range.
-                let all = self.scan(l, chunk_start(lba), chunk_start(end - 1) + CHUNK_BLOCKS)?;
-                let mut x = lba;
-                while x < end {
-                    let stop = (chunk_start(x) + CHUNK_BLOCKS).min(end);
-                    let c = chunk_start(x);
-                    let has = all.iter().any(|(k, _)| chunk_start(k.lba) == c);
-                    if has || matches!(new, NewValue::ZeroAlloc) {
+                // Bounded windows: a discard may cover a whole volume.
+                let mut w = lba;
+                while w < end {
+                    let wend = (chunk_start(w) + DISCARD_WINDOW).min(end);
+                    // Whole chunks: deciding whether a record dies needs
+                    // every fragment in its chunk, not only those in range.
+                    let all = self.scan(l, chunk_start(w), chunk_start(wend - 1) + CHUNK_BLOCKS)?;
+                    let before = self.resolve_with(&chain, &all, w, wend - w)?;
+                    delta -= chunk::data_blocks(&before) as i64;
+                    let mut x = w;
+                    while x < wend {
+                        let stop = (chunk_start(x) + CHUNK_BLOCKS).min(wend);
+                        let c = chunk_start(x);
                         let entries: Vec<(Key, Value)> = all
                             .iter()
                             .filter(|(k, _)| chunk_start(k.lba) == c)
                             .cloned()
                             .collect();
-                        let plan =
-                            chunk::plan_write(&entries, head, x, (stop - x) as u8, &frozen, &new);
-                        self.apply_changes(plan, None);
+                        // Only chunks where this lineage has entries need punching.
+                        if !entries.is_empty() || matches!(new, NewValue::ZeroAlloc) {
+                            let plan = chunk::plan_write(
+                                &entries,
+                                head,
+                                x,
+                                (stop - x) as u8,
+                                &frozen,
+                                &new,
+                            );
+                            self.apply_changes(plan, None);
+                        }
+                        x = stop;
                     }
-                    x = stop;
-                }
-                if matches!(new, NewValue::Trim)
-                    && before
+                    let shows = before
                         .iter()
-                        .any(|p| !matches!(p.kind, chunk::PieceKind::Hole))
-                {
-                    let after = chunk::resolve(&chain, lba, n as u32, scan)?;
-                    let t = chunk::plan_tombstones(l, head.epoch, &after);
-                    self.sh.map.insert_all(t);
+                        .any(|p| !matches!(p.kind, chunk::PieceKind::Hole));
+                    if matches!(new, NewValue::Trim) && shows {
+                        let sh = self.sh.clone();
+                        let after = chunk::resolve(&chain, w, (wend - w) as u32, |l, f, t| {
+                            Ok(sh
+                                .map
+                                .scan(Key::lower(l, f), Key::lower(l, t), usize::MAX)?
+                                .entries)
+                        })?;
+                        let t = chunk::plan_tombstones(l, head.epoch, &after);
+                        self.sh.map.insert_all(t);
+                    }
+                    w = wend;
                 }
             }
         }
-        let after_data = match new {
-            NewValue::Data(_) => n,
-            _ => 0,
-        };
-        let delta = after_data as i64 - before_data as i64;
+
         if delta != 0 {
             *self.lineage_delta.entry(l).or_insert(0) += delta;
             *self.sh.lineage_delta.lock().entry(l).or_insert(0) += delta;
@@ -1069,6 +1183,59 @@ impl Writer {
             v.dirty = true;
         }
         Ok(())
+    }
+
+    /// Resolve `[lba, lba + n)` through `chain`, taking the head lineage's
+    /// entries from `head_entries` (a scan covering the range from its
+    /// chunk's start) and scanning the map for the ancestors only.
+    fn resolve_with(
+        &self,
+        chain: &crate::catalog::Chain,
+        head_entries: &[(Key, Value)],
+        lba: u64,
+        n: u64,
+    ) -> Result<Vec<chunk::Piece>> {
+        let head = chain.first().map(|s| s.lineage);
+        let sh = &self.sh;
+        chunk::resolve(chain, lba, n as u32, |l, f, t| {
+            if Some(l) == head {
+                return Ok(head_entries
+                    .iter()
+                    .filter(|(k, _)| k.lba >= f && k.lba < t)
+                    .cloned()
+                    .collect());
+            }
+            Ok(sh
+                .map
+                .scan(Key::lower(l, f), Key::lower(l, t), usize::MAX)?
+                .entries)
+        })
+    }
+
+    /// The frozen views and the read chain of `(l, epoch)`, cached until
+    /// the catalog changes.
+    fn views_of(&mut self, l: u32, epoch: u64) -> (Arc<[u64]>, Arc<crate::catalog::Chain>) {
+        if self.view_cache.0 != self.cat.next_id
+            || self.view_cache.1 != self.cat.next_epoch
+            || self.view_cache.2 != self.cat_gen
+        {
+            self.view_cache = (
+                self.cat.next_id,
+                self.cat.next_epoch,
+                self.cat_gen,
+                BTreeMap::new(),
+            );
+        }
+        self.view_cache
+            .3
+            .entry((l, epoch))
+            .or_insert_with(|| {
+                (
+                    Arc::from(self.cat.frozen_views(l)),
+                    Arc::new(self.cat.chain(l, epoch)),
+                )
+            })
+            .clone()
     }
 
     /// Data blocks visible through `chain` in `[from, to)`.
@@ -1093,14 +1260,14 @@ impl Writer {
     // ------------------------------------------------------------------
     // Maintenance ops
 
-    fn maint(&mut self, m: MaintOp, round: &mut Round) -> bool {
+    async fn maint(&mut self, m: MaintOp, _round: &mut Round) -> bool {
         match m {
             MaintOp::Control(c, done) => {
-                let r = self.control(c);
+                let r = self.control(c).await;
                 complete(done, r);
             }
             MaintOp::Relocate(items, done) => {
-                let r = self.relocate(items, round);
+                let r = self.relocate(items).await;
                 complete(done, r);
             }
             MaintOp::Copy {
@@ -1112,7 +1279,7 @@ impl Writer {
                 data,
                 done,
             } => {
-                let r = self.copy(vol, lineage, parent, base, lba, &data);
+                let r = self.copy(vol, lineage, parent, base, lba, &data).await;
                 complete(done, r);
             }
             MaintOp::Gc {
@@ -1131,7 +1298,7 @@ impl Writer {
                 complete(done, r);
             }
             MaintOp::InstallFlush(run, done) => {
-                let r = self.install_flush(Some(run));
+                let r = self.install_flush(Some(run)).await;
                 complete(done, r);
             }
             MaintOp::InstallCompaction {
@@ -1139,19 +1306,20 @@ impl Writer {
                 dropped,
                 done,
             } => {
-                let r = self.install_compaction(levels, dropped);
+                let r = self.install_compaction(levels, dropped).await;
                 complete(done, r);
             }
             MaintOp::FlushNow(done) => {
                 let r = if self.rotation.is_some() {
                     Ok(())
                 } else {
-                    self.flush_now()
+                    self.flush_now().await
                 };
                 complete(done, r);
             }
             MaintOp::FailStalled => {
-                for job in std::mem::take(&mut self.stalled) {
+                let waiting = std::mem::take(&mut self.space_waiters);
+                for job in std::mem::take(&mut self.stalled).into_iter().chain(waiting) {
                     fail(
                         job.op,
                         Error::new(
@@ -1162,10 +1330,10 @@ impl Writer {
                 }
             }
             MaintOp::Shutdown(done) => {
-                self.write_all_batches_final();
+                self.write_all_batches().await;
                 let r = if self.poisoned.is_none() {
                     let cat = self.cat.clone();
-                    self.write_checkpoint(&cat, None, Release::default())
+                    self.write_checkpoint(&cat, None, Release::default()).await
                 } else {
                     Ok(())
                 };
@@ -1184,11 +1352,13 @@ impl Writer {
             .ok_or_else(|| Error::new(ErrorKind::NoSpace, "no free segments for metadata"))
     }
 
-    fn publish(&self) {
+    /// Make `self.cat` the catalog readers see (and drop cached views).
+    fn publish(&mut self) {
+        self.cat_gen += 1;
         *self.sh.catalog.write() = Arc::new(self.cat.clone());
     }
 
-    fn control(&mut self, c: Control) -> Result<u64> {
+    async fn control(&mut self, c: Control) -> Result<u64> {
         if let Some(p) = &self.poisoned {
             return Err(Error::new(ErrorKind::Poisoned, p.clone()));
         }
@@ -1269,8 +1439,10 @@ impl Writer {
                     .retain(|(l, _)| !fx.reap.contains(l) && !fx.dead.contains(l));
                 fx.reap.clear();
                 let prev = std::mem::replace(&mut self.cat, cat);
-                if let Err(e) = self.flush_now() {
+                self.cat_gen += 1;
+                if let Err(e) = self.flush_now().await {
                     self.cat = prev;
+                    self.cat_gen += 1;
                     return Err(e);
                 }
                 self.publish();
@@ -1286,7 +1458,8 @@ impl Writer {
         for l in &fx.dead {
             self.sh.lineage_delta.lock().remove(l);
         }
-        self.write_checkpoint(&cat, None, Release::default())?;
+        self.write_checkpoint(&cat, None, Release::default())
+            .await?;
         self.cat = cat;
         self.publish();
         if !fx.reap.is_empty() || !fx.dead.is_empty() {
@@ -1295,7 +1468,7 @@ impl Writer {
         Ok(out)
     }
 
-    fn relocate(&mut self, items: Vec<RelocItem>, round: &mut Round) -> Result<u64> {
+    async fn relocate(&mut self, items: Vec<RelocItem>) -> Result<u64> {
         let before = self.sh.stats.relocated.load(Ordering::Relaxed);
         for it in items {
             let e = LogEntry {
@@ -1318,11 +1491,11 @@ impl Writer {
                 ));
             }
         }
-        self.write_all_batches(round);
+        self.flush_sealed().await?;
         Ok(self.sh.stats.relocated.load(Ordering::Relaxed) - before)
     }
 
-    fn copy(
+    async fn copy(
         &mut self,
         vol: u64,
         lineage: u32,
@@ -1373,8 +1546,7 @@ impl Writer {
             }
             done += n;
         }
-        self.write_all_batches_final();
-        Ok(())
+        self.flush_sealed().await
     }
 
     fn gc(&mut self, lineage: u32, chunks: &[u64]) -> Result<()> {
@@ -1435,7 +1607,7 @@ impl Writer {
     /// where nothing written so far may ever be replayed again: at the end
     /// of recovery (torn tails must not be re-read later as if flushed) and
     /// for catalog ops that change how earlier entries would replay.
-    pub(crate) fn flush_now(&mut self) -> Result<()> {
+    pub(crate) async fn flush_now(&mut self) -> Result<()> {
         if self.rotation.is_some() {
             return Err(Error::new(
                 ErrorKind::Busy,
@@ -1467,10 +1639,10 @@ impl Writer {
             }
             None => None,
         };
-        self.install_flush(run)
+        self.install_flush(run).await
     }
 
-    fn install_flush(&mut self, run: Option<Arc<Run>>) -> Result<()> {
+    async fn install_flush(&mut self, run: Option<Arc<Run>>) -> Result<()> {
         let rot = self
             .rotation
             .take()
@@ -1522,7 +1694,7 @@ impl Writer {
         self.log_since_replay = 0;
         let blob = ckpt::encode_counters(&counters);
         let extents = self.alloc_meta_blocks(blob.len())?;
-        if let Err(e) = ckpt::write_blob(&self.sh.vdevs, &extents, &blob) {
+        if let Err(e) = ckpt::write_blob_async(&self.sh.vdevs, &extents, blob.clone()).await {
             self.sh.segs.lock().release_meta_blocks(&extents);
             self.poison(&e);
             return Err(e);
@@ -1536,14 +1708,14 @@ impl Writer {
             segments: release,
             extents: Vec::new(),
         };
-        self.write_checkpoint(&cat, Some(r), release)?;
+        self.write_checkpoint(&cat, Some(r), release).await?;
         self.cat = cat;
         self.publish();
         self.sh.stats.map_flushes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    fn install_compaction(&mut self, levels: Levels, dropped: Vec<RunMeta>) -> Result<()> {
+    async fn install_compaction(&mut self, levels: Levels, dropped: Vec<RunMeta>) -> Result<()> {
         // Runs flushed while the compaction ran are newer than its inputs:
         // keep them in front of the new L0.
         let cur = self.sh.map.levels();
@@ -1570,19 +1742,19 @@ impl Writer {
                 .collect(),
         };
         let cat = self.cat.clone();
-        self.write_checkpoint(&cat, None, release)?;
+        self.write_checkpoint(&cat, None, release).await?;
         self.sh.stats.compactions.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     /// Write a checkpoint of `cat` with nothing else changing.
-    pub(crate) fn write_checkpoint_pub(&mut self, cat: &Catalog) -> Result<()> {
-        self.write_checkpoint(cat, None, Release::default())
+    pub(crate) async fn write_checkpoint_pub(&mut self, cat: &Catalog) -> Result<()> {
+        self.write_checkpoint(cat, None, Release::default()).await
     }
 
     /// Write a checkpoint of `cat` and the current map; on success, release
     /// `release` (and segments the previous checkpoint alone used).
-    fn write_checkpoint(
+    async fn write_checkpoint(
         &mut self,
         cat: &Catalog,
         counters: Option<BlobRef>,
@@ -1623,22 +1795,24 @@ impl Writer {
                 "checkpoint larger than a segment: recreate the pool with a larger segment size",
             ));
         }
-        let res = (|| {
-            ckpt::write_aligned(&self.sh.vdevs, seg, u64::from(off), &bytes)?;
-            self.sh.vdevs.flush_all()?;
-            let ub = Uberblock {
-                pool_guid: self.sh.guid,
-                seq,
-                ckpt: Paddr::new(seg, off),
-                ckpt_len: bytes.len() as u32,
-                ckpt_crc: crc32c::crc32c(&bytes),
-                time: now_secs(),
-            };
+        let ub = Uberblock {
+            pool_guid: self.sh.guid,
+            seq,
+            ckpt: Paddr::new(seg, off),
+            ckpt_len: bytes.len() as u32,
+            ckpt_crc: crc32c::crc32c(&bytes),
+            time: now_secs(),
+        };
+        let res = async {
+            ckpt::write_aligned_async(&self.sh.vdevs, seg, u64::from(off), &bytes).await?;
+            self.sh.vdevs.flush_all_async().await?;
             self.sh
                 .vdevs
-                .write_everywhere(Uberblock::slot_offset(seq), &ub.encode())?;
-            self.sh.vdevs.flush_all()
-        })();
+                .write_everywhere_async(Uberblock::slot_offset(seq), &ub.encode())
+                .await?;
+            self.sh.vdevs.flush_all_async().await
+        }
+        .await;
         if let Err(e) = res {
             self.poison(&e);
             return Err(e);
@@ -1655,7 +1829,7 @@ impl Writer {
         *self.sh.meta_roots.lock() = (self.counters_ref.extents.clone(), Some(seg));
         if !release.segments.is_empty() || !release.extents.is_empty() {
             // Readers that looked up the old state may still be reading.
-            self.sh.gate.drain();
+            self.sh.gate.drained().await;
             let mut segs = self.sh.segs.lock();
             for s in release.segments {
                 segs.release(s);

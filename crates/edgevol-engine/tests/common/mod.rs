@@ -15,7 +15,6 @@ pub fn cfg() -> PoolConfig {
         memtable_bytes: 256 * 1024,
         cache_bytes: 4 * MIB,
         background: false,
-        io_threads: 2,
         ..PoolConfig::default()
     }
 }

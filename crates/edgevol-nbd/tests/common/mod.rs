@@ -466,12 +466,12 @@ impl TestServer {
         let (stop, stop_rx) = watch::channel(false);
         let p = Arc::clone(&provider);
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+            let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime");
-            rt.block_on(async move {
+            // Connections run on this thread's LocalSet.
+            tokio::task::LocalSet::new().block_on(&rt, async move {
                 let tcp = tokio::net::TcpListener::from_std(tcp).expect("tcp");
                 let unix = tokio::net::UnixListener::from_std(unix).expect("unix");
                 let (a, b) = tokio::join!(

@@ -1,7 +1,8 @@
 //! 4 KiB-aligned buffers for O_DIRECT I/O, in safe code: over-allocate and
 //! expose the aligned window.
 
-use crate::layout::BLOCK;
+/// Alignment (and size granularity) of direct I/O: 4 KiB.
+pub const BLOCK: usize = 4096;
 
 /// A zero-initialised byte buffer whose start is aligned to [`BLOCK`].
 pub struct AlignedBuf {
