@@ -21,10 +21,18 @@ impl AsRawFd for EventFd {
     }
 }
 
-/// Wake every op of `ring` as its completion arrives, forever (run it as a
-/// task on the ring's thread; abort it to stop). Fails if the eventfd
-/// cannot be watched.
+/// Wake every op of `ring` as its completion arrives, and submit queued
+/// entries in batches (see [`Ring::flush_task`]), forever: run it as a task
+/// on the ring's thread (inside a `LocalSet`); abort it to stop. Fails if
+/// the eventfd cannot be watched.
 pub async fn drive(ring: Rc<Ring>) -> io::Result<()> {
+    let flusher = tokio::task::spawn_local(ring.clone().flush_task());
+    let r = reap_loop(ring).await;
+    flusher.abort();
+    r
+}
+
+async fn reap_loop(ring: Rc<Ring>) -> io::Result<()> {
     let fd = EventFd {
         fd: ring.event_fd(),
         _ring: ring.clone(),

@@ -65,6 +65,11 @@ struct Inner {
 pub struct Ring {
     inner: RefCell<Inner>,
     event: OwnedFd,
+    /// Set when an event loop submits for us (see [`Ring::flush_task`]):
+    /// new entries then wait for it, so one `io_uring_enter` carries every
+    /// entry queued while the loop ran its ready tasks.
+    deferred: std::cell::Cell<bool>,
+    flusher: RefCell<Option<Waker>>,
 }
 
 thread_local! {
@@ -111,7 +116,23 @@ impl Ring {
                 in_flight: 0,
             }),
             event,
+            deferred: std::cell::Cell::new(false),
+            flusher: RefCell::new(None),
         })
+    }
+
+    /// Submit queued entries whenever woken, forever: run it as a task of
+    /// the ring's event loop. Entries pushed while other tasks run are then
+    /// submitted together once they have all run (the task is woken on the
+    /// first new entry and runs after the tasks already queued).
+    pub async fn flush_task(self: Rc<Self>) {
+        self.deferred.set(true);
+        std::future::poll_fn(|cx| {
+            self.submit();
+            *self.flusher.borrow_mut() = Some(cx.waker().clone());
+            Poll::<()>::Pending
+        })
+        .await;
     }
 
     /// The eventfd that becomes readable when completions arrive. Whoever
@@ -207,7 +228,13 @@ impl Ring {
         inner.unsubmitted += 1;
         inner.in_flight += 1;
         drop(g);
-        self.submit();
+        if self.deferred.get() {
+            if let Some(w) = self.flusher.borrow_mut().take() {
+                w.wake();
+            }
+        } else {
+            self.submit();
+        }
         Op {
             ring: self.clone(),
             slot,
