@@ -341,9 +341,37 @@ pub fn plan_write(
     if let Some(v) = new_value {
         changes.push((Key::new(head.lineage, lba, birth), Some(v)));
     }
-    let after = apply_local(entries, &changes);
-    let freed = freed_records(entries, &after);
+    let freed = freed_by_removal(entries, &remove);
     ChunkChanges { changes, freed }
+}
+
+/// Records left without a fragment once the blocks in `remove` (per entry,
+/// bit i = block `key.lba + i`) are punched out. Same result as comparing
+/// before and after with [`freed_records`], without rebuilding the chunk
+/// (this runs on every write).
+fn freed_by_removal(entries: &Entries, remove: &[u64]) -> Vec<(Paddr, u64)> {
+    let whole = |v: &Value| {
+        if v.nblocks() >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << v.nblocks()) - 1
+        }
+    };
+    let mut freed: Vec<(Paddr, u64)> = Vec::new();
+    for (i, (_, v)) in entries.iter().enumerate() {
+        let Some(d) = v.data() else { continue };
+        // Only an entry losing all its blocks can free its record.
+        if remove[i] & whole(v) != whole(v) || freed.iter().any(|(p, _)| *p == d.paddr) {
+            continue;
+        }
+        let still_used = entries.iter().enumerate().any(|(j, (_, w))| {
+            w.data().is_some_and(|e| e.paddr == d.paddr) && remove[j] & whole(w) != whole(w)
+        });
+        if !still_used {
+            freed.push((d.paddr, d.footprint()));
+        }
+    }
+    freed
 }
 
 /// After a trim's punches are applied, add tombstones (zero, unallocated)

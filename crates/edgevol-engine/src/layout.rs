@@ -3,7 +3,7 @@
 //! ```text
 //! device:  | label A | label B | pad | uberblock ring (128 x 4 KiB) | pad | segment 0 | segment 1 | ...
 //!          0         16K       32K   64K                           576K  1 MiB
-//! volume:  | chunk 0 (32 blocks = 128 KiB) | chunk 1 | ...     a block is 4 KiB
+//! volume:  | chunk 0 (16 blocks = 64 KiB) | chunk 1 | ...      a block is 4 KiB
 //! ```
 //!
 //! Invariants stated here and relied on everywhere:
@@ -20,8 +20,11 @@ pub const BLOCK: usize = 4096;
 pub const BLOCK_U64: u64 = BLOCK as u64;
 /// log2(BLOCK).
 pub const BLOCK_SHIFT: u32 = 12;
-/// Blocks per chunk: records never cross a chunk boundary.
-pub const CHUNK_BLOCKS: u64 = 32;
+/// Blocks per chunk: records never cross a chunk boundary. 64 KiB: every
+/// write scans its chunk's map entries, so the chunk bounds that work (and
+/// the extent a 4 KiB read may have to decompress), while sequential data
+/// still takes one map entry per 64 KiB.
+pub const CHUNK_BLOCKS: u64 = 16;
 /// The largest record, in blocks (one chunk).
 pub const MAX_RECORD_BLOCKS: u64 = CHUNK_BLOCKS;
 
@@ -179,8 +182,9 @@ mod tests {
     #[test]
     fn chunks() {
         assert_eq!(chunk_start(0), 0);
-        assert_eq!(chunk_start(31), 0);
-        assert_eq!(chunk_start(32), 32);
+        assert_eq!(chunk_start(CHUNK_BLOCKS - 1), 0);
+        assert_eq!(chunk_start(CHUNK_BLOCKS), CHUNK_BLOCKS);
+        assert_eq!(chunk_start(3 * CHUNK_BLOCKS + 5), 3 * CHUNK_BLOCKS);
         assert_eq!(align_up(1), 4096);
         assert_eq!(align_up(4096), 4096);
     }

@@ -23,7 +23,6 @@ pub mod entry;
 pub mod run;
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -35,18 +34,35 @@ use run::{BlockCache, BlockReader, Run, RunMeta};
 use crate::error::Result;
 
 /// An in-memory, sorted buffer of recent map changes.
+///
+/// Grouped by chunk (entries never cross a chunk boundary): the writer
+/// looks up one chunk per write, which is one search among chunks and a
+/// short sorted vector, instead of a search among every entry.
 #[derive(Default)]
 pub struct Memtable {
-    map: BTreeMap<Key, Option<Value>>,
+    chunks: BTreeMap<(u32, u64), Entries>,
+    len: usize,
     bytes: usize,
+}
+
+fn chunk_of(k: &Key) -> (u32, u64) {
+    (k.lineage, crate::layout::chunk_start(k.lba))
 }
 
 impl Memtable {
     /// Insert or replace (None = deletion marker).
     pub fn insert(&mut self, key: Key, value: Option<Value>) {
         let add = 48 + value.as_ref().map_or(0, Value::mem_size);
-        if let Some(old) = self.map.insert(key, value) {
-            self.bytes -= 48 + old.as_ref().map_or(0, Value::mem_size);
+        let v = self.chunks.entry(chunk_of(&key)).or_default();
+        match v.binary_search_by(|(k, _)| k.cmp(&key)) {
+            Ok(i) => {
+                let old = std::mem::replace(&mut v[i].1, value);
+                self.bytes -= 48 + old.as_ref().map_or(0, Value::mem_size);
+            }
+            Err(i) => {
+                v.insert(i, (key, value));
+                self.len += 1;
+            }
         }
         self.bytes += add;
     }
@@ -58,29 +74,36 @@ impl Memtable {
 
     /// Number of entries.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len
     }
 
     /// True if empty.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len == 0
     }
 
     /// Entries in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&Key, &Option<Value>)> {
-        self.map.iter()
+        self.chunks.values().flatten().map(|(k, v)| (k, v))
     }
 
     fn scan(&self, lo: &Key, hi: &Key, limit: usize, out: &mut Vec<(Key, Option<Value>)>) -> bool {
-        for (n, (k, v)) in self
-            .map
-            .range((Bound::Included(*lo), Bound::Excluded(*hi)))
-            .enumerate()
-        {
-            if n == limit {
-                return true;
+        if lo >= hi {
+            return false;
+        }
+        let mut n = 0usize;
+        for (_, v) in self.chunks.range(chunk_of(lo)..=chunk_of(hi)) {
+            let start = v.partition_point(|(k, _)| k < lo);
+            for (k, val) in &v[start..] {
+                if k >= hi {
+                    return false;
+                }
+                if n == limit {
+                    return true;
+                }
+                out.push((*k, val.clone()));
+                n += 1;
             }
-            out.push((*k, v.clone()));
         }
         false
     }
@@ -371,22 +394,52 @@ fn merge(sources: Vec<Source>) -> (Entries, Option<Key>) {
             resume = Some(resume.map_or(next, |r: Key| r.min(next)));
         }
     }
-    let mut all: Vec<(Key, usize, Option<Value>)> = Vec::new();
-    for (i, (v, _)) in sources.into_iter().enumerate() {
-        for (k, val) in v {
-            if resume.is_some_and(|r| k >= r) {
-                break;
-            }
-            all.push((k, i, val));
+    let cut = |k: &Key| resume.is_some_and(|r| *k >= r);
+    let mut sources: Vec<Entries> = sources
+        .into_iter()
+        .map(|(v, _)| v)
+        .filter(|v| !v.is_empty())
+        .collect();
+    // One source (the common case for small ranges): nothing to merge.
+    if sources.len() <= 1 {
+        let mut out = sources.pop().unwrap_or_default();
+        if let Some(i) = out.iter().position(|(k, _)| cut(k)) {
+            out.truncate(i);
         }
+        return (out, resume);
     }
-    all.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
-    let mut out: Vec<(Key, Option<Value>)> = Vec::with_capacity(all.len());
-    for (k, _, v) in all {
-        if out.last().is_some_and(|(p, _)| *p == k) {
-            continue;
+    // k-way merge of sorted sources; on equal keys the newest (lowest
+    // index) source wins.
+    let total: usize = sources.iter().map(Vec::len).sum();
+    let mut out: Vec<(Key, Option<Value>)> = Vec::with_capacity(total);
+    type Cursor = std::iter::Peekable<std::vec::IntoIter<(Key, Option<Value>)>>;
+    let mut iters: Vec<Cursor> = sources
+        .into_iter()
+        .map(|v| v.into_iter().peekable())
+        .collect();
+    loop {
+        let mut best: Option<(usize, Key)> = None;
+        for (i, it) in iters.iter_mut().enumerate() {
+            if let Some((k, _)) = it.peek() {
+                if best.is_none_or(|(_, b)| *k < b) {
+                    best = Some((i, *k));
+                }
+            }
         }
-        out.push((k, v));
+        let Some((i, k)) = best else { break };
+        if cut(&k) {
+            break;
+        }
+        for (j, it) in iters.iter_mut().enumerate() {
+            if it.peek().is_some_and(|(x, _)| *x == k) {
+                let e = it.next();
+                if j == i {
+                    if let Some(e) = e {
+                        out.push(e);
+                    }
+                }
+            }
+        }
     }
     (out, resume)
 }

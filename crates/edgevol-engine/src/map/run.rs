@@ -10,15 +10,21 @@
 //! block (4096 bytes):
 //! 0     2  magic "MR"
 //! 2     1  kind: 1 leaf, 2 index
-//! 3     1  version (1)
-//! 4     2  entry count
+//! 3     1  version (2)
+//! 4     2  entry count n
 //! 6     2  bytes used (header + entries)
 //! 8     8  run id
 //! 16    .. entries
+//! leaf:  4092-2n .. 4092: u16 offset of each entry (ascending), so a
+//!        lookup binary-searches the block without decoding it
 //! 4092  4  crc32c of bytes 0..4092
 //! leaf entry:  key (lineage u32, lba u64, birth u64) + value (see entry.rs)
-//! index entry: key + leaf block number u32
+//! index entry: key + leaf block number u32 (fixed 24 bytes)
 //! ```
+//!
+//! The block cache holds blocks as their verified raw bytes (4 KiB each, a
+//! third of a decoded leaf), and lookups decode only the entries they
+//! return.
 
 use std::sync::Arc;
 
@@ -30,7 +36,7 @@ use crate::format::codec::{put_u32, Reader, Writer};
 use crate::layout::{MetaExtent, SegId, BLOCK};
 
 const MAGIC: u16 = u16::from_le_bytes(*b"MR");
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const HEADER: usize = 16;
 const CRC_AT: usize = BLOCK - 4;
 const KIND_LEAF: u8 = 1;
@@ -59,27 +65,103 @@ impl RunMeta {
     }
 }
 
-/// A decoded block.
-#[derive(Debug)]
-pub enum Block {
+/// What a block holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockKind {
     /// Sorted entries.
-    Leaf(Vec<(Key, Option<Value>)>),
+    Leaf,
     /// First key of each leaf, with its block number.
-    Index(Vec<(Key, u32)>),
+    Index,
+}
+
+/// A verified block, kept as its raw bytes.
+///
+/// [`parse_block`] checks everything once (checksum, header, offsets,
+/// every entry decodes, keys ascending), so the accessors only fail if
+/// memory was corrupted after that.
+#[derive(Debug)]
+pub struct Block {
+    kind: BlockKind,
+    count: usize,
+    bytes: Box<[u8]>,
 }
 
 impl Block {
-    /// Approximate memory used, for the cache budget.
+    /// Memory used, for the cache budget.
     pub fn mem_size(&self) -> usize {
-        match self {
-            Block::Leaf(v) => {
-                64 + v
-                    .iter()
-                    .map(|(_, v)| 32 + v.as_ref().map_or(0, Value::mem_size))
-                    .sum::<usize>()
+        self.bytes.len() + 64
+    }
+
+    /// Leaf or index.
+    pub fn kind(&self) -> BlockKind {
+        self.kind
+    }
+
+    /// Entries in the block.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True if the block holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn leaf_off(&self, i: usize) -> usize {
+        let at = CRC_AT - 2 * (self.count - i);
+        usize::from(u16::from_le_bytes([self.bytes[at], self.bytes[at + 1]]))
+    }
+
+    fn key_at(&self, off: usize) -> std::result::Result<Key, DecodeError> {
+        let end = (off + Key::LEN).min(self.bytes.len());
+        Key::decode(&mut Reader::new(&self.bytes[off..end]))
+    }
+
+    /// Key of leaf entry `i`.
+    pub fn leaf_key(&self, i: usize) -> std::result::Result<Key, DecodeError> {
+        self.key_at(self.leaf_off(i))
+    }
+
+    /// Leaf entry `i`, decoded.
+    pub fn leaf_entry(&self, i: usize) -> std::result::Result<(Key, Option<Value>), DecodeError> {
+        let mut r = Reader::new(&self.bytes[self.leaf_off(i)..CRC_AT]);
+        let k = Key::decode(&mut r)?;
+        Ok((k, decode_value(&mut r)?))
+    }
+
+    /// Index of the first leaf entry whose key is `>= key`.
+    pub fn leaf_lower_bound(&self, key: &Key) -> std::result::Result<usize, DecodeError> {
+        let (mut lo, mut hi) = (0usize, self.count);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.leaf_key(mid)? < *key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
             }
-            Block::Index(v) => 64 + v.len() * 32,
         }
+        Ok(lo)
+    }
+
+    /// Index entry `i`: first key of a leaf, and the leaf's block number.
+    pub fn index_entry(&self, i: usize) -> std::result::Result<(Key, u32), DecodeError> {
+        let mut r =
+            Reader::new(&self.bytes[HEADER + i * INDEX_ENTRY..HEADER + (i + 1) * INDEX_ENTRY]);
+        Ok((Key::decode(&mut r)?, r.u32()?))
+    }
+
+    /// Number of index entries whose key is `<= key`.
+    pub fn index_upper_bound(&self, key: &Key) -> std::result::Result<usize, DecodeError> {
+        let (mut lo, mut hi) = (0usize, self.count);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.index_entry(mid)?.0 <= *key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
     }
 }
 
@@ -94,7 +176,7 @@ fn finish_block(buf: &mut [u8], kind: u8, count: u16, used: usize, run_id: u64) 
     put_u32(buf, CRC_AT, crc);
 }
 
-/// Decode and verify one block of run `run_id`.
+/// Verify one block of run `run_id` and keep it as raw bytes.
 pub fn decode_block(buf: &[u8], run_id: u64) -> std::result::Result<Block, DecodeError> {
     if buf.len() != BLOCK {
         return Err(DecodeError::Truncated);
@@ -126,34 +208,60 @@ pub fn decode_block(buf: &[u8], run_id: u64) -> std::result::Result<Block, Decod
     if !(HEADER..=CRC_AT).contains(&used) {
         return Err(DecodeError::Invalid("block used length"));
     }
-    let mut r = Reader::new(&buf[HEADER..used]);
     let block = match kind {
         KIND_LEAF => {
-            let mut v = Vec::with_capacity(count.min(BLOCK / Key::LEN));
-            for _ in 0..count {
+            if used + 2 * count > CRC_AT {
+                return Err(DecodeError::Invalid("leaf offsets overlap entries"));
+            }
+            let b = Block {
+                kind: BlockKind::Leaf,
+                count,
+                bytes: buf.into(),
+            };
+            // Every entry decodes, exactly where the next one starts, and
+            // keys ascend.
+            let mut expect = HEADER;
+            let mut last: Option<Key> = None;
+            for i in 0..count {
+                let off = b.leaf_off(i);
+                if off != expect {
+                    return Err(DecodeError::Invalid("leaf entry offset"));
+                }
+                let mut r = Reader::new(&buf[off..used]);
                 let k = Key::decode(&mut r)?;
-                let val = decode_value(&mut r)?;
-                if v.last().is_some_and(|(p, _): &(Key, _)| *p >= k) {
+                decode_value(&mut r)?;
+                if last.is_some_and(|p| p >= k) {
                     return Err(DecodeError::Invalid("leaf keys out of order"));
                 }
-                v.push((k, val));
+                last = Some(k);
+                expect = off + r.position();
             }
-            Block::Leaf(v)
+            if expect != used {
+                return Err(DecodeError::Invalid("block length"));
+            }
+            b
         }
         KIND_INDEX => {
-            let mut v = Vec::with_capacity(count.min(BLOCK / INDEX_ENTRY));
-            for _ in 0..count {
-                let k = Key::decode(&mut r)?;
-                let b = r.u32()?;
-                v.push((k, b));
+            if HEADER + count * INDEX_ENTRY != used {
+                return Err(DecodeError::Invalid("block length"));
             }
-            Block::Index(v)
+            let b = Block {
+                kind: BlockKind::Index,
+                count,
+                bytes: buf.into(),
+            };
+            let mut last: Option<Key> = None;
+            for i in 0..count {
+                let (k, _) = b.index_entry(i)?;
+                if last.is_some_and(|p| p >= k) {
+                    return Err(DecodeError::Invalid("index keys out of order"));
+                }
+                last = Some(k);
+            }
+            b
         }
         _ => return Err(DecodeError::Invalid("block kind")),
     };
-    if r.position() != used - HEADER {
-        return Err(DecodeError::Invalid("block length"));
-    }
     Ok(block)
 }
 
@@ -161,6 +269,8 @@ pub fn decode_block(buf: &[u8], run_id: u64) -> std::result::Result<Block, Decod
 pub struct RunBuilder {
     run_id: u64,
     leaf: Vec<u8>,
+    /// Offsets of the current leaf's entries.
+    offsets: Vec<u16>,
     leaf_count: u16,
     leaf_first: Option<Key>,
     last: Option<Key>,
@@ -179,6 +289,7 @@ impl RunBuilder {
         RunBuilder {
             run_id,
             leaf,
+            offsets: Vec::new(),
             leaf_count: 0,
             leaf_first: None,
             last: None,
@@ -196,9 +307,10 @@ impl RunBuilder {
             "run entries must be pushed in strictly increasing key order"
         );
         let need = Key::LEN + encoded_len(value);
-        if self.leaf.len() + need > CRC_AT {
+        if self.leaf.len() + need + 2 * (self.offsets.len() + 1) > CRC_AT {
             self.finish_leaf();
         }
+        self.offsets.push(self.leaf.len() as u16);
         let mut w = Writer::new(&mut self.leaf);
         key.encode(&mut w);
         encode_value(value, &mut w);
@@ -214,6 +326,10 @@ impl RunBuilder {
         };
         let used = self.leaf.len();
         self.leaf.resize(BLOCK, 0);
+        let table = CRC_AT - 2 * self.offsets.len();
+        for (i, o) in self.offsets.drain(..).enumerate() {
+            self.leaf[table + 2 * i..table + 2 * i + 2].copy_from_slice(&o.to_le_bytes());
+        }
         finish_block(
             &mut self.leaf,
             KIND_LEAF,
@@ -290,9 +406,9 @@ impl quick_cache::Weighter<(u64, u32), Arc<Block>> for BlockWeighter {
 }
 
 impl BlockCache {
-    /// A cache holding about `bytes` of decoded blocks.
+    /// A cache holding about `bytes` of blocks.
     pub fn new(bytes: u64) -> Self {
-        let items = (bytes / 8192).max(16) as usize;
+        let items = (bytes / 4160).max(16) as usize;
         BlockCache {
             cache: quick_cache::sync::Cache::with_weighter(
                 items,
@@ -306,15 +422,32 @@ impl BlockCache {
     pub fn weight(&self) -> u64 {
         self.cache.weight()
     }
+
+    /// Put the freshly written blocks of run `run_id` (numbered from
+    /// `first`) in the cache: a new run is read right away by every lookup,
+    /// and would otherwise start cold.
+    pub fn fill(&self, run_id: u64, first: u32, bytes: &[u8]) {
+        for (i, b) in bytes.chunks_exact(BLOCK).enumerate() {
+            if let Ok(block) = decode_block(b, run_id) {
+                self.cache
+                    .insert((run_id, first + i as u32), Arc::new(block));
+            }
+        }
+    }
 }
 
-/// An open run: its metadata plus the in-memory top index.
+/// An open run: its metadata plus its index blocks, kept in memory.
+///
+/// The index holds one key per 4 KiB leaf (about 0.6% of the run), so a
+/// lookup costs one cached leaf block and no index fetch.
 pub struct Run {
     meta: RunMeta,
     /// Run block number at which each extent starts (prefix sums).
     starts: Vec<u32>,
     /// First key of each index block.
     top: Vec<Key>,
+    /// The index blocks.
+    index: Vec<Arc<Block>>,
 }
 
 impl Run {
@@ -337,35 +470,39 @@ impl Run {
             meta,
             starts,
             top: Vec::new(),
+            index: Vec::new(),
         };
+        let mut index = Vec::with_capacity(run.meta.index_blocks as usize);
         let mut top = Vec::with_capacity(run.meta.index_blocks as usize);
         for i in 0..run.meta.index_blocks {
             let b = run.read_block(run.meta.leaf_blocks + i, reader)?;
-            match &b {
-                Block::Index(v) => match v.first() {
-                    Some((k, _)) => top.push(*k),
-                    None => {
-                        return Err(Error::corrupt(format!(
-                            "run {} has an empty index block",
-                            run.meta.id
-                        )))
-                    }
-                },
-                Block::Leaf(_) => {
-                    return Err(Error::corrupt(format!(
-                        "run {}: expected an index block",
-                        run.meta.id
-                    )))
-                }
+            if b.kind() != BlockKind::Index || b.is_empty() {
+                return Err(Error::corrupt(format!(
+                    "run {}: block {} should be a non-empty index block",
+                    run.meta.id,
+                    run.meta.leaf_blocks + i
+                )));
             }
+            top.push(
+                b.index_entry(0)
+                    .map_err(|e| run.damaged(run.meta.leaf_blocks + i, e))?
+                    .0,
+            );
+            index.push(Arc::new(b));
         }
         run.top = top;
+        run.index = index;
         Ok(run)
     }
 
     /// Metadata.
     pub fn meta(&self) -> &RunMeta {
         &self.meta
+    }
+
+    /// Memory held by the index blocks.
+    pub fn index_bytes(&self) -> usize {
+        self.index.iter().map(|b| b.mem_size()).sum()
     }
 
     /// Bytes on disk.
@@ -417,12 +554,7 @@ impl Run {
     }
 
     /// Leaf block number that may hold `key` (the last leaf whose first key <= key).
-    fn leaf_for(
-        &self,
-        key: &Key,
-        cache: &BlockCache,
-        reader: &dyn BlockReader,
-    ) -> Result<Option<u32>> {
+    fn leaf_for(&self, key: &Key) -> Result<Option<u32>> {
         let ti = self.top.partition_point(|k| k <= key);
         if ti == 0 {
             return Ok(if self.meta.leaf_blocks > 0 {
@@ -431,19 +563,20 @@ impl Run {
                 None
             });
         }
-        let ib = self.cached(self.meta.leaf_blocks + (ti - 1) as u32, cache, reader)?;
-        let Block::Index(idx) = &*ib else {
-            return Err(Error::corrupt(format!(
-                "run {}: index block expected",
-                self.meta.id
-            )));
-        };
-        let i = idx.partition_point(|(k, _)| k <= key);
-        Ok(Some(if i == 0 {
-            idx.first().map_or(0, |e| e.1)
-        } else {
-            idx[i - 1].1
-        }))
+        let bn = self.meta.leaf_blocks + (ti - 1) as u32;
+        let ib = self
+            .index
+            .get(ti - 1)
+            .ok_or_else(|| Error::corrupt(format!("run {}: index block missing", self.meta.id)))?;
+        let i = ib.index_upper_bound(key).map_err(|e| self.damaged(bn, e))?;
+        let entry = ib
+            .index_entry(i.saturating_sub(1))
+            .map_err(|e| self.damaged(bn, e))?;
+        Ok(Some(entry.1))
+    }
+
+    fn damaged(&self, block: u32, e: DecodeError) -> Error {
+        Error::corrupt(format!("map run {} block {block} is damaged", self.meta.id)).with_source(e)
     }
 
     /// Append to `out` the entries with `lo <= key < hi`, at most `limit`.
@@ -457,27 +590,28 @@ impl Run {
         cache: &BlockCache,
         reader: &dyn BlockReader,
     ) -> Result<bool> {
-        let Some(mut leaf) = self.leaf_for(lo, cache, reader)? else {
+        let Some(mut leaf) = self.leaf_for(lo)? else {
             return Ok(false);
         };
         let mut taken = 0usize;
         while leaf < self.meta.leaf_blocks {
             let b = self.cached(leaf, cache, reader)?;
-            let Block::Leaf(entries) = &*b else {
+            if b.kind() != BlockKind::Leaf {
                 return Err(Error::corrupt(format!(
                     "run {}: leaf block expected",
                     self.meta.id
                 )));
-            };
-            let start = entries.partition_point(|(k, _)| k < lo);
-            for (k, v) in &entries[start..] {
-                if k >= hi {
+            }
+            let start = b.leaf_lower_bound(lo).map_err(|e| self.damaged(leaf, e))?;
+            for i in start..b.len() {
+                let k = b.leaf_key(i).map_err(|e| self.damaged(leaf, e))?;
+                if k >= *hi {
                     return Ok(false);
                 }
                 if taken == limit {
                     return Ok(true);
                 }
-                out.push((*k, v.clone()));
+                out.push(b.leaf_entry(i).map_err(|e| self.damaged(leaf, e))?);
                 taken += 1;
             }
             leaf += 1;
@@ -490,25 +624,23 @@ impl Run {
         let mut last: Option<Key> = None;
         let mut n = 0u64;
         for b in 0..self.meta.leaf_blocks {
-            match self.read_block(b, reader)? {
-                Block::Leaf(v) => {
-                    for (k, _) in v {
-                        if last.is_some_and(|l| l >= k) {
-                            return Err(Error::corrupt(format!(
-                                "run {} keys out of order at leaf {b}",
-                                self.meta.id
-                            )));
-                        }
-                        last = Some(k);
-                        n += 1;
-                    }
-                }
-                Block::Index(_) => {
+            let blk = self.read_block(b, reader)?;
+            if blk.kind() != BlockKind::Leaf {
+                return Err(Error::corrupt(format!(
+                    "run {}: index block among leaves",
+                    self.meta.id
+                )));
+            }
+            for i in 0..blk.len() {
+                let k = blk.leaf_key(i).map_err(|e| self.damaged(b, e))?;
+                if last.is_some_and(|l| l >= k) {
                     return Err(Error::corrupt(format!(
-                        "run {}: index block among leaves",
+                        "run {} keys out of order at leaf {b}",
                         self.meta.id
-                    )))
+                    )));
                 }
+                last = Some(k);
+                n += 1;
             }
         }
         if n != self.meta.entries {

@@ -47,8 +47,9 @@ fn send<T>(sh: &Shared, make: impl FnOnce(super::writer::Done<T>) -> MaintOp) ->
 /// The maintenance thread.
 pub(crate) fn run(sh: Arc<Shared>) {
     let mut last_flush = Instant::now();
+    let mut more = false;
     loop {
-        {
+        if !more {
             let (m, cv) = &sh.maint_wake;
             let mut woken = m.lock();
             if !*woken {
@@ -56,6 +57,7 @@ pub(crate) fn run(sh: Arc<Shared>) {
             }
             *woken = false;
         }
+        more = false;
         if sh.closing.load(Ordering::SeqCst) {
             return;
         }
@@ -65,7 +67,10 @@ pub(crate) fn run(sh: Arc<Shared>) {
         let r = step(&sh, &mut last_flush);
         let mut st = sh.maint_status.lock();
         match r {
-            Ok(()) => st.last_error = None,
+            Ok(m) => {
+                st.last_error = None;
+                more = m;
+            }
             Err(e) if e.kind() == ErrorKind::Shutdown => return,
             Err(e) => {
                 tracing::warn!(pool = %sh.name, error = %e, "maintenance step failed");
@@ -75,7 +80,9 @@ pub(crate) fn run(sh: Arc<Shared>) {
     }
 }
 
-fn step(sh: &Arc<Shared>, last_flush: &mut Instant) -> Result<()> {
+/// One round of maintenance. Ok(true): more is due right away (the map's
+/// levels are not in shape yet), so do not sleep.
+fn step(sh: &Arc<Shared>, last_flush: &mut Instant) -> Result<bool> {
     let _g = sh.maint_lock.lock();
     let blocked = sh.space_blocked.load(Ordering::Relaxed);
     let (free, total) = {
@@ -136,9 +143,9 @@ fn step(sh: &Arc<Shared>, last_flush: &mut Instant) -> Result<()> {
     if due && flush_memtable(sh)? {
         *last_flush = Instant::now();
     }
-    compact(sh)?;
+    let compacted = compact(sh)?;
     gc_pending(sh)?;
-    Ok(())
+    Ok(compacted || sh.map.active_bytes() >= sh.memtable_budget)
 }
 
 /// Move the persisted replay point to now even when the memtable is empty,
@@ -203,12 +210,15 @@ pub(crate) fn build_run_with(
     entries: impl Iterator<Item = Result<(Key, Option<Value>)>>,
 ) -> Result<Arc<Run>> {
     let mut extents: Vec<MetaExtent> = Vec::new();
+    let mut written = 0u32;
     let r = (|| {
         let mut write = |bytes: &[u8], extents: &mut Vec<MetaExtent>| -> Result<()> {
             if bytes.is_empty() {
                 return Ok(());
             }
             let blocks = (bytes.len() / BLOCK) as u32;
+            sh.map.cache().fill(id, written, bytes);
+            written += blocks;
             let got = alloc.alloc(blocks)?;
             extents.extend_from_slice(&got);
             let mut rest = bytes;

@@ -46,6 +46,9 @@ use super::Shared;
 /// Completion of an op.
 pub(crate) type Done<T> = oneshot::Sender<Result<T>>;
 
+/// L0 runs at which client writes wait for compaction.
+const L0_STOP: usize = 12;
+
 /// Most blocks of a discard resolved at once.
 const DISCARD_WINDOW: u64 = 8192;
 
@@ -433,7 +436,14 @@ impl Writer {
                 }
             }
             self.finish_round(round).await;
-            let blocked = !self.can_take_data();
+            if self.sh.map.active_bytes() >= self.sh.memtable_budget {
+                self.sh.wake_maintenance();
+            }
+            // Waiting for a free segment (not for map maintenance).
+            let blocked = !self.stalled.is_empty() && {
+                self.refill_next(STREAM_DATA);
+                self.streams[STREAM_DATA].next.is_none()
+            };
             self.sh.space_blocked.store(blocked, Ordering::Relaxed);
             if exit {
                 return;
@@ -442,12 +452,31 @@ impl Writer {
     }
 
     fn can_take_data(&mut self) -> bool {
+        if self.map_backlogged() {
+            return false;
+        }
         if self.stalled.is_empty() {
             return true;
         }
         // A stalled job waits for a segment; retry when one may be free.
         self.refill_next(STREAM_DATA);
         self.streams[STREAM_DATA].next.is_some()
+    }
+
+    /// The map's maintenance is behind: the active memtable passed twice
+    /// its budget (its flush is late) or L0 holds too many runs (every
+    /// lookup reads each of them). Client ops then wait for maintenance,
+    /// which bounds both memory and lookup cost.
+    fn map_backlogged(&self) -> bool {
+        if !self.sh.cfg.background {
+            return false; // maintenance is driven by hand (tests)
+        }
+        let over = self.sh.map.active_bytes() > 2 * self.sh.memtable_budget
+            || self.sh.map.levels().l0.len() >= L0_STOP;
+        if over {
+            self.sh.wake_maintenance();
+        }
+        over
     }
 
     /// Handle one op. Returns true on shutdown.
