@@ -18,6 +18,9 @@
 //! | POST | /pools/{pool}/volumes/{vol}/resize | [`Resize`] | `VolumeInfo` |
 //! | POST | /pools/{pool}/volumes/{vol}/promote | | `VolumeInfo` |
 //! | GET | /pools/{pool}/volumes/{vol}/space | | `SpaceReport` |
+//! | POST | /pools/{pool}/volumes/{vol}/load-key | [`KeyRequest`] | `VolumeInfo` |
+//! | POST | /pools/{pool}/volumes/{vol}/unload-key?force=BOOL | | `VolumeInfo` |
+//! | POST | /pools/{pool}/volumes/{vol}/change-key | [`ChangeKey`] | `VolumeInfo` |
 //! | GET | /pools/{pool}/volumes/{vol}/snapshots | | `[SnapshotInfo]` |
 //! | POST | /pools/{pool}/volumes/{vol}/snapshots | [`CreateSnapshot`] | `SnapshotInfo` |
 //! | DELETE | /pools/{pool}/volumes/{vol}/snapshots/{snap} | | |
@@ -62,9 +65,56 @@ pub struct CreateVolume {
     pub name: String,
     /// Size in bytes (multiple of 4096).
     pub size: u64,
-    /// Properties.
+    /// Properties (including `compression`, and at creation only
+    /// `encryption`, `keyformat`, `keylocation`).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// The secret wrapping an encrypted volume's key when `keylocation` is
+    /// `prompt`: its bytes, hex-encoded (a passphrase's UTF-8 bytes, or a
+    /// raw or hex key file's contents). Never logged.
+    #[serde(default)]
+    pub secret_hex: Option<String>,
+}
+
+/// Load an encrypted volume's key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRequest {
+    /// The secret, hex-encoded; absent: read it from the volume's
+    /// `keylocation` (a file or a command).
+    #[serde(default)]
+    pub secret_hex: Option<String>,
+}
+
+/// Wrap an encrypted volume's key anew (its key must be loaded).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeKey {
+    /// New `keyformat` (passphrase, raw, hex); absent: unchanged.
+    #[serde(default)]
+    pub keyformat: Option<String>,
+    /// New `keylocation`; absent: unchanged.
+    #[serde(default)]
+    pub keylocation: Option<String>,
+    /// The new secret, hex-encoded; absent: read from the (new) keylocation.
+    #[serde(default)]
+    pub secret_hex: Option<String>,
+}
+
+/// Hex-encode secret bytes for the API.
+pub fn hex_encode(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Decode an API hex string.
+pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Set (string) or clear (null) properties.

@@ -23,8 +23,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use edgevol_api::{
-    CloneVolume, CreatePool, CreateSnapshot, CreateVolume, ErrorBody, ErrorDetail, ExportInfo,
-    Resize, RollbackResult, SetProperties,
+    ChangeKey, CloneVolume, CreatePool, CreateSnapshot, CreateVolume, ErrorBody, ErrorDetail,
+    ExportInfo, KeyRequest, Resize, RollbackResult, SetProperties,
 };
 use edgevol_engine::{Error, ErrorKind};
 use serde::{Deserialize, Serialize};
@@ -46,7 +46,7 @@ impl IntoResponse for ApiError {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::AlreadyExists | ErrorKind::Busy => StatusCode::CONFLICT,
             ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
-            ErrorKind::ReadOnly => StatusCode::FORBIDDEN,
+            ErrorKind::ReadOnly | ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
             ErrorKind::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
             ErrorKind::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
@@ -112,6 +112,15 @@ pub fn router(reg: Arc<Registry>) -> Router {
             post(promote_volume),
         )
         .route("/v1/pools/{pool}/volumes/{vol}/space", get(volume_space))
+        .route("/v1/pools/{pool}/volumes/{vol}/load-key", post(load_key))
+        .route(
+            "/v1/pools/{pool}/volumes/{vol}/unload-key",
+            post(unload_key),
+        )
+        .route(
+            "/v1/pools/{pool}/volumes/{vol}/change-key",
+            post(change_key),
+        )
         .route(
             "/v1/pools/{pool}/volumes/{vol}/snapshots",
             get(list_snapshots).post(create_snapshot),
@@ -236,8 +245,77 @@ async fn create_volume(
 ) -> ApiResult<edgevol_engine::VolumeInfo> {
     Ok(Json(
         blocking(move || {
+            let secret = secret_of(req.secret_hex.as_deref())?;
             reg.pool(&pool)?
-                .create_volume(&req.name, req.size, req.properties)
+                .create_volume_with_key(&req.name, req.size, req.properties, secret)
+        })
+        .await?,
+    ))
+}
+
+/// Decode an API secret (hex) into zeroed-on-drop bytes.
+fn secret_of(hex: Option<&str>) -> edgevol_engine::Result<Option<edgevol_engine::crypt::Secret>> {
+    hex.map(|h| {
+        edgevol_api::hex_decode(h)
+            .map(edgevol_engine::crypt::Secret::new)
+            .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "secret_hex is not hex"))
+    })
+    .transpose()
+}
+
+async fn load_key(
+    State(reg): St,
+    Path((pool, vol)): Path<(String, String)>,
+    body: Option<Json<KeyRequest>>,
+) -> ApiResult<edgevol_engine::VolumeInfo> {
+    let req = body.map(|b| b.0).unwrap_or_default();
+    Ok(Json(
+        blocking(move || {
+            let p = reg.pool(&pool)?;
+            p.load_key(&vol, secret_of(req.secret_hex.as_deref())?)?;
+            p.volume_info(&vol)
+        })
+        .await?,
+    ))
+}
+
+async fn unload_key(
+    State(reg): St,
+    Path((pool, vol)): Path<(String, String)>,
+    Query(q): Query<ForceQuery>,
+) -> ApiResult<edgevol_engine::VolumeInfo> {
+    Ok(Json(
+        blocking(move || {
+            let users = reg.attached_to_volume(&pool, &vol);
+            if users > 0 && !q.force {
+                return Err(Error::new(
+                    ErrorKind::Busy,
+                    format!("volume {pool}/{vol} has {users} attached clients; disconnect them or use --force"),
+                ));
+            }
+            let p = reg.pool(&pool)?;
+            p.unload_key(&vol)?;
+            p.volume_info(&vol)
+        })
+        .await?,
+    ))
+}
+
+async fn change_key(
+    State(reg): St,
+    Path((pool, vol)): Path<(String, String)>,
+    Json(req): Json<ChangeKey>,
+) -> ApiResult<edgevol_engine::VolumeInfo> {
+    Ok(Json(
+        blocking(move || {
+            let p = reg.pool(&pool)?;
+            p.change_key(
+                &vol,
+                req.keyformat.as_deref(),
+                req.keylocation.as_deref(),
+                secret_of(req.secret_hex.as_deref())?,
+            )?;
+            p.volume_info(&vol)
         })
         .await?,
     ))

@@ -8,7 +8,7 @@
 //! |---|---|
 //! | InvalidArgument | EINVAL |
 //! | NoSpace | ENOSPC |
-//! | ReadOnly | EPERM |
+//! | ReadOnly, PermissionDenied (key not loaded) | EPERM |
 //! | Shutdown | ESHUTDOWN |
 //! | Unsupported | ENOTSUP |
 //! | everything else (Io, Corrupt, Poisoned, NotFound: the volume went away) | EIO |
@@ -28,7 +28,7 @@ pub fn nbd_error(e: edgevol_engine::Error) -> ExportError {
     let errno = match e.kind() {
         ErrorKind::InvalidArgument => Errno::Inval,
         ErrorKind::NoSpace => Errno::NoSpc,
-        ErrorKind::ReadOnly => Errno::Perm,
+        ErrorKind::ReadOnly | ErrorKind::PermissionDenied => Errno::Perm,
         ErrorKind::Shutdown => Errno::Shutdown,
         ErrorKind::Unsupported => Errno::NotSup,
         _ => Errno::Io,
@@ -199,6 +199,13 @@ impl ExportProvider for Provider {
             ErrorKind::NotFound => OpenError::Unknown(e.to_string()),
             _ => OpenError::Unavailable(e.to_string()),
         })?;
+        let base = rest.split('@').next().unwrap_or(rest);
+        if !pool.key_available(base).unwrap_or(false) {
+            return Err(OpenError::Refused(format!(
+                "volume {pool_name}/{base} is encrypted and its key is not loaded: run `edgevol volume load-key {pool_name}/{base}`",
+                pool_name = pool.name()
+            )));
+        }
         self.registry.attach(&name);
         tracing::debug!(export = %name, "client attached");
         Ok(VolumeExport {

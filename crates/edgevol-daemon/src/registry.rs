@@ -58,6 +58,9 @@ impl Registry {
             match Pool::open_paths(&paths, reg.cfg.clone()) {
                 Ok(p) if p.name() == e.name => {
                     tracing::info!(pool = %e.name, "imported pool");
+                    // Keys kept in files or given by a command come back by
+                    // themselves; prompted ones wait for `volume load-key`.
+                    p.load_keys_from_locations();
                     reg.pools.write().insert(e.name.clone(), Arc::new(p));
                 }
                 Ok(p) => {

@@ -92,6 +92,8 @@ pub struct VolumeRec {
     pub props: BTreeMap<String, String>,
     /// The snapshot this volume was cloned from.
     pub origin: Option<u64>,
+    /// Encrypted volumes: this volume's wrapping of its data key.
+    pub key: Option<crate::crypt::KeyRec>,
 }
 
 /// A lineage (linear branch of history).
@@ -112,6 +114,9 @@ pub struct LineageRec {
     /// minus blocks cut by shrinks; the head sees this plus the lineage's
     /// counted delta.
     pub base_referenced: i64,
+    /// The data key its records are encrypted with (None: not encrypted).
+    /// Every lineage of a volume's history, and of its clones, has the same.
+    pub key_id: Option<u64>,
 }
 
 /// A snapshot.
@@ -228,6 +233,7 @@ impl Catalog {
         volume: u64,
         base_epoch: u64,
         base_referenced: i64,
+        key_id: Option<u64>,
     ) -> u32 {
         let id = self.next_lineage;
         self.next_lineage += 1;
@@ -240,9 +246,20 @@ impl Catalog {
                 base_epoch,
                 barriers: Vec::new(),
                 base_referenced,
+                key_id,
             },
         );
         id
+    }
+
+    /// The data key id of the records written in lineage `l`.
+    pub fn key_of(&self, l: u32) -> Option<u64> {
+        self.lineages.get(&l).and_then(|r| r.key_id)
+    }
+
+    /// A fresh id for a data key.
+    pub fn new_key_id(&mut self) -> u64 {
+        self.id()
     }
 
     /// Find a volume by name.
@@ -378,6 +395,7 @@ impl Catalog {
         size: u64,
         props: BTreeMap<String, String>,
         now: u64,
+        key: Option<crate::crypt::KeyRec>,
     ) -> Result<u64> {
         check_name("volume", name)?;
         check_size(size)?;
@@ -389,7 +407,7 @@ impl Catalog {
         }
         let id = self.id();
         let epoch = self.epoch();
-        let head = self.lineage(None, id, epoch, 0);
+        let head = self.lineage(None, id, epoch, 0, key.as_ref().map(|k| k.id));
         self.volumes.insert(
             id,
             VolumeRec {
@@ -404,6 +422,7 @@ impl Catalog {
                 created: now,
                 props,
                 origin: None,
+                key,
             },
         );
         Ok(id)
@@ -494,11 +513,13 @@ impl Catalog {
             None
         };
         let base = self.epoch();
+        let key_id = self.key_of(s.lineage);
         let head = self.lineage(
             Some((s.lineage, s.epoch)),
             volume,
             base,
             s.referenced as i64,
+            key_id,
         );
         let v = self.volume_mut(volume)?;
         v.head = head;
@@ -528,10 +549,27 @@ impl Catalog {
             .ok_or_else(|| Error::not_found("no such snapshot"))?;
         let origin_vol = s.volume.and_then(|v| self.volumes.get(&v)).cloned();
         let size = s.size;
+        let key_id = self.key_of(s.lineage);
+        // A clone shares its origin's data key, with a wrapping of its own
+        // (a copy of the origin's: the same secret opens both until one of
+        // them changes its key).
+        let key = origin_vol.as_ref().and_then(|v| v.key.clone());
+        if key_id.is_some() && key.as_ref().map(|k| k.id) != key_id {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                "the origin of this encrypted snapshot no longer holds its key",
+            ));
+        }
         let props = origin_vol.map(|v| v.props).unwrap_or_default();
         let id = self.id();
         let base = self.epoch();
-        let head = self.lineage(Some((s.lineage, s.epoch)), id, base, s.referenced as i64);
+        let head = self.lineage(
+            Some((s.lineage, s.epoch)),
+            id,
+            base,
+            s.referenced as i64,
+            key_id,
+        );
         self.volumes.insert(
             id,
             VolumeRec {
@@ -546,6 +584,7 @@ impl Catalog {
                 created: now,
                 props,
                 origin: Some(snap),
+                key,
             },
         );
         Ok(id)
@@ -791,6 +830,16 @@ impl Catalog {
         }
     }
 
+    /// Replace an encrypted volume's key wrapping (change-key).
+    pub fn set_key(&mut self, volume: u64, key: crate::crypt::KeyRec) -> Result<()> {
+        let v = self.volume_mut(volume)?;
+        if v.key.as_ref().map(|k| k.id) != Some(key.id) {
+            return Err(Error::invalid("the new wrapping is for another data key"));
+        }
+        v.key = Some(key);
+        Ok(())
+    }
+
     /// Rename a volume.
     pub fn rename_volume(&mut self, volume: u64, name: &str) -> Result<()> {
         check_name("volume", name)?;
@@ -894,7 +943,9 @@ mod tests {
     #[test]
     fn rollback_keeps_history_and_allows_roll_forward() {
         let mut c = Catalog::new();
-        let v = c.create_volume("v", 1 << 20, BTreeMap::new(), 0).unwrap();
+        let v = c
+            .create_volume("v", 1 << 20, BTreeMap::new(), 0, None)
+            .unwrap();
         c.volume_mut(v).unwrap().dirty = true;
         let s1 = c.snapshot(v, "s1", 1, 0).unwrap();
         c.volume_mut(v).unwrap().dirty = true;
@@ -921,7 +972,9 @@ mod tests {
     #[test]
     fn clone_pins_origin_and_force_destroy_hides_it() {
         let mut c = Catalog::new();
-        let v = c.create_volume("v", 1 << 20, BTreeMap::new(), 0).unwrap();
+        let v = c
+            .create_volume("v", 1 << 20, BTreeMap::new(), 0, None)
+            .unwrap();
         let s = c.snapshot(v, "s", 1, 0).unwrap();
         let k = c.clone_volume(s, "k", 2).unwrap();
         assert_eq!(c.dependents(v).len(), 1);
@@ -948,13 +1001,17 @@ mod tests {
     fn names_and_sizes_are_validated() {
         let mut c = Catalog::new();
         assert!(c
-            .create_volume("bad/name", 4096, BTreeMap::new(), 0)
+            .create_volume("bad/name", 4096, BTreeMap::new(), 0, None)
             .is_err());
-        assert!(c.create_volume("", 4096, BTreeMap::new(), 0).is_err());
-        assert!(c.create_volume("ok", 4095, BTreeMap::new(), 0).is_err());
-        let v = c.create_volume("ok", 8192, BTreeMap::new(), 0).unwrap();
+        assert!(c.create_volume("", 4096, BTreeMap::new(), 0, None).is_err());
+        assert!(c
+            .create_volume("ok", 4095, BTreeMap::new(), 0, None)
+            .is_err());
+        let v = c
+            .create_volume("ok", 8192, BTreeMap::new(), 0, None)
+            .unwrap();
         assert_eq!(
-            c.create_volume("ok", 8192, BTreeMap::new(), 0)
+            c.create_volume("ok", 8192, BTreeMap::new(), 0, None)
                 .unwrap_err()
                 .kind(),
             ErrorKind::AlreadyExists

@@ -34,8 +34,9 @@ pub type Change = (Key, Option<Value>);
 pub struct ChunkChanges {
     /// Map changes, to apply in order.
     pub changes: Vec<Change>,
-    /// Records no longer referenced: `(address, footprint bytes)`.
-    pub freed: Vec<(Paddr, u64)>,
+    /// Records no longer referenced: `(address, footprint bytes, logical
+    /// bytes)`.
+    pub freed: Vec<(Paddr, u64, u64)>,
 }
 
 impl ChunkChanges {
@@ -262,7 +263,7 @@ fn apply_local(entries: &Entries, changes: &[Change]) -> Vec<(Key, Value)> {
 }
 
 /// Records referenced before but not after, with their footprints.
-fn freed_records(before: &Entries, after: &[(Key, Value)]) -> Vec<(Paddr, u64)> {
+fn freed_records(before: &Entries, after: &[(Key, Value)]) -> Vec<(Paddr, u64, u64)> {
     let live: BTreeSet<Paddr> = after
         .iter()
         .filter_map(|(_, v)| v.data())
@@ -273,7 +274,7 @@ fn freed_records(before: &Entries, after: &[(Key, Value)]) -> Vec<(Paddr, u64)> 
         .iter()
         .filter_map(|(_, v)| v.data())
         .filter(|d| !live.contains(&d.paddr) && seen.insert(d.paddr))
-        .map(|d| (d.paddr, d.footprint()))
+        .map(|d| (d.paddr, d.footprint(), d.logical()))
         .collect()
 }
 
@@ -349,7 +350,7 @@ pub fn plan_write(
 /// bit i = block `key.lba + i`) are punched out. Same result as comparing
 /// before and after with [`freed_records`], without rebuilding the chunk
 /// (this runs on every write).
-fn freed_by_removal(entries: &Entries, remove: &[u64]) -> Vec<(Paddr, u64)> {
+fn freed_by_removal(entries: &Entries, remove: &[u64]) -> Vec<(Paddr, u64, u64)> {
     let whole = |v: &Value| {
         if v.nblocks() >= 64 {
             u64::MAX
@@ -357,18 +358,18 @@ fn freed_by_removal(entries: &Entries, remove: &[u64]) -> Vec<(Paddr, u64)> {
             (1u64 << v.nblocks()) - 1
         }
     };
-    let mut freed: Vec<(Paddr, u64)> = Vec::new();
+    let mut freed: Vec<(Paddr, u64, u64)> = Vec::new();
     for (i, (_, v)) in entries.iter().enumerate() {
         let Some(d) = v.data() else { continue };
         // Only an entry losing all its blocks can free its record.
-        if remove[i] & whole(v) != whole(v) || freed.iter().any(|(p, _)| *p == d.paddr) {
+        if remove[i] & whole(v) != whole(v) || freed.iter().any(|(p, _, _)| *p == d.paddr) {
             continue;
         }
         let still_used = entries.iter().enumerate().any(|(j, (_, w))| {
             w.data().is_some_and(|e| e.paddr == d.paddr) && remove[j] & whole(w) != whole(w)
         });
         if !still_used {
-            freed.push((d.paddr, d.footprint()));
+            freed.push((d.paddr, d.footprint(), d.logical()));
         }
     }
     freed
@@ -458,6 +459,32 @@ pub fn plan_relocate(
     Some(ChunkChanges { changes, freed })
 }
 
+/// The cleaner moved a whole stored record (compressed or encrypted) from
+/// `old` to `new`: point every fragment of it (entries born at `birth`
+/// referring to `old`) at the new place. Nothing changes if none is left
+/// (the moved copy is then garbage).
+pub fn plan_move(entries: &Entries, birth: u64, old: Paddr, new: Paddr) -> ChunkChanges {
+    let mut changes = Vec::new();
+    let mut footprint = (0, 0);
+    for (k, v) in entries {
+        if k.birth != birth {
+            continue;
+        }
+        if let Some(d) = v.data().filter(|d| d.paddr == old) {
+            footprint = (d.footprint(), d.logical());
+            let mut moved = d.clone();
+            moved.paddr = new;
+            changes.push((*k, Some(Value::Data(moved))));
+        }
+    }
+    let freed = if changes.is_empty() {
+        Vec::new()
+    } else {
+        vec![(old, footprint.0, footprint.1)]
+    };
+    ChunkChanges { changes, freed }
+}
+
 /// A flatten copy: insert `value` (born at `base`, the lineage's oldest
 /// epoch) at the blocks of `[lba, lba + n)` not already covered by an entry
 /// born at `base`.
@@ -545,6 +572,8 @@ mod tests {
             rec_off: 0,
             nblocks: n,
             comp: 0,
+            enc: 0,
+            seal: None,
             csums: (0..u32::from(n))
                 .map(|i| addr + i)
                 .collect::<Vec<_>>()
@@ -763,7 +792,7 @@ mod tests {
         let key = Key::new(1, 0, 1);
         let old = Paddr::new(SegId::new(0, 0), 0);
         let c = plan_relocate(&m.chunk(1, 0), key, old, 0, 4, rec(4096 * 50, 4)).unwrap();
-        assert_eq!(c.freed, vec![(old, 4 * 4096)]);
+        assert_eq!(c.freed, vec![(old, 4 * 4096, 4 * 4096)]);
         m.apply(&c);
         assert!(plan_relocate(&m.chunk(1, 0), key, old, 0, 4, rec(4096 * 60, 4)).is_none());
     }

@@ -36,6 +36,8 @@ pub enum ErrorKind {
     Shutdown,
     /// The on-disk format is newer or otherwise unsupported.
     Unsupported,
+    /// A key is wrong, or an encrypted volume's key is not loaded.
+    PermissionDenied,
 }
 
 impl ErrorKind {
@@ -53,6 +55,7 @@ impl ErrorKind {
             ErrorKind::Poisoned => "poisoned",
             ErrorKind::Shutdown => "shutdown",
             ErrorKind::Unsupported => "unsupported",
+            ErrorKind::PermissionDenied => "permission-denied",
         }
     }
 }

@@ -10,6 +10,8 @@
 pub use edgevol_io::buf;
 pub mod catalog;
 pub mod chunk;
+pub mod compress;
+pub mod crypt;
 pub mod device;
 pub mod error;
 pub mod format;

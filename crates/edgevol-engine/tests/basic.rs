@@ -137,7 +137,8 @@ fn trim_frees_space_and_reads_zero() {
     let data: Vec<u8> = (0..256).flat_map(|i| tagged(7, i)).collect();
     write(&v, 0, &data);
     let before = pool.status().data;
-    assert_eq!(before, 256 * 4096);
+    // Stored bytes: at most the logical size (the pool default is lz4).
+    assert!(before > 0 && before <= 256 * 4096, "{before}");
     trim(&v, 0, 256);
     assert_eq!(read(&v, 0, 256), vec![0u8; 256 * 4096]);
     assert_eq!(pool.status().data, 0, "trimmed records are freed");

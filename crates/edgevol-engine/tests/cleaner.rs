@@ -34,7 +34,7 @@ fn overwrites_many_times_capacity_with_snapshots() {
     )
     .unwrap();
     // 24 MiB of volume on ~64 MiB of segments: live data is at most ~40%.
-    pool.create_volume("v", 24 * MIB, no_props()).unwrap();
+    pool.create_volume("v", 24 * MIB, uncompressed()).unwrap();
     let v = pool.open_volume("v").unwrap();
     let blocks = 24 * MIB / 4096;
     let mut model: BTreeMap<u64, u64> = BTreeMap::new();
@@ -114,7 +114,8 @@ fn full_pool_gives_enospc_and_recovers_after_delete() {
         background_cfg(),
     )
     .unwrap();
-    pool.create_volume("big", 256 * MIB, no_props()).unwrap();
+    pool.create_volume("big", 256 * MIB, uncompressed())
+        .unwrap();
     pool.create_volume("keep", 4 * MIB, no_props()).unwrap();
     let keep = pool.open_volume("keep").unwrap();
     write(&keep, 0, &tagged(7, 0));

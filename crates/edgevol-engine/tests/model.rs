@@ -519,7 +519,7 @@ impl Harness {
                 };
                 self.dev
                     .restore_power(policy, &mut rand::rngs::StdRng::seed_from_u64(seed));
-                self.pool = Some(reopen(&self.dev));
+                self.pool = Some(reopen_keyed(&self.dev));
                 let names: Vec<String> = self.vols.keys().cloned().collect();
                 for n in &names {
                     self.verify_volume(n, true)?;
@@ -551,6 +551,22 @@ impl Harness {
     }
 }
 
+fn model_key() -> edgevol_engine::crypt::Secret {
+    edgevol_engine::crypt::Secret::new(vec![0x5c; 32])
+}
+
+/// Reopen and load the key of every encrypted volume (prompt keys are not
+/// loaded at import).
+fn reopen_keyed(dev: &Arc<MemDevice>) -> Pool {
+    let pool = reopen(dev);
+    for v in pool.volumes() {
+        if !pool.key_available(&v.name).expect("key status") {
+            pool.load_key(&v.name, Some(model_key())).expect("load key");
+        }
+    }
+    pool
+}
+
 fn check_clean(pool: &Pool) -> Result<(), TestCaseError> {
     let r = pool.check().expect("check runs");
     prop_assert!(r.is_clean(), "pool check found problems: {:#?}", r.errors);
@@ -561,7 +577,14 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let (pool, dev) = mem_pool(96 * MIB);
     pool.create_volume("a", VOL_BLOCKS * 4096, no_props())
         .expect("create");
-    pool.create_volume("b", VOL_BLOCKS * 4096, no_props())
+    // "b" (and its clones) encrypted and zstd-compressed; "a" lz4 (the
+    // default): every path of the model runs over packed and sealed records.
+    let b_props = std::collections::BTreeMap::from([
+        ("compression".to_string(), "zstd".to_string()),
+        ("encryption".to_string(), "aes-256-gcm".to_string()),
+        ("keyformat".to_string(), "raw".to_string()),
+    ]);
+    pool.create_volume_with_key("b", VOL_BLOCKS * 4096, b_props, Some(model_key()))
         .expect("create");
     let mut h = Harness {
         dev,
@@ -590,7 +613,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     h.pool().sync_maintenance().expect("maintenance");
     check_clean(h.pool())?;
     h.pool.take().expect("pool").close().expect("close");
-    let pool = reopen(&h.dev);
+    let pool = reopen_keyed(&h.dev);
     h.pool = Some(pool);
     for n in &names {
         h.verify_volume(n, false)?;

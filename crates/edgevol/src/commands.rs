@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
 use edgevol_api::{
-    CheckReport, Client, CloneVolume, CreatePool, CreateSnapshot, CreateVolume, ExportInfo,
-    PoolStatus, Resize, RollbackResult, SetProperties, SnapshotInfo, SpaceReport, VolumeInfo,
+    ChangeKey, CheckReport, Client, CloneVolume, CreatePool, CreateSnapshot, CreateVolume,
+    ExportInfo, KeyRequest, PoolStatus, Resize, RollbackResult, SetProperties, SnapshotInfo,
+    SpaceReport, VolumeInfo,
 };
 use hyper::Method;
 use serde::de::DeserializeOwned;
@@ -77,6 +78,20 @@ impl Ctx {
             return self.print_json(&serde_json::json!({ "destroyed": what, "kind": kind }));
         }
         println!("destroyed {kind} {what}");
+        Ok(())
+    }
+
+    /// Report a key operation.
+    fn key_done(&self, info: &VolumeInfo, what: &str) -> Result<()> {
+        if self.json {
+            return self.print_json(info);
+        }
+        println!(
+            "{what} {}/{} (keystatus {})",
+            info.pool,
+            info.name,
+            info.keystatus.as_deref().unwrap_or("-")
+        );
         Ok(())
     }
 
@@ -287,6 +302,12 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
                 human(s.free)
             );
             println!(
+                "  data: {} logical stored as {} (compressratio {:.2}x)",
+                human(s.logical),
+                human(s.data),
+                s.compressratio
+            );
+            println!(
                 "content: {} volumes, {} snapshots, {} referenced",
                 s.volumes,
                 s.snapshots,
@@ -385,7 +406,31 @@ pub enum VolumeCmd {
         /// Size (bytes or with K/M/G/T), a multiple of 4K.
         #[arg(long, short = 's', value_parser = size_arg)]
         size: u64,
-        /// Properties: readonly=on|off, comment=..., user properties (org:key=value).
+        /// Properties: compression=off|lz4|zstd|zstd-N, readonly=on|off,
+        /// comment=..., user properties (org:key=value); at creation only:
+        /// encryption=aes-256-gcm, keyformat=passphrase|raw|hex,
+        /// keylocation=prompt|file:///PATH|exec:/PATH.
+        #[arg(short = 'o', value_name = "KEY=VALUE")]
+        options: Vec<String>,
+    },
+    /// Load an encrypted volume's key (asks for it when keylocation=prompt).
+    LoadKey {
+        /// POOL/VOLUME.
+        volume: String,
+    },
+    /// Forget an encrypted volume's key (and its clones'): no I/O until load-key.
+    UnloadKey {
+        /// POOL/VOLUME.
+        volume: String,
+        /// Even while clients are attached (their I/O then fails).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Wrap an encrypted volume's key with a new secret (the key must be loaded; no data is rewritten).
+    ChangeKey {
+        /// POOL/VOLUME.
+        volume: String,
+        /// keyformat=passphrase|raw|hex, keylocation=prompt|file:///PATH|exec:/PATH.
         #[arg(short = 'o', value_name = "KEY=VALUE")]
         options: Vec<String>,
     },
@@ -450,12 +495,27 @@ pub fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
             options,
         } => {
             let (p, v) = pool_vol(&volume)?;
+            let properties = parse_kv(&options)?;
+            let encrypted = properties.get("encryption").is_some_and(|e| e != "off");
+            let location = properties
+                .get("keylocation")
+                .map_or("prompt", String::as_str);
+            let secret_hex = if encrypted && location == "prompt" {
+                let format = properties
+                    .get("keyformat")
+                    .map_or("passphrase", String::as_str);
+                let s = crate::secret::read_secret(&format!("{p}/{v}"), format, true)?;
+                Some(edgevol_api::hex_encode(&s))
+            } else {
+                None
+            };
             let info: VolumeInfo = ctx.post(
                 &format!("/pools/{}/volumes", seg(p)),
                 &CreateVolume {
                     name: v.to_string(),
                     size,
-                    properties: parse_kv(&options)?,
+                    properties,
+                    secret_hex,
                 },
             )?;
             if ctx.json {
@@ -463,6 +523,73 @@ pub fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
             }
             println!("created volume {p}/{v} ({})", human(info.size));
             Ok(())
+        }
+        VolumeCmd::LoadKey { volume } => {
+            let (p, v) = pool_vol(&volume)?;
+            let cur: VolumeInfo = ctx.get(&vol_path(p, v))?;
+            let Some(location) = cur.keylocation.clone() else {
+                bail!("volume {p}/{v} is not encrypted");
+            };
+            let secret_hex = if location == "prompt" {
+                let format = cur.keyformat.as_deref().unwrap_or("passphrase");
+                Some(edgevol_api::hex_encode(&crate::secret::read_secret(
+                    &format!("{p}/{v}"),
+                    format,
+                    false,
+                )?))
+            } else {
+                None
+            };
+            let info: VolumeInfo = ctx.post(
+                &format!("{}/load-key", vol_path(p, v)),
+                &KeyRequest { secret_hex },
+            )?;
+            ctx.key_done(&info, "loaded the key of")
+        }
+        VolumeCmd::UnloadKey { volume, force } => {
+            let (p, v) = pool_vol(&volume)?;
+            let info: VolumeInfo = ctx.call(
+                Method::POST,
+                &format!("{}/unload-key?force={force}", vol_path(p, v)),
+                None::<&()>,
+            )?;
+            ctx.key_done(&info, "unloaded the key of")
+        }
+        VolumeCmd::ChangeKey { volume, options } => {
+            let (p, v) = pool_vol(&volume)?;
+            let mut kv = parse_kv(&options)?;
+            let keyformat = kv.remove("keyformat");
+            let keylocation = kv.remove("keylocation");
+            if let Some(k) = kv.keys().next() {
+                bail!("change-key takes keyformat and keylocation, not {k:?}");
+            }
+            let cur: VolumeInfo = ctx.get(&vol_path(p, v))?;
+            let location = keylocation
+                .clone()
+                .or(cur.keylocation.clone())
+                .unwrap_or_else(|| "prompt".into());
+            let secret_hex = if location == "prompt" {
+                let format = keyformat
+                    .clone()
+                    .or(cur.keyformat.clone())
+                    .unwrap_or_else(|| "passphrase".into());
+                Some(edgevol_api::hex_encode(&crate::secret::read_secret(
+                    &format!("{p}/{v} (new)"),
+                    &format,
+                    true,
+                )?))
+            } else {
+                None
+            };
+            let info: VolumeInfo = ctx.post(
+                &format!("{}/change-key", vol_path(p, v)),
+                &ChangeKey {
+                    keyformat,
+                    keylocation,
+                    secret_hex,
+                },
+            )?;
+            ctx.key_done(&info, "changed the key of")
         }
         VolumeCmd::List { pool } => {
             let pools: Vec<String> = match pool {
@@ -516,6 +643,33 @@ pub fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
                     "-".into(),
                 ),
                 ("logicalsize".into(), info.size.to_string(), "-".into()),
+                ("stored".into(), space.stored.to_string(), "-".into()),
+                (
+                    "compressratio".into(),
+                    format!("{:.2}x", space.compressratio),
+                    "-".into(),
+                ),
+                (
+                    "compression".into(),
+                    info.compression.clone(),
+                    info.compression_source.clone(),
+                ),
+                ("encryption".into(), info.encryption.clone(), "-".into()),
+                (
+                    "keyformat".into(),
+                    info.keyformat.clone().unwrap_or_else(|| "none".into()),
+                    "-".into(),
+                ),
+                (
+                    "keylocation".into(),
+                    info.keylocation.clone().unwrap_or_else(|| "none".into()),
+                    "-".into(),
+                ),
+                (
+                    "keystatus".into(),
+                    info.keystatus.clone().unwrap_or_else(|| "-".into()),
+                    "-".into(),
+                ),
                 (
                     "origin".into(),
                     info.origin.clone().unwrap_or_else(|| "-".into()),
@@ -541,7 +695,7 @@ pub fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
                 ),
             ];
             for (k, val) in &info.properties {
-                if k != "readonly" {
+                if k != "readonly" && k != "compression" {
                     props.push((k.clone(), val.clone(), "local".into()));
                 }
             }

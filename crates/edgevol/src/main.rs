@@ -7,6 +7,7 @@
 //! ```
 
 mod commands;
+mod secret;
 mod serve;
 mod table;
 mod units;

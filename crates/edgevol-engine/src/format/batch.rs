@@ -27,21 +27,29 @@
 //! 72  4  crc32c of header_len bytes with this field zero
 //! 76  4  prev_crc: header crc of the previous batch in the stream (0: none)
 //!
-//! entry (40 bytes + 4 per checksum, + 16 for relocations):
-//! 0   1  kind: 1 write, 2 trim, 3 zero, 4 relocate, 5 copy
-//! 1   1  compression (0 none)
+//! entry (40 bytes + 4 per checksum, + 28 if encrypted, + 16 for relocations):
+//! 0   1  kind: 1 write, 2 trim, 3 zero, 4 relocate, 5 copy, 6 move
+//! 1   1  compression (0 none, 1 lz4, 2 zstd)
 //! 2   1  flags: bit 0 = zero range stays allocated (WRITE_ZEROES with NO_HOLE)
 //! 3   1  number of checksums
 //! 4   4  nblocks
 //! 8   4  lineage
-//! 12  4  zero
+//! 12  1  encryption (0 none, 1 aes-256-gcm)
+//! 13  3  zero
 //! 16  8  lba (first block)
 //! 24  8  birth epoch
 //! 32  4  payload offset from the batch start (0: no payload)
 //! 36  4  stored payload length
-//! 40 4n  crc32c per 4 KiB block of the payload (raw), or of the whole payload (compressed)
-//! relocate only: 8 old packed Paddr, 1 old offset-in-record (blocks), 7 zero
+//! 40 4n  crc32c per 4 KiB block of the payload (plain records), or one crc32c
+//!        of the whole stored payload (compressed and/or encrypted records)
+//! encrypted only: 12 nonce, 16 AES-GCM tag
+//! relocate, move: 8 old packed Paddr, 1 old offset-in-record (blocks), 7 zero
 //! ```
+//!
+//! Payloads of plain records start on 4 KiB boundaries (so single blocks can
+//! be read directly); compressed payloads are packed at 16-byte alignment. A
+//! `move` carries a whole compressed or encrypted record, moved as stored by
+//! the cleaner; its lba and nblocks are the record's.
 //!
 //! A batch is valid if its header checksum holds and its `prev_lsn` and
 //! `prev_crc` continue the stream's chain. Stale headers from a segment's
@@ -55,7 +63,7 @@ use crate::layout::{Paddr, SegId, BLOCK, CHUNK_BLOCKS};
 
 /// Magic of a batch header.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"EVLB");
-const VERSION: u16 = 1;
+const VERSION: u16 = 2;
 /// Size of the fixed part of the header.
 pub const FIXED_LEN: usize = 80;
 const CRC_FIELD: usize = 72;
@@ -75,6 +83,9 @@ pub enum EntryKind {
     /// A flatten copy: data inserted under an explicit (older) birth without
     /// touching newer entries.
     Copy = 5,
+    /// The cleaner moved a whole stored record (compressed or encrypted,
+    /// which cannot be split) here from `old`; every fragment follows it.
+    Move = 6,
 }
 
 impl TryFrom<u8> for EntryKind {
@@ -86,6 +97,7 @@ impl TryFrom<u8> for EntryKind {
             3 => EntryKind::Zero,
             4 => EntryKind::Relocate,
             5 => EntryKind::Copy,
+            6 => EntryKind::Move,
             _ => return Err(DecodeError::Invalid("log entry kind")),
         })
     }
@@ -117,13 +129,26 @@ pub struct LogEntry {
     pub stored_len: u32,
     /// Payload checksums.
     pub csums: Vec<u32>,
-    /// For relocations: where the fragment was, and its offset in that record.
+    /// Encryption of the payload.
+    pub enc: u8,
+    /// Encrypted payloads: nonce and tag.
+    pub seal: Option<crate::crypt::Seal>,
+    /// For relocations and moves: where the fragment (record) was, and its
+    /// offset in that record.
     pub reloc_from: Option<(Paddr, u8)>,
 }
 
 impl LogEntry {
-    fn encoded_len(&self) -> usize {
-        40 + 4 * self.csums.len() + if self.reloc_from.is_some() { 16 } else { 0 }
+    /// Encoded size.
+    pub fn encoded_len(&self) -> usize {
+        40 + 4 * self.csums.len()
+            + self.seal.map_or(0, |s| s.len())
+            + if self.reloc_from.is_some() { 16 } else { 0 }
+    }
+
+    /// True for payloads stored as plain blocks.
+    pub fn is_plain(&self) -> bool {
+        self.comp == 0 && self.enc == 0
     }
 
     fn encode(&self, w: &mut Writer<'_>) {
@@ -133,13 +158,17 @@ impl LogEntry {
         w.u8(self.csums.len() as u8);
         w.u32(self.nblocks);
         w.u32(self.lineage);
-        w.u32(0);
+        w.u8(self.enc);
+        w.zeros(3);
         w.u64(self.lba);
         w.u64(self.birth);
         w.u32(self.payload_off);
         w.u32(self.stored_len);
         for c in &self.csums {
             w.u32(*c);
+        }
+        if let Some(seal) = &self.seal {
+            w.bytes(seal);
         }
         if let Some((p, off)) = self.reloc_from {
             w.u64(p.to_u64());
@@ -155,7 +184,8 @@ impl LogEntry {
         let ncsums = r.u8()? as usize;
         let nblocks = r.u32()?;
         let lineage = r.u32()?;
-        r.skip(4)?;
+        let enc = r.u8()?;
+        r.skip(3)?;
         let lba = r.u64()?;
         let birth = r.u64()?;
         let payload_off = r.u32()?;
@@ -164,7 +194,14 @@ impl LogEntry {
         for _ in 0..ncsums {
             csums.push(r.u32()?);
         }
-        let reloc_from = if kind == EntryKind::Relocate {
+        let seal = if enc != crate::crypt::ENC_NONE {
+            let mut s = [0u8; crate::crypt::SEAL_LEN];
+            s.copy_from_slice(r.bytes(crate::crypt::SEAL_LEN)?);
+            Some(s)
+        } else {
+            None
+        };
+        let reloc_from = if matches!(kind, EntryKind::Relocate | EntryKind::Move) {
             let p = Paddr::from_u64(r.u64()?);
             let off = r.u8()?;
             r.skip(7)?;
@@ -183,6 +220,8 @@ impl LogEntry {
             payload_off,
             stored_len,
             csums,
+            enc,
+            seal,
             reloc_from,
         };
         e.validate(total_len)?;
@@ -194,24 +233,40 @@ impl LogEntry {
             return Err(DecodeError::Invalid("entry range"));
         }
         match self.kind {
-            EntryKind::Write | EntryKind::Relocate | EntryKind::Copy => {
+            EntryKind::Write | EntryKind::Relocate | EntryKind::Copy | EntryKind::Move => {
                 let in_chunk = self.lba % CHUNK_BLOCKS + u64::from(self.nblocks) <= CHUNK_BLOCKS;
                 let end = u64::from(self.payload_off) + u64::from(self.stored_len);
                 if !in_chunk || self.payload_off == 0 || end > u64::from(total_len) {
                     return Err(DecodeError::Invalid("record bounds"));
                 }
-                if self.comp == 0
-                    && (self.stored_len as usize != self.nblocks as usize * BLOCK
+                let raw_len = self.nblocks as usize * BLOCK;
+                if self.is_plain()
+                    && (self.stored_len as usize != raw_len
                         || self.csums.len() != self.nblocks as usize)
                 {
                     return Err(DecodeError::Invalid("raw record length"));
                 }
-                if self.comp != 0 && self.csums.len() != 1 {
-                    return Err(DecodeError::Invalid("compressed record checksum"));
+                if !self.is_plain()
+                    && (self.csums.len() != 1
+                        || self.stored_len == 0
+                        || self.stored_len as usize > raw_len
+                        || (self.comp == 0 && self.stored_len as usize != raw_len))
+                {
+                    return Err(DecodeError::Invalid("compressed or encrypted record"));
+                }
+                if (self.enc == crate::crypt::ENC_NONE) != self.seal.is_none() {
+                    return Err(DecodeError::Invalid("encryption seal"));
+                }
+                if self.kind == EntryKind::Move && self.is_plain() {
+                    return Err(DecodeError::Invalid("move of a plain record"));
                 }
             }
             EntryKind::Trim | EntryKind::Zero => {
-                if self.payload_off != 0 || self.stored_len != 0 || !self.csums.is_empty() {
+                if self.payload_off != 0
+                    || self.stored_len != 0
+                    || !self.csums.is_empty()
+                    || self.seal.is_some()
+                {
                     return Err(DecodeError::Invalid("trim with payload"));
                 }
             }
@@ -379,7 +434,7 @@ mod tests {
             next_segment: SegId::new(0, 4),
             prev_crc: 0x1234,
             stream: 0,
-            total_len: 3 * 4096,
+            total_len: 4 * 4096,
             entries: vec![
                 LogEntry {
                     kind: EntryKind::Write,
@@ -392,7 +447,24 @@ mod tests {
                     payload_off: 4096,
                     stored_len: 8192,
                     csums: vec![1, 2],
+                    enc: 0,
+                    seal: None,
                     reloc_from: None,
+                },
+                LogEntry {
+                    kind: EntryKind::Move,
+                    comp: 1,
+                    flags: 0,
+                    nblocks: 16,
+                    lineage: 2,
+                    lba: 48,
+                    birth: 6,
+                    payload_off: 3 * 4096,
+                    stored_len: 3000,
+                    csums: vec![7],
+                    enc: 1,
+                    seal: Some([3; 28]),
+                    reloc_from: Some((Paddr::new(SegId::new(0, 9), 8192), 0)),
                 },
                 LogEntry {
                     kind: EntryKind::Trim,
@@ -405,6 +477,8 @@ mod tests {
                     payload_off: 0,
                     stored_len: 0,
                     csums: vec![],
+                    enc: 0,
+                    seal: None,
                     reloc_from: None,
                 },
             ],

@@ -75,14 +75,44 @@ pub struct DataRef {
     pub rec_off: u8,
     /// Blocks in this fragment.
     pub nblocks: u8,
-    /// Compression (0: raw).
+    /// Compression (0: raw, see [`crate::compress`]).
     pub comp: u8,
-    /// Raw: crc32c of each block of this fragment. Compressed: one crc32c of
-    /// the whole stored payload.
+    /// Encryption (0: none, see [`crate::crypt`]).
+    pub enc: u8,
+    /// Plain records (no compression, no encryption): crc32c of each block
+    /// of this fragment. Others: one crc32c of the whole stored payload
+    /// (ciphertext for encrypted records: it reveals nothing, and lets
+    /// recovery and scrub check them without the key).
     pub csums: Arc<[u32]>,
+    /// Encrypted records: nonce ‖ authentication tag.
+    pub seal: Option<Arc<crate::crypt::Seal>>,
 }
 
 impl DataRef {
+    /// The invariants of a record reference (checked on decode).
+    pub fn fields_ok(&self) -> bool {
+        let fits = self.nblocks > 0
+            && u64::from(self.rec_blocks) <= crate::layout::CHUNK_BLOCKS
+            && u16::from(self.rec_off) + u16::from(self.nblocks) <= u16::from(self.rec_blocks);
+        let raw_len = u64::from(self.rec_blocks) * BLOCK_U64;
+        let sums_ok = if self.is_plain() {
+            self.csums.len() == self.nblocks as usize && u64::from(self.stored_len) == raw_len
+        } else {
+            self.csums.len() == 1
+                && self.stored_len > 0
+                && u64::from(self.stored_len) <= raw_len
+                && (self.comp != 0 || u64::from(self.stored_len) == raw_len)
+        };
+        let sealed_ok = (self.enc == crate::crypt::ENC_NONE) == self.seal.is_none();
+        fits && sums_ok && sealed_ok
+    }
+
+    /// True for a record stored as plain blocks: readable and movable one
+    /// block at a time.
+    pub fn is_plain(&self) -> bool {
+        self.comp == 0 && self.enc == 0
+    }
+
     /// Bytes the record occupies in its segment (its share of live space).
     pub fn footprint(&self) -> u64 {
         if self.comp == 0 {
@@ -92,10 +122,15 @@ impl DataRef {
         }
     }
 
+    /// Logical bytes of the whole record.
+    pub fn logical(&self) -> u64 {
+        u64::from(self.rec_blocks) * BLOCK_U64
+    }
+
     /// The sub-fragment of blocks `[from, to)` relative to this fragment.
     pub fn slice(&self, from: u8, to: u8) -> DataRef {
         debug_assert!(from < to && to <= self.nblocks);
-        let csums: Arc<[u32]> = if self.comp == 0 {
+        let csums: Arc<[u32]> = if self.is_plain() {
             Arc::from(&self.csums[from as usize..to as usize])
         } else {
             self.csums.clone()
@@ -107,7 +142,9 @@ impl DataRef {
             rec_off: self.rec_off + from,
             nblocks: to - from,
             comp: self.comp,
+            enc: self.enc,
             csums,
+            seal: self.seal.clone(),
         }
     }
 
@@ -163,7 +200,7 @@ impl Value {
     /// Approximate heap + inline bytes, for memory budgets.
     pub fn mem_size(&self) -> usize {
         match self {
-            Value::Data(d) => 64 + 4 * d.csums.len(),
+            Value::Data(d) => 64 + 4 * d.csums.len() + d.seal.as_ref().map_or(0, |_| 48),
             Value::Zero { .. } => 16,
         }
     }
@@ -173,13 +210,17 @@ const TAG_DELETED: u8 = 0;
 const TAG_DATA: u8 = 1;
 const TAG_ZERO: u8 = 2;
 const TAG_ZERO_ALLOC: u8 = 3;
+/// Data of an encrypted record: as TAG_DATA, then the algorithm and the seal.
+const TAG_DATA_SEALED: u8 = 4;
 
 /// Encoded size of an optional value (None = deletion marker).
 pub fn encoded_len(v: &Option<Value>) -> usize {
     match v {
         None => 1,
         Some(Value::Zero { .. }) => 2,
-        Some(Value::Data(d)) => 1 + 8 + 4 + 5 + 4 * d.csums.len(),
+        Some(Value::Data(d)) => {
+            1 + 8 + 4 + 5 + 4 * d.csums.len() + d.seal.as_ref().map_or(0, |s| 1 + s.len())
+        }
     }
 }
 
@@ -192,7 +233,11 @@ pub fn encode_value(v: &Option<Value>, w: &mut Writer<'_>) {
             w.u8(*nblocks);
         }
         Some(Value::Data(d)) => {
-            w.u8(TAG_DATA);
+            w.u8(if d.seal.is_some() {
+                TAG_DATA_SEALED
+            } else {
+                TAG_DATA
+            });
             w.u64(d.paddr.to_u64());
             w.u32(d.stored_len);
             w.u8(d.rec_blocks);
@@ -202,6 +247,10 @@ pub fn encode_value(v: &Option<Value>, w: &mut Writer<'_>) {
             w.u8(d.csums.len() as u8);
             for c in d.csums.iter() {
                 w.u32(*c);
+            }
+            if let Some(seal) = &d.seal {
+                w.u8(d.enc);
+                w.bytes(&seal[..]);
             }
         }
     }
@@ -222,7 +271,7 @@ pub fn decode_value(r: &mut Reader<'_>) -> Result<Option<Value>, DecodeError> {
                 alloc: t == TAG_ZERO_ALLOC,
             })
         }
-        TAG_DATA => {
+        t @ (TAG_DATA | TAG_DATA_SEALED) => {
             let paddr = Paddr::from_u64(r.u64()?);
             let stored_len = r.u32()?;
             let rec_blocks = r.u8()?;
@@ -234,6 +283,17 @@ pub fn decode_value(r: &mut Reader<'_>) -> Result<Option<Value>, DecodeError> {
             for _ in 0..n {
                 csums.push(r.u32()?);
             }
+            let (enc, seal) = if t == TAG_DATA_SEALED {
+                let enc = r.u8()?;
+                let mut seal = [0u8; crate::crypt::SEAL_LEN];
+                seal.copy_from_slice(r.bytes(crate::crypt::SEAL_LEN)?);
+                if enc == crate::crypt::ENC_NONE {
+                    return bad("sealed record without encryption");
+                }
+                (enc, Some(Arc::new(seal)))
+            } else {
+                (crate::crypt::ENC_NONE, None)
+            };
             let d = DataRef {
                 paddr,
                 stored_len,
@@ -241,17 +301,11 @@ pub fn decode_value(r: &mut Reader<'_>) -> Result<Option<Value>, DecodeError> {
                 rec_off,
                 nblocks,
                 comp,
+                enc,
                 csums: csums.into(),
+                seal,
             };
-            let fits = nblocks > 0
-                && u64::from(rec_blocks) <= crate::layout::CHUNK_BLOCKS
-                && u16::from(rec_off) + u16::from(nblocks) <= u16::from(rec_blocks);
-            let sums_ok = if comp == 0 {
-                n == nblocks as usize && stored_len as u64 == u64::from(rec_blocks) * BLOCK_U64
-            } else {
-                n == 1
-            };
-            if !fits || !sums_ok {
+            if !d.fields_ok() {
                 return bad("data extent fields");
             }
             Some(Value::Data(d))
@@ -273,7 +327,9 @@ mod tests {
             rec_off: 0,
             nblocks,
             comp: 0,
+            enc: 0,
             csums: (0..u32::from(nblocks)).collect::<Vec<_>>().into(),
+            seal: None,
         }
     }
 
@@ -299,6 +355,14 @@ mod tests {
                 alloc: true,
             }),
             Some(Value::Data(data(4).slice(1, 3))),
+            Some(Value::Data(DataRef {
+                comp: 1,
+                enc: 1,
+                stored_len: 5000,
+                csums: vec![77].into(),
+                seal: Some(Arc::new([5u8; 28])),
+                ..data(4).slice(0, 2)
+            })),
         ] {
             let mut buf = Vec::new();
             encode_value(&v, &mut Writer::new(&mut buf));

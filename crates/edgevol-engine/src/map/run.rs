@@ -685,6 +685,8 @@ mod tests {
                     rec_off: 0,
                     nblocks: 1,
                     comp: 0,
+                    enc: 0,
+                    seal: None,
                     csums: vec![i as u32].into(),
                 }))
             };

@@ -39,6 +39,24 @@ pub struct VolumeInfo {
     pub readonly: bool,
     /// Properties set on the volume.
     pub properties: BTreeMap<String, String>,
+    /// Compression of new writes (`off`, `lz4`, `zstd-N`).
+    #[serde(default)]
+    pub compression: String,
+    /// Where `compression` comes from: `local`, or `default` (the pool's).
+    #[serde(default)]
+    pub compression_source: String,
+    /// `off` or `aes-256-gcm`.
+    #[serde(default)]
+    pub encryption: String,
+    /// Encrypted volumes: `passphrase`, `raw` or `hex`.
+    #[serde(default)]
+    pub keyformat: Option<String>,
+    /// Encrypted volumes: `prompt`, `file:///...` or `exec:/...`.
+    #[serde(default)]
+    pub keylocation: Option<String>,
+    /// Encrypted volumes: `available` (key loaded) or `unavailable`.
+    #[serde(default)]
+    pub keystatus: Option<String>,
 }
 
 /// A snapshot as the API shows it.
@@ -63,7 +81,7 @@ pub struct SnapshotInfo {
 }
 
 /// `zfs list -o space`-like accounting for one volume (a map scan).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SpaceReport {
     /// Volume name.
     pub volume: String,
@@ -79,6 +97,12 @@ pub struct SpaceReport {
     pub used_by_snapshots: u64,
     /// Per snapshot: what destroying just it would free.
     pub snapshots: BTreeMap<String, u64>,
+    /// Bytes `used` takes on the devices (after compression).
+    #[serde(default)]
+    pub stored: u64,
+    /// `used / stored`, as ZFS's `compressratio` (1.0 for no data).
+    #[serde(default)]
+    pub compressratio: f64,
 }
 
 /// One device.
@@ -101,7 +125,7 @@ pub struct DeviceStatus {
 }
 
 /// Pool status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PoolStatus {
     /// Name.
     pub name: String,
@@ -119,8 +143,14 @@ pub struct PoolStatus {
     pub size: u64,
     /// Bytes in use: live data records plus metadata segments.
     pub allocated: u64,
-    /// Bytes of live data records.
+    /// Bytes of live data records (as stored, after compression).
     pub data: u64,
+    /// Logical bytes of the live data records.
+    #[serde(default)]
+    pub logical: u64,
+    /// `logical / data`: the pool's compression ratio.
+    #[serde(default)]
+    pub compressratio: f64,
     /// Bytes of metadata (map runs, checkpoints).
     pub metadata: u64,
     /// Bytes of new data the pool still accepts (usable capacity minus live
@@ -175,6 +205,34 @@ pub(crate) fn volume_info(sh: &Shared, cat: &Catalog, v: &VolumeRec) -> VolumeIn
         based_on: nearest_snapshot(cat, v.id, v.head, v.head_epoch, true).map(|s| s.name.clone()),
         readonly: v.props.get("readonly").is_some_and(|x| x == "on"),
         properties: v.props.clone(),
+        compression: v
+            .props
+            .get("compression")
+            .or_else(|| cat.pool_props.get("compression"))
+            .cloned()
+            .unwrap_or_else(|| "lz4".into()),
+        compression_source: if v.props.contains_key("compression") {
+            "local"
+        } else {
+            "default"
+        }
+        .into(),
+        encryption: if v.key.is_some() {
+            "aes-256-gcm"
+        } else {
+            "off"
+        }
+        .into(),
+        keyformat: v.key.as_ref().map(|k| k.format.name().to_string()),
+        keylocation: v.key.as_ref().map(|k| k.location.clone()),
+        keystatus: v.key.as_ref().map(|k| {
+            if sh.key(k.id).is_some() {
+                "available"
+            } else {
+                "unavailable"
+            }
+            .to_string()
+        }),
     }
 }
 
@@ -232,9 +290,14 @@ pub(crate) fn snapshot_infos(cat: &Catalog, v: &VolumeRec) -> Vec<SnapshotInfo> 
 
 pub(crate) fn pool_status(sh: &Shared) -> PoolStatus {
     let cat = sh.catalog();
-    let (data, meta_segs, free_segs) = {
+    let (data, meta_segs, free_segs, logical) = {
         let s = sh.segs.lock();
-        (s.live_total(), s.count(SegState::Meta), s.free_count())
+        (
+            s.live_total(),
+            s.count(SegState::Meta),
+            s.free_count(),
+            s.logical_total(),
+        )
     };
     let seg = sh.vdevs.segment_size;
     let size = sh.vdevs.total_segments() * seg;
@@ -297,6 +360,8 @@ pub(crate) fn pool_status(sh: &Shared) -> PoolStatus {
         size,
         allocated,
         data,
+        logical,
+        compressratio: ratio(logical, data),
         metadata,
         free,
         usable,
@@ -389,9 +454,11 @@ pub(crate) fn space_report(sh: &Shared, name: &str) -> Result<SpaceReport> {
                     }
                 }
                 for (i, who) in seen {
-                    if entries[i].1.data().is_none() {
+                    let Some(d) = entries[i].1.data() else {
                         continue;
-                    }
+                    };
+                    // This block's share of its record's stored bytes.
+                    rep.stored += d.footprint() / u64::from(d.rec_blocks.max(1));
                     if who.contains(&Viewer::Head) {
                         rep.used_by_dataset += BLOCK_U64;
                     } else {
@@ -423,6 +490,7 @@ pub(crate) fn space_report(sh: &Shared, name: &str) -> Result<SpaceReport> {
         flush_chunk(&mut chunk_entries);
     }
     rep.used = rep.used_by_dataset + rep.used_by_snapshots;
+    rep.compressratio = ratio(rep.used, rep.stored);
     for s in cat.snapshots_of(v.id) {
         rep.snapshots
             .insert(s.name.clone(), unique.get(&s.id).copied().unwrap_or(0));
@@ -430,13 +498,26 @@ pub(crate) fn space_report(sh: &Shared, name: &str) -> Result<SpaceReport> {
     Ok(rep)
 }
 
-/// Properties a volume accepts.
+/// `logical / stored`, rounded to 2 decimals; 1.0 with no data.
+fn ratio(logical: u64, stored: u64) -> f64 {
+    if stored == 0 {
+        return 1.0;
+    }
+    (logical as f64 / stored as f64 * 100.0).round() / 100.0
+}
+
+/// Properties a volume accepts (set or cleared at any time).
+/// `encryption`, `keyformat` and `keylocation` are given at creation only
+/// (`keyformat`/`keylocation` change with `change-key`).
 pub(crate) fn check_property_key(key: &str) -> Result<()> {
     match key {
-        "readonly" | "comment" => Ok(()),
+        "readonly" | "comment" | "compression" => Ok(()),
+        "encryption" | "keyformat" | "keylocation" => Err(Error::invalid(format!(
+            "{key} is set when the volume is created (keyformat and keylocation change with change-key)"
+        ))),
         k if k.contains(':') && k.len() <= 256 => Ok(()), // user property, `module:name`
         _ => Err(Error::invalid(format!(
-            "unknown or read-only property {key:?} (settable: readonly, comment, user properties like org:name)"
+            "unknown or read-only property {key:?} (settable: readonly, compression, comment, user properties like org:name)"
         ))),
     }
 }
@@ -448,6 +529,7 @@ pub(crate) fn check_property(key: &str, value: &str) -> Result<()> {
         "readonly" if value != "on" && value != "off" => Err(Error::invalid(format!(
             "readonly must be on or off, not {value:?}"
         ))),
+        "compression" => crate::compress::Compression::parse(value).map(|_| ()),
         _ if value.len() > 1024 => Err(Error::invalid("property values are limited to 1024 bytes")),
         _ => Ok(()),
     }

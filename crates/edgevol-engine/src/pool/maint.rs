@@ -35,6 +35,14 @@ pub struct MaintStatus {
     flushed_at_bytes: u64,
 }
 
+/// Send an op to the writer and wait for its answer.
+pub(crate) fn send_op<T>(
+    sh: &Shared,
+    make: impl FnOnce(super::writer::Done<T>) -> MaintOp,
+) -> Result<T> {
+    send(sh, make)
+}
+
 fn send<T>(sh: &Shared, make: impl FnOnce(super::writer::Done<T>) -> MaintOp) -> Result<T> {
     let (tx, rx) = futures::channel::oneshot::channel();
     sh.maint_tx
@@ -532,7 +540,7 @@ fn clean_segment(sh: &Shared, seg: SegId) -> Result<()> {
         for e in &h.entries {
             if !matches!(
                 e.kind,
-                EntryKind::Write | EntryKind::Relocate | EntryKind::Copy
+                EntryKind::Write | EntryKind::Relocate | EntryKind::Copy | EntryKind::Move
             ) {
                 continue;
             }
@@ -546,7 +554,39 @@ fn clean_segment(sh: &Shared, seg: SegId) -> Result<()> {
                     usize::MAX,
                 )?
                 .entries;
-            for (k, v) in entries {
+            if !e.is_plain() {
+                // Compressed or encrypted: the record moves whole, as stored
+                // (no key needed), if any fragment of it is still live.
+                if !entries
+                    .iter()
+                    .any(|(_, v)| v.data().is_some_and(|d| d.paddr == rec))
+                {
+                    continue;
+                }
+                let s = off + e.payload_off as usize;
+                let Some(data) = b.get(s..s + e.stored_len as usize) else {
+                    continue;
+                };
+                if e.csums.first() != Some(&crc32c::crc32c(data)) {
+                    sh.vdevs.note_checksum_error(seg);
+                    sh.stats.checksum_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(pool = %sh.name, segment = ?seg, "cleaner found a checksum mismatch; moving the record as is");
+                }
+                pending += data.len();
+                items.push(RelocItem {
+                    key: Key::new(e.lineage, e.lba, e.birth),
+                    old: rec,
+                    old_rec_off: 0,
+                    nblocks: e.nblocks as u8,
+                    comp: e.comp,
+                    enc: e.enc,
+                    seal: e.seal,
+                    whole: true,
+                    data: Bytes::copy_from_slice(data),
+                    csums: e.csums.clone(),
+                });
+            }
+            for (k, v) in entries.into_iter().filter(|_| e.is_plain()) {
                 let Some(d) = v.data() else { continue };
                 if d.paddr != rec {
                     continue;
@@ -571,6 +611,9 @@ fn clean_segment(sh: &Shared, seg: SegId) -> Result<()> {
                     old_rec_off: d.rec_off,
                     nblocks: d.nblocks,
                     comp: d.comp,
+                    enc: d.enc,
+                    seal: None,
+                    whole: false,
                     data: Bytes::copy_from_slice(data),
                     csums: d.csums.to_vec(),
                 });
@@ -639,22 +682,24 @@ pub(crate) fn flatten(sh: &Arc<Shared>, name: &str) -> Result<()> {
     let mut ticket = Some(sh.gate.enter());
     super::walk::for_each_populated(sh, &parent, 0, blocks, |pieces| {
         for p in pieces {
-            let PieceKind::Data(d) = &p.kind else {
+            if !matches!(p.kind, PieceKind::Data(_)) {
                 continue;
-            };
-            let at = u64::from(d.paddr.offset) + u64::from(d.rec_off) * BLOCK_U64;
-            let len = u64::from(p.nblocks) * BLOCK_U64;
-            let mut buf = AlignedBuf::zeroed(len as usize);
-            sh.vdevs.read(d.paddr.seg, at, buf.as_mut_slice())?;
-            for (blk, want) in buf.as_slice().chunks(BLOCK).zip(d.csums.iter()) {
-                if crc32c::crc32c(blk) != *want {
-                    return Err(Error::corrupt(format!(
-                        "cannot flatten {name}: origin data at block {} fails its checksum",
-                        p.lba
-                    )));
+            }
+            // Plain data (decrypted and decompressed): the copy is stored
+            // the way the clone stores new writes.
+            let segs =
+                futures::executor::block_on(super::read::read_pieces(sh, std::slice::from_ref(p)))
+                    .map_err(|e| {
+                        Error::new(
+                            e.kind(),
+                            format!("cannot flatten {name}: origin data at block {}: {e}", p.lba),
+                        )
+                    })?;
+            for seg in segs {
+                if let super::read::ReadSeg::Data(b) = seg {
+                    copies.push((p.lba, b));
                 }
             }
-            copies.push((p.lba, Bytes::copy_from_slice(buf.as_slice())));
         }
         // Hand the copies to the writer outside the gate (the writer may
         // have to wait for a grace period).

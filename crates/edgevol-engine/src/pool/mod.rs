@@ -161,9 +161,16 @@ pub(crate) struct Shared {
     pub meta_roots: Mutex<(Vec<crate::layout::MetaExtent>, Option<crate::layout::SegId>)>,
     /// (segment table generation, metadata segments, metadata bytes).
     pub usable_cache: Mutex<(u64, u64, u64)>,
+    /// Loaded data keys, by id (never persisted).
+    pub keys: RwLock<std::collections::HashMap<u64, Arc<crate::crypt::DataKey>>>,
 }
 
 impl Shared {
+    /// A loaded data key.
+    pub fn key(&self, id: u64) -> Option<Arc<crate::crypt::DataKey>> {
+        self.keys.read().get(&id).cloned()
+    }
+
     /// Ask the maintenance thread to look for work now.
     pub fn wake_maintenance(&self) {
         let (m, cv) = &self.maint_wake;
@@ -261,6 +268,10 @@ pub(crate) fn usable_bytes(sh: &Shared) -> u64 {
     let total = sh.vdevs.total_segments();
     let held = data_reserve(sh) + 2 * writer::STREAMS as u64 + meta_segs + map_bytes.div_ceil(seg);
     total.saturating_sub(held) * seg / 100 * (100 - OVERPROVISION_PERCENT)
+}
+
+fn map_key(l: u32, lba: u64) -> crate::map::Key {
+    crate::map::Key::lower(l, lba)
 }
 
 /// Split `VOL@SNAP` into its parts.
@@ -375,22 +386,167 @@ impl Pool {
         Ok((v, s))
     }
 
-    /// Create a volume.
+    /// Create a volume. Properties: see [`info::check_property`]; an
+    /// encrypted volume (`encryption=aes-256-gcm`) takes its secret from
+    /// its `keylocation` (`file://`, `exec:`) — use
+    /// [`Pool::create_volume_with_key`] to give it (`prompt`).
     pub fn create_volume(
         &self,
         name: &str,
         size: u64,
         props: BTreeMap<String, String>,
     ) -> Result<VolumeInfo> {
+        self.create_volume_with_key(name, size, props, None)
+    }
+
+    /// Create a volume, with the secret wrapping an encrypted volume's key.
+    pub fn create_volume_with_key(
+        &self,
+        name: &str,
+        size: u64,
+        mut props: BTreeMap<String, String>,
+        secret: Option<crate::crypt::Secret>,
+    ) -> Result<VolumeInfo> {
+        let enc = props.remove("encryption");
+        let format = props.remove("keyformat");
+        let location = props.remove("keylocation");
         for (k, v) in &props {
             info::check_property(k, v)?;
+        }
+        let key = match enc.as_deref() {
+            None | Some("off") => {
+                if format.is_some() || location.is_some() || secret.is_some() {
+                    return Err(Error::invalid(
+                        "keyformat, keylocation and a key only apply to encryption=aes-256-gcm",
+                    ));
+                }
+                None
+            }
+            Some("aes-256-gcm" | "on") => {
+                let format =
+                    crate::crypt::KeyFormat::parse(format.as_deref().unwrap_or("passphrase"))?;
+                let location = location.unwrap_or_else(|| "prompt".into());
+                crate::crypt::check_location(&location)?;
+                let secret = match secret {
+                    Some(s) => s,
+                    None => crate::crypt::fetch_secret(&location)?,
+                };
+                Some(crate::crypt::KeyRec::create(
+                    rand::random::<u64>() >> 1,
+                    format,
+                    &location,
+                    &secret,
+                    None,
+                )?)
+            }
+            Some(other) => {
+                return Err(Error::invalid(format!(
+                    "encryption must be off or aes-256-gcm, not {other:?}"
+                )))
+            }
+        };
+        let rec = key.as_ref().map(|(r, _)| r.clone());
+        if let Some((r, dk)) = key {
+            self.set_key(r.id, Some(Arc::new(dk)))?;
         }
         self.sh.control(Control::CreateVolume {
             name: name.to_string(),
             size,
             props,
+            key: rec,
         })?;
         self.volume_info(name)
+    }
+
+    fn set_key(&self, id: u64, key: Option<Arc<crate::crypt::DataKey>>) -> Result<()> {
+        maint::send_op(&self.sh, |d| MaintOp::SetKey(id, key, d))
+    }
+
+    fn key_rec(&self, vol: &str) -> Result<crate::crypt::KeyRec> {
+        self.sh
+            .catalog()
+            .volume_by_name(vol)?
+            .key
+            .clone()
+            .ok_or_else(|| Error::invalid(format!("volume {vol:?} is not encrypted")))
+    }
+
+    /// Load an encrypted volume's key: unwrap its data key with `secret`, or
+    /// with what its `keylocation` gives. A wrong secret is an error
+    /// (PermissionDenied) and changes nothing.
+    pub fn load_key(&self, vol: &str, secret: Option<crate::crypt::Secret>) -> Result<()> {
+        let rec = self.key_rec(vol)?;
+        let secret = match secret {
+            Some(s) => s,
+            None => crate::crypt::fetch_secret(&rec.location)?,
+        };
+        let key = rec.unlock(&secret)?;
+        self.set_key(rec.id, Some(Arc::new(key)))
+    }
+
+    /// Forget an encrypted volume's key (and so its clones', which share
+    /// it): its data can no longer be read or written until `load_key`.
+    pub fn unload_key(&self, vol: &str) -> Result<()> {
+        let rec = self.key_rec(vol)?;
+        self.set_key(rec.id, None)
+    }
+
+    /// True if the volume is not encrypted or its key is loaded.
+    pub fn key_available(&self, vol: &str) -> Result<bool> {
+        let cat = self.sh.catalog();
+        let v = cat.volume_by_name(vol)?;
+        Ok(v.key.as_ref().is_none_or(|k| self.sh.key(k.id).is_some()))
+    }
+
+    /// Wrap an encrypted volume's data key with a new secret (and format and
+    /// location). The key must be loaded; no data is rewritten; snapshots
+    /// and clones stay readable.
+    pub fn change_key(
+        &self,
+        vol: &str,
+        format: Option<&str>,
+        location: Option<&str>,
+        secret: Option<crate::crypt::Secret>,
+    ) -> Result<()> {
+        let rec = self.key_rec(vol)?;
+        let key = self.sh.key(rec.id).ok_or_else(|| {
+            Error::new(
+                ErrorKind::PermissionDenied,
+                format!("load the key of {vol} before changing it"),
+            )
+        })?;
+        let format = match format {
+            Some(f) => crate::crypt::KeyFormat::parse(f)?,
+            None => rec.format,
+        };
+        let location = location.unwrap_or(&rec.location).to_string();
+        let secret = match secret {
+            Some(s) => s,
+            None => crate::crypt::fetch_secret(&location)?,
+        };
+        let new = rec.rewrap_loaded(&key, format, &location, &secret, None)?;
+        let id = self.vol_id(vol)?;
+        self.sh
+            .control(Control::SetKeyRec { vol: id, key: new })
+            .map(|_| ())
+    }
+
+    /// Load the keys of every encrypted volume whose key lives in a file or
+    /// comes from a command (import does this); failures are logged.
+    pub fn load_keys_from_locations(&self) {
+        let cat = self.sh.catalog();
+        for v in cat.volumes.values() {
+            let Some(rec) = &v.key else { continue };
+            if rec.location == "prompt" || self.sh.key(rec.id).is_some() {
+                continue;
+            }
+            match self.load_key(&v.name, None) {
+                Ok(()) => tracing::info!(pool = %self.sh.name, volume = %v.name, "loaded key"),
+                Err(e) => {
+                    tracing::warn!(pool = %self.sh.name, volume = %v.name, error = %e, "cannot load key")
+                }
+            }
+        }
     }
 
     /// Every volume.
@@ -559,6 +715,32 @@ impl Pool {
     /// Run the cleaner on up to `max` segments now (tests, benchmarks).
     pub fn clean_now(&self, max: usize) -> Result<u64> {
         maint::clean(&self.sh, max, 1.0)
+    }
+
+    /// Where the record holding block `lba` of volume `vol` is stored: the
+    /// byte offset on its (first) device and the stored length. For tests
+    /// and debugging tools.
+    pub fn debug_record_location(&self, vol: &str, lba: u64) -> Result<(u64, u64)> {
+        let cat = self.sh.catalog();
+        let chain = cat.head_chain(cat.volume_by_name(vol)?.id)?;
+        let sh = &self.sh;
+        let pieces = crate::chunk::resolve(&chain, lba, 1, |l, f, t| {
+            Ok(sh
+                .map
+                .scan(map_key(l, f), map_key(l, t), usize::MAX)?
+                .entries)
+        })?;
+        match pieces.first().map(|p| &p.kind) {
+            Some(crate::chunk::PieceKind::Data(d)) => Ok((
+                self.sh
+                    .vdevs
+                    .device_offset(d.paddr.seg, u64::from(d.paddr.offset)),
+                u64::from(d.stored_len),
+            )),
+            _ => Err(Error::not_found(format!(
+                "block {lba} of {vol} holds no data"
+            ))),
+        }
     }
 
     /// One line per segment (state, live KiB, written KiB), for debugging.

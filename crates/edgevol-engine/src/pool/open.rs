@@ -270,6 +270,7 @@ fn shared(
         memtable_budget: super::memtable_budget(&cfg_budget, pool_bytes),
         meta_roots: Mutex::new((Vec::new(), None)),
         usable_cache: Mutex::new((0, 0, 0)),
+        keys: RwLock::new(std::collections::HashMap::new()),
     });
     (sh, data_rx, maint_rx)
 }
@@ -637,7 +638,7 @@ fn verify_payloads(vdevs: &Vdevs, f: &Found) -> Vec<bool> {
             let Some(p) = b.get(s..s + e.stored_len as usize) else {
                 return false;
             };
-            if e.comp == 0 {
+            if e.is_plain() {
                 p.chunks(BLOCK)
                     .zip(&e.csums)
                     .all(|(blk, c)| crc32c::crc32c(blk) == *c)

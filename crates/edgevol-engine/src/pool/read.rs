@@ -19,7 +19,7 @@ use crate::catalog::Chain;
 use crate::chunk::{self, Piece, PieceKind};
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{Paddr, BLOCK, BLOCK_U64};
-use crate::map::Key;
+use crate::map::{DataRef, Key};
 
 /// A piece of a read result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,7 +169,7 @@ impl Volume {
         // Held from before the map lookup until the last device read: the
         // segments we read cannot be reused under us.
         let _ticket = sh.gate.enter();
-        let mut plan: Vec<Part> = Vec::new();
+        let mut out = Vec::new();
         let mut done = 0u64;
         // Resolve in bounded windows so a huge read never builds a huge plan.
         while done < n {
@@ -180,30 +180,8 @@ impl Volume {
                     .scan(Key::lower(l, f), Key::lower(l, t), usize::MAX)?
                     .entries)
             })?;
-            plan_reads(&pieces, &mut plan);
+            out.extend(read_pieces(sh, &pieces).await?);
             done += w;
-        }
-        let reads = plan.iter().filter_map(|p| match p {
-            Part::Read { at, blocks, .. } => Some(sh.vdevs.read_owned(
-                at.seg,
-                u64::from(at.offset),
-                AlignedBuf::zeroed((*blocks * BLOCK_U64) as usize),
-            )),
-            Part::Zero(_) => None,
-        });
-        let mut bufs = futures::future::join_all(reads).await.into_iter();
-        let mut out = Vec::with_capacity(plan.len());
-        for p in plan {
-            match p {
-                Part::Zero(bytes) => out.push(ReadSeg::Zero(bytes)),
-                Part::Read { at, csums, .. } => {
-                    let buf = bufs
-                        .next()
-                        .ok_or_else(|| Error::corrupt("read plan and results disagree"))??;
-                    verify(sh, at, buf.as_slice(), &csums)?;
-                    out.push(ReadSeg::Data(Bytes::from_owner(buf)));
-                }
-            }
         }
         Ok(out)
     }
@@ -321,7 +299,8 @@ impl Volume {
     }
 }
 
-/// One step of a read: zeroes, or one device read of contiguous raw blocks.
+/// One step of a read: zeroes, one device read of contiguous plain blocks,
+/// or (part of) one compressed or encrypted record, read whole.
 enum Part {
     Zero(u64),
     Read {
@@ -329,10 +308,119 @@ enum Part {
         blocks: u64,
         csums: Vec<u32>,
     },
+    Record {
+        d: DataRef,
+        lineage: u32,
+        /// The record's first block (its place, for authentication).
+        rec_lba: u64,
+        birth: u64,
+        /// Blocks wanted, from `d.rec_off`.
+        blocks: u64,
+    },
 }
 
-/// Turn resolved pieces into reads, merging physically contiguous raw
-/// fragments into one device read (at most 1 MiB).
+/// Read the resolved `pieces` (caller holds a reuse-gate ticket): every
+/// device read at once, through the thread's io_uring when it has one;
+/// every block verified (checksums, or authentication for encrypted
+/// records, which are decrypted), compressed records decompressed.
+pub(crate) async fn read_pieces(sh: &Shared, pieces: &[Piece]) -> Result<Vec<ReadSeg>> {
+    let mut plan: Vec<Part> = Vec::new();
+    plan_reads(pieces, &mut plan);
+    let reads = plan.iter().map(|p| read_part(sh, p));
+    futures::future::join_all(reads).await.into_iter().collect()
+}
+
+async fn read_part(sh: &Shared, p: &Part) -> Result<ReadSeg> {
+    match p {
+        Part::Zero(bytes) => Ok(ReadSeg::Zero(*bytes)),
+        Part::Read { at, blocks, csums } => {
+            let buf = sh
+                .vdevs
+                .read_owned(
+                    at.seg,
+                    u64::from(at.offset),
+                    AlignedBuf::zeroed((*blocks * BLOCK_U64) as usize),
+                )
+                .await?;
+            verify(sh, *at, buf.as_slice(), csums)?;
+            Ok(ReadSeg::Data(Bytes::from_owner(buf)))
+        }
+        Part::Record {
+            d,
+            lineage,
+            rec_lba,
+            birth,
+            blocks,
+        } => {
+            let key = match d.enc {
+                crate::crypt::ENC_NONE => None,
+                _ => Some(lineage_key(sh, *lineage)?),
+            };
+            // The stored record, from an aligned span around it.
+            let start = u64::from(d.paddr.offset) & !(BLOCK_U64 - 1);
+            let end =
+                (u64::from(d.paddr.offset) + u64::from(d.stored_len)).next_multiple_of(BLOCK_U64);
+            let mut buf = sh
+                .vdevs
+                .read_owned(
+                    d.paddr.seg,
+                    start,
+                    AlignedBuf::zeroed((end - start) as usize),
+                )
+                .await?;
+            let lo = (u64::from(d.paddr.offset) - start) as usize;
+            let stored = &mut buf.as_mut_slice()[lo..lo + d.stored_len as usize];
+            if d.csums.first() != Some(&crc32c::crc32c(stored)) {
+                return Err(checksum_failure(sh, d.paddr));
+            }
+            if let (Some(key), Some(seal)) = (key, &d.seal) {
+                let place = crate::crypt::RecordPlace {
+                    lineage: *lineage,
+                    lba: *rec_lba,
+                    birth: *birth,
+                    blocks: d.rec_blocks,
+                    comp: d.comp,
+                };
+                if let Err(e) = key.open(seal, &place, stored) {
+                    sh.vdevs.note_checksum_error(d.paddr.seg);
+                    sh.stats.checksum_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(pool = %sh.name, record = ?d.paddr, "encrypted record failed authentication");
+                    return Err(e);
+                }
+            }
+            let from = usize::from(d.rec_off) * BLOCK;
+            let len = *blocks as usize * BLOCK;
+            if d.comp == crate::compress::COMP_NONE {
+                let b = Bytes::from_owner(buf);
+                return Ok(ReadSeg::Data(b.slice(lo + from..lo + from + len)));
+            }
+            let plain = crate::compress::decompress(d.comp, stored, d.logical() as usize)?;
+            Ok(ReadSeg::Data(Bytes::from(plain).slice(from..from + len)))
+        }
+    }
+}
+
+/// The loaded key that decrypts records of lineage `l`.
+fn lineage_key(sh: &Shared, l: u32) -> Result<std::sync::Arc<crate::crypt::DataKey>> {
+    let id = sh.catalog().key_of(l);
+    id.and_then(|id| sh.key(id)).ok_or_else(|| {
+        Error::new(
+            ErrorKind::PermissionDenied,
+            "the data is encrypted and its key is not loaded (edgevol volume load-key)",
+        )
+    })
+}
+
+fn checksum_failure(sh: &Shared, at: Paddr) -> Error {
+    sh.vdevs.note_checksum_error(at.seg);
+    sh.stats.checksum_errors.fetch_add(1, Ordering::Relaxed);
+    tracing::error!(pool = %sh.name, record = ?at, "checksum mismatch on read");
+    Error::corrupt(format!("checksum mismatch in the record at {at:?}"))
+}
+
+/// Turn resolved pieces into reads, merging physically contiguous plain
+/// fragments into one device read (at most 1 MiB) and consecutive pieces
+/// of one packed record into one record read.
 fn plan_reads(pieces: &[Piece], out: &mut Vec<Part>) {
     let mut i = 0;
     while i < pieces.len() {
@@ -346,6 +434,31 @@ fn plan_reads(pieces: &[Piece], out: &mut Vec<Part>) {
                 }
                 i += 1;
             }
+            PieceKind::Data(d) if !d.is_plain() => {
+                let (lineage, birth) = p.origin.unwrap_or((0, 0));
+                let rec_lba = p.lba - u64::from(d.rec_off);
+                let mut blocks = u64::from(p.nblocks);
+                let mut j = i + 1;
+                while let Some(q) = pieces.get(j) {
+                    let PieceKind::Data(n) = &q.kind else { break };
+                    if n.paddr != d.paddr
+                        || q.origin != p.origin
+                        || u64::from(n.rec_off) != u64::from(d.rec_off) + blocks
+                    {
+                        break;
+                    }
+                    blocks += u64::from(q.nblocks);
+                    j += 1;
+                }
+                out.push(Part::Record {
+                    d: d.clone(),
+                    lineage,
+                    rec_lba,
+                    birth,
+                    blocks,
+                });
+                i = j;
+            }
             PieceKind::Data(d) => {
                 let start = Paddr::new(
                     d.paddr.seg,
@@ -356,8 +469,7 @@ fn plan_reads(pieces: &[Piece], out: &mut Vec<Part>) {
                 let mut j = i + 1;
                 while let Some(PieceKind::Data(n)) = pieces.get(j).map(|q| &q.kind) {
                     let at = n.paddr.offset + u32::from(n.rec_off) * BLOCK as u32;
-                    let contiguous = n.comp == 0
-                        && d.comp == 0
+                    let contiguous = n.is_plain()
                         && n.paddr.seg == start.seg
                         && u64::from(at) == u64::from(start.offset) + blocks * BLOCK_U64
                         && blocks < 256;

@@ -44,6 +44,9 @@ pub struct SegInfo {
     pub written: u32,
     /// Highest batch lsn written here (data segments).
     pub max_lsn: u64,
+    /// Logical bytes of the live records (data segments): with `live`,
+    /// the compression ratio.
+    pub logical: u64,
 }
 
 impl SegInfo {
@@ -52,6 +55,7 @@ impl SegInfo {
         live: 0,
         written: 0,
         max_lsn: 0,
+        logical: 0,
     };
 }
 
@@ -72,6 +76,7 @@ pub struct SegmentTable {
     free: Vec<BTreeSet<u32>>,
     next_group: usize,
     live_total: u64,
+    logical_total: u64,
     /// The metadata segment extents are appended to, and its next free block.
     meta_cur: Option<(SegId, u32)>,
     /// Blocks per segment.
@@ -94,6 +99,7 @@ impl SegmentTable {
             free: Vec::new(),
             next_group: 0,
             live_total: 0,
+            logical_total: 0,
             meta_cur: None,
             seg_blocks: (segment_size / BLOCK_U64) as u32,
             generation: 0,
@@ -142,6 +148,13 @@ impl SegmentTable {
             .flatten()
             .filter(|s| s.state == SegState::Data)
             .map(|s| s.live)
+            .sum();
+        self.logical_total = self
+            .segs
+            .iter()
+            .flatten()
+            .filter(|s| s.state == SegState::Data)
+            .map(|s| s.logical)
             .sum();
     }
 
@@ -321,15 +334,20 @@ impl SegmentTable {
     /// Return a segment to the free list.
     pub fn release(&mut self, seg: SegId) {
         self.generation += 1;
-        let live = match self.get_mut(seg) {
+        let (live, logical) = match self.get_mut(seg) {
             Some(s) => {
-                let live = if s.state == SegState::Data { s.live } else { 0 };
+                let x = if s.state == SegState::Data {
+                    (s.live, s.logical)
+                } else {
+                    (0, 0)
+                };
                 *s = SegInfo::FREE;
-                live
+                x
             }
             None => return,
         };
         self.live_total -= live;
+        self.logical_total -= logical;
         if let Some(set) = self.free.get_mut(seg.group as usize) {
             set.insert(seg.index);
         }
@@ -344,21 +362,31 @@ impl SegmentTable {
         }
     }
 
-    /// Add live bytes.
-    pub fn add_live(&mut self, seg: SegId, bytes: u64) {
+    /// Add a live record: stored and logical bytes.
+    pub fn add_live(&mut self, seg: SegId, bytes: u64, logical: u64) {
         if let Some(s) = self.get_mut(seg) {
             s.live += bytes;
+            s.logical += logical;
             self.live_total += bytes;
+            self.logical_total += logical;
         }
     }
 
-    /// Remove live bytes (saturating: accounting errors are reported by check).
-    pub fn sub_live(&mut self, seg: SegId, bytes: u64) {
+    /// Remove a live record (saturating: accounting errors are reported by check).
+    pub fn sub_live(&mut self, seg: SegId, bytes: u64, logical: u64) {
         if let Some(s) = self.get_mut(seg) {
             let b = bytes.min(s.live);
+            let l = logical.min(s.logical);
             s.live -= b;
+            s.logical -= l;
             self.live_total -= b;
+            self.logical_total -= l;
         }
+    }
+
+    /// Logical bytes of live data records.
+    pub fn logical_total(&self) -> u64 {
+        self.logical_total
     }
 
     /// Free segments.
@@ -400,7 +428,7 @@ mod tests {
         let a = t.alloc(SegState::Data).unwrap();
         let b = t.alloc(SegState::Data).unwrap();
         assert_ne!(a.group, b.group, "allocation rotates across groups");
-        t.add_live(a, 100);
+        t.add_live(a, 100, 100);
         assert_eq!(t.live_total(), 100);
         assert_eq!(t.free_count(), 2);
         t.release(a);

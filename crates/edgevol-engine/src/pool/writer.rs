@@ -32,6 +32,8 @@ use futures::channel::oneshot;
 use crate::buf::AlignedBuf;
 use crate::catalog::{Catalog, Effects, ViewStep};
 use crate::chunk::{self, ChunkChanges, NewValue};
+use crate::compress::{Compression, COMP_NONE};
+use crate::crypt::{RecordPlace, ENC_NONE};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::batch::{BatchHeader, EntryKind, LogEntry, FLAG_ZERO_ALLOC};
 use crate::format::uberblock::Uberblock;
@@ -95,6 +97,12 @@ pub(crate) enum Control {
         name: String,
         size: u64,
         props: BTreeMap<String, String>,
+        key: Option<crate::crypt::KeyRec>,
+    },
+    /// A volume's key wrapped anew (change-key).
+    SetKeyRec {
+        vol: u64,
+        key: crate::crypt::KeyRec,
     },
     Snapshot {
         vol: u64,
@@ -137,12 +145,18 @@ pub(crate) enum Control {
 }
 
 /// A fragment the cleaner moves.
+/// A fragment (plain records) or a whole stored record (compressed or
+/// encrypted, `whole`: key = (lineage, record lba, birth), nblocks = the
+/// record's blocks, data = the stored bytes) the cleaner moves.
 pub(crate) struct RelocItem {
     pub key: Key,
     pub old: Paddr,
     pub old_rec_off: u8,
     pub nblocks: u8,
     pub comp: u8,
+    pub enc: u8,
+    pub seal: Option<crate::crypt::Seal>,
+    pub whole: bool,
     pub data: Bytes,
     pub csums: Vec<u32>,
 }
@@ -179,6 +193,9 @@ pub(crate) enum MaintOp {
     FailStalled,
     /// Flush the memtable from the writer and move the replay point to now.
     FlushNow(Done<()>),
+    /// Load (Some) or unload (None) a data key, after every write batched
+    /// so far is sealed (so no record waits for a key that is gone).
+    SetKey(u64, Option<Arc<crate::crypt::DataKey>>, Done<()>),
     Shutdown(Done<()>),
 }
 
@@ -214,18 +231,35 @@ impl Batch {
         self.entries.is_empty()
     }
 
-    fn entry_len(csums: usize, reloc: bool) -> usize {
-        40 + 4 * csums + if reloc { 16 } else { 0 }
+    /// Header bytes of an entry with `csums` checksums (plain writes).
+    fn entry_len(csums: usize) -> usize {
+        40 + 4 * csums
     }
 
-    /// Total bytes if an entry of `elen` with `plen` payload bytes were added.
-    fn total_with(&self, elen: usize, plen: usize) -> usize {
+    /// Where a payload must start: plain blocks on 4 KiB boundaries (they
+    /// are read one block at a time), packed records on 16 bytes.
+    fn align(plain: bool) -> usize {
+        if plain {
+            BLOCK
+        } else {
+            16
+        }
+    }
+
+    /// Total bytes if an entry of `elen` with `plen` payload bytes (plain or
+    /// packed) were added.
+    fn total_with(&self, elen: usize, plen: usize, plain: bool) -> usize {
         let hb = (self.header_len + elen).div_ceil(BLOCK);
-        hb * BLOCK + self.payload + plen
+        let at = if plen > 0 {
+            self.payload.next_multiple_of(Self::align(plain))
+        } else {
+            self.payload
+        };
+        (hb * BLOCK + at + plen).next_multiple_of(BLOCK)
     }
 
     fn push(&mut self, mut e: LogEntry, data: Option<&[u8]>) {
-        let elen = Self::entry_len(e.csums.len(), e.reloc_from.is_some());
+        let elen = e.encoded_len();
         let hb = (self.header_len + elen).div_ceil(BLOCK);
         if hb > self.hdr_blocks {
             // Make room for a bigger header: shift the payload right.
@@ -240,11 +274,12 @@ impl Batch {
         }
         self.header_len += elen;
         if let Some(d) = data {
-            let at = self.hdr_blocks * BLOCK + self.payload;
+            let rel = self.payload.next_multiple_of(Self::align(e.is_plain()));
+            let at = self.hdr_blocks * BLOCK + rel;
             self.buf.resize(at + d.len());
             self.buf.as_mut_slice()[at..at + d.len()].copy_from_slice(d);
-            e.payload_off = self.payload as u32; // relative; fixed up when written
-            self.payload += d.len();
+            e.payload_off = rel as u32; // relative; fixed up when written
+            self.payload = rel + d.len();
         }
         self.entries.push(e);
     }
@@ -318,6 +353,8 @@ pub(crate) struct Writer {
     space_waiters: VecDeque<Job>,
     /// Bumped whenever `cat` is replaced.
     cat_gen: u64,
+    /// Storage settings per volume, valid for one catalog (`storage_of`).
+    storage_cache: (u64, BTreeMap<u64, (Compression, u8)>),
     /// Views per (lineage, epoch), valid for one catalog (see `views_of`).
     #[allow(clippy::type_complexity)]
     view_cache: (
@@ -379,6 +416,7 @@ impl Writer {
             stalled: VecDeque::new(),
             space_waiters: VecDeque::new(),
             cat_gen: 0,
+            storage_cache: (u64::MAX, BTreeMap::new()),
             view_cache: (0, 0, 0, BTreeMap::new()),
             sealed: Vec::new(),
             spare: Vec::new(),
@@ -691,6 +729,17 @@ impl Writer {
                 format!("volume {} is read-only", v.name),
             ));
         }
+        if let Some(k) = &v.key {
+            if self.sh.key(k.id).is_none() {
+                return Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "volume {} is encrypted and its key is not loaded (edgevol volume load-key)",
+                        v.name
+                    ),
+                ));
+            }
+        }
         let end = lba
             .checked_add(nblocks)
             .ok_or_else(|| Error::invalid("range overflows"))?;
@@ -726,6 +775,7 @@ impl Writer {
             let v = self.cat.volume(vol)?;
             (v.head, v.head_epoch)
         };
+        let (comp, enc) = self.storage_of(vol);
         let nblocks = (data.len() / BLOCK) as u64;
         while *progress < nblocks {
             let x = lba + *progress;
@@ -736,27 +786,41 @@ impl Writer {
             };
             let off = (*progress as usize) * BLOCK;
             let payload = &data[off..off + n as usize * BLOCK];
-            let csums: Vec<u32> = payload.chunks(BLOCK).map(crc32c::crc32c).collect();
-            let e = LogEntry {
-                kind: EntryKind::Write,
-                comp: 0,
-                flags: 0,
-                nblocks: n as u32,
-                lineage,
-                lba: x,
-                birth,
-                payload_off: 0,
-                stored_len: payload.len() as u32,
-                csums,
-                reloc_from: None,
-            };
-            if !self.push_entry(STREAM_DATA, e, Some(payload))? {
+            let (e, stored) = record_entry(EntryKind::Write, lineage, x, birth, payload, comp, enc);
+            if !self.push_entry(STREAM_DATA, e, Some(&stored))? {
                 return Ok(false);
             }
             self.pending_bytes += n * BLOCK_U64;
             *progress += n;
         }
         Ok(true)
+    }
+
+    /// How a volume's new records are stored: its compression (property,
+    /// else the pool's, else lz4) and encryption.
+    fn storage_of(&mut self, vol: u64) -> (Compression, u8) {
+        if self.storage_cache.0 != self.cat_gen {
+            self.storage_cache = (self.cat_gen, BTreeMap::new());
+        }
+        if let Some(x) = self.storage_cache.1.get(&vol) {
+            return *x;
+        }
+        let x = match self.cat.volume(vol) {
+            Ok(v) => {
+                let prop = v
+                    .props
+                    .get("compression")
+                    .or_else(|| self.cat.pool_props.get("compression"))
+                    .map_or("lz4", String::as_str);
+                (
+                    Compression::parse(prop).unwrap_or(Compression::Lz4),
+                    v.key.as_ref().map_or(ENC_NONE, |k| k.enc),
+                )
+            }
+            Err(_) => (Compression::Off, ENC_NONE),
+        };
+        self.storage_cache.1.insert(vol, x);
+        x
     }
 
     fn enqueue_discard(
@@ -794,6 +858,8 @@ impl Writer {
                 payload_off: 0,
                 stored_len: 0,
                 csums: Vec::new(),
+                enc: ENC_NONE,
+                seal: None,
                 reloc_from: None,
             };
             if !self.push_entry(STREAM_DATA, e, None)? {
@@ -826,8 +892,9 @@ impl Writer {
     /// one does. A record is shortened only to use the tail of a segment;
     /// a full batch is written out instead. None: no segment to go on in.
     fn fit_blocks(&mut self, s: usize, want: u64) -> Result<Option<u64>> {
+        // As a plain record: the most a record of k blocks can need.
         let fits = |b: &Batch, k: u64, cap: usize| {
-            b.total_with(Batch::entry_len(k as usize, false), k as usize * BLOCK) <= cap
+            b.total_with(Batch::entry_len(k as usize), k as usize * BLOCK, true) <= cap
         };
         loop {
             if !self.ensure_stream(s) {
@@ -849,8 +916,9 @@ impl Writer {
     }
 
     fn push_entry(&mut self, s: usize, e: LogEntry, payload: Option<&[u8]>) -> Result<bool> {
-        let elen = Batch::entry_len(e.csums.len(), e.reloc_from.is_some());
+        let elen = e.encoded_len();
         let plen = payload.map_or(0, <[u8]>::len);
+        let plain = e.is_plain();
         loop {
             if !self.ensure_stream(s) {
                 return Ok(false);
@@ -862,7 +930,7 @@ impl Writer {
                     .max_batch_bytes
                     .max(BLOCK * 2 + CHUNK_BLOCKS as usize * BLOCK),
             );
-            if self.batches[s].total_with(elen, plen) <= cap {
+            if self.batches[s].total_with(elen, plen, plain) <= cap {
                 self.batches[s].push(e, payload);
                 return Ok(true);
             }
@@ -949,7 +1017,33 @@ impl Writer {
         }
         // Whole blocks: the device is written with direct I/O.
         let total = batch.total().div_ceil(BLOCK) * BLOCK;
+        batch.buf.resize(total);
         let lsn = self.next_lsn;
+        // Encrypt new records in place: nonce = lsn ‖ entry index, unique
+        // over the pool's life (see crypt.rs).
+        for (i, e) in batch.entries.iter_mut().enumerate() {
+            if e.enc == ENC_NONE || e.kind == EntryKind::Move {
+                continue; // moved records travel as they are stored
+            }
+            let key = self.cat.key_of(e.lineage).and_then(|id| self.sh.key(id));
+            let Some(key) = key else {
+                return Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!("the key of lineage {} is not loaded", e.lineage),
+                ));
+            };
+            let place = RecordPlace {
+                lineage: e.lineage,
+                lba: e.lba,
+                birth: e.birth,
+                blocks: e.nblocks as u8,
+                comp: e.comp,
+            };
+            let at = e.payload_off as usize;
+            let region = &mut batch.buf.as_mut_slice()[at..at + e.stored_len as usize];
+            e.seal = Some(key.seal(crate::crypt::nonce_for(lsn, i as u32), &place, region)?);
+            e.csums = vec![crc32c::crc32c(region)];
+        }
         let header = BatchHeader {
             pool_guid: self.sh.guid,
             lsn,
@@ -966,7 +1060,6 @@ impl Writer {
         header.encode_into(&mut hbuf);
         debug_assert_eq!(hbuf.len(), base);
         batch.buf.as_mut_slice()[..base].copy_from_slice(&hbuf);
-        batch.buf.resize(total);
         self.next_lsn += 1;
         self.log_since_replay += total as u64;
         let crc = BatchHeader::crc_of_encoded(&hbuf);
@@ -1041,13 +1134,16 @@ impl Writer {
                     .is_some_and(|x| x.paddr == d.paddr)
             });
             if used {
-                self.sh.segs.lock().add_live(d.paddr.seg, d.footprint());
+                self.sh
+                    .segs
+                    .lock()
+                    .add_live(d.paddr.seg, d.footprint(), d.logical());
             }
         }
         if !c.freed.is_empty() {
             let mut segs = self.sh.segs.lock();
-            for (p, fp) in &c.freed {
-                segs.sub_live(p.seg, *fp);
+            for (p, fp, lg) in &c.freed {
+                segs.sub_live(p.seg, *fp, *lg);
             }
         }
         self.sh.map.insert_all(c.changes);
@@ -1071,7 +1167,9 @@ impl Writer {
             rec_off: 0,
             nblocks: nblocks as u8,
             comp: e.comp,
+            enc: e.enc,
             csums: e.csums.clone().into(),
+            seal: e.seal.map(Arc::new),
         };
         match e.kind {
             EntryKind::Write => {
@@ -1126,6 +1224,20 @@ impl Writer {
                 let plan = chunk::plan_copy(&entries, e.lineage, e.lba, e.birth, &new);
                 self.apply_changes(plan, Some(&new));
                 Ok(0)
+            }
+            EntryKind::Move => {
+                let Some((old, _)) = e.reloc_from else {
+                    return Ok(0);
+                };
+                let new = Paddr::new(batch_at.seg, batch_at.offset + e.payload_off);
+                let entries = self.chunk_entries(e.lineage, e.lba)?;
+                let plan = chunk::plan_move(&entries, e.birth, old, new);
+                let moved = plan.changes.len() as u64;
+                if let Some((_, Some(Value::Data(d)))) = plan.changes.first() {
+                    let d = d.clone();
+                    self.apply_changes(plan, Some(&d));
+                }
+                Ok(moved)
             }
         }
     }
@@ -1338,6 +1450,17 @@ impl Writer {
                 let r = self.install_compaction(levels, dropped).await;
                 complete(done, r);
             }
+            MaintOp::SetKey(id, key, done) => {
+                match key {
+                    Some(k) => {
+                        self.sh.keys.write().insert(id, k);
+                    }
+                    None => {
+                        self.sh.keys.write().remove(&id);
+                    }
+                }
+                complete(done, Ok(()));
+            }
             MaintOp::FlushNow(done) => {
                 let r = if self.rotation.is_some() {
                     Ok(())
@@ -1395,8 +1518,15 @@ impl Writer {
         let mut cat = self.cat.clone();
         let mut fx = Effects::default();
         let out = match c {
-            Control::CreateVolume { name, size, props } => {
-                cat.create_volume(&name, size, props, now)?
+            Control::CreateVolume {
+                name,
+                size,
+                props,
+                key,
+            } => cat.create_volume(&name, size, props, now, key)?,
+            Control::SetKeyRec { vol, key } => {
+                cat.set_key(vol, key)?;
+                0
             }
             Control::Snapshot { vol, name } => {
                 let r = self.referenced(vol);
@@ -1501,7 +1631,11 @@ impl Writer {
         let before = self.sh.stats.relocated.load(Ordering::Relaxed);
         for it in items {
             let e = LogEntry {
-                kind: EntryKind::Relocate,
+                kind: if it.whole {
+                    EntryKind::Move
+                } else {
+                    EntryKind::Relocate
+                },
                 comp: it.comp,
                 flags: 0,
                 nblocks: u32::from(it.nblocks),
@@ -1511,6 +1645,8 @@ impl Writer {
                 payload_off: 0,
                 stored_len: it.data.len() as u32,
                 csums: it.csums,
+                enc: it.enc,
+                seal: it.seal,
                 reloc_from: Some((it.old, it.old_rec_off)),
             };
             if !self.push_entry(STREAM_CLEANER, e, Some(&it.data))? {
@@ -1541,6 +1677,7 @@ impl Writer {
         if !same {
             return Err(Error::new(ErrorKind::Busy, "volume changed during flatten"));
         }
+        let (comp, enc) = self.storage_of(vol);
         let nblocks = (data.len() / BLOCK) as u64;
         let mut done = 0u64;
         while done < nblocks {
@@ -1554,20 +1691,8 @@ impl Writer {
             };
             let off = done as usize * BLOCK;
             let payload = &data[off..off + n as usize * BLOCK];
-            let e = LogEntry {
-                kind: EntryKind::Copy,
-                comp: 0,
-                flags: 0,
-                nblocks: n as u32,
-                lineage,
-                lba: x,
-                birth: base,
-                payload_off: 0,
-                stored_len: payload.len() as u32,
-                csums: payload.chunks(BLOCK).map(crc32c::crc32c).collect(),
-                reloc_from: None,
-            };
-            if !self.push_entry(STREAM_CLEANER, e, Some(payload))? {
+            let (e, stored) = record_entry(EntryKind::Copy, lineage, x, base, payload, comp, enc);
+            if !self.push_entry(STREAM_CLEANER, e, Some(&stored))? {
                 return Err(Error::new(
                     ErrorKind::NoSpace,
                     "no segment free for the flatten copy",
@@ -1910,6 +2035,48 @@ struct Release {
     segments: Vec<SegId>,
     /// Metadata blocks (dropped runs, an old counters table).
     extents: Vec<MetaExtent>,
+}
+
+/// The log entry and stored payload of one record: compressed when that
+/// saves 1/8, marked for encryption (the payload is sealed in place when
+/// its batch is sealed, see [`Writer::seal_batch`]). Plain records carry a
+/// crc32c per block, the others one crc32c of what is stored.
+fn record_entry<'a>(
+    kind: EntryKind,
+    lineage: u32,
+    lba: u64,
+    birth: u64,
+    payload: &'a [u8],
+    comp: Compression,
+    enc: u8,
+) -> (LogEntry, std::borrow::Cow<'a, [u8]>) {
+    let (ckind, stored) = match comp.compress(payload) {
+        Some((k, z)) => (k, std::borrow::Cow::Owned(z)),
+        None => (COMP_NONE, std::borrow::Cow::Borrowed(payload)),
+    };
+    let csums: Vec<u32> = if ckind == COMP_NONE && enc == ENC_NONE {
+        payload.chunks(BLOCK).map(crc32c::crc32c).collect()
+    } else if enc == ENC_NONE {
+        vec![crc32c::crc32c(&stored)]
+    } else {
+        vec![0] // the ciphertext's crc, set when sealed
+    };
+    let e = LogEntry {
+        kind,
+        comp: ckind,
+        flags: 0,
+        nblocks: (payload.len() / BLOCK) as u32,
+        lineage,
+        lba,
+        birth,
+        payload_off: 0,
+        stored_len: stored.len() as u32,
+        csums,
+        enc,
+        seal: (enc != ENC_NONE).then_some([0u8; crate::crypt::SEAL_LEN]),
+        reloc_from: None,
+    };
+    (e, stored)
 }
 
 /// Work for the writer.

@@ -84,6 +84,12 @@ pub fn no_props() -> BTreeMap<String, String> {
     BTreeMap::new()
 }
 
+/// Properties of a volume whose records are stored raw (for tests of space
+/// mechanics, where compression would hide the pressure).
+pub fn uncompressed() -> BTreeMap<String, String> {
+    BTreeMap::from([("compression".to_string(), "off".to_string())])
+}
+
 pub fn assert_clean(pool: &Pool) {
     let r = pool.check().expect("check runs");
     assert!(r.is_clean(), "pool check found problems: {:#?}", r.errors);

@@ -548,6 +548,26 @@ impl Daemon {
         output(&mut c)
     }
 
+    /// `edgevol --api-socket API ARGS...` with `input` on standard input.
+    pub fn cli_input(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut c = Command::new(bin());
+        c.arg("--api-socket").arg(&self.api).args(args);
+        c.current_dir(self.dir.path());
+        c.env_remove("RUST_LOG").env("NO_COLOR", "1");
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("spawn edgevol");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write stdin");
+        child.wait_with_output().expect("wait edgevol")
+    }
+
     /// `edgevol --api-socket API ARGS...`, killed after `limit`: None then.
     pub fn cli_timeout(&self, args: &[&str], limit: Duration) -> Option<Output> {
         let mut c = Command::new(bin());

@@ -1,0 +1,96 @@
+//! Record compression: lz4 (the pool default) or zstd at a level.
+//!
+//! A record is at most one chunk (64 KiB); it is stored compressed only if
+//! that saves at least 1/8 of its size, so incompressible data costs one
+//! attempt and is stored raw. A read decompresses at most one record.
+
+use crate::error::{Error, Result};
+
+/// No compression.
+pub const COMP_NONE: u8 = 0;
+/// lz4 (block format, with the decompressed size known from the record).
+pub const COMP_LZ4: u8 = 1;
+/// zstd (the level does not matter for decompression).
+pub const COMP_ZSTD: u8 = 2;
+
+/// A volume's compression setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Store raw.
+    Off,
+    /// lz4.
+    Lz4,
+    /// zstd at level 1..=19.
+    Zstd(i32),
+}
+
+impl Compression {
+    /// Parse `off|lz4|zstd|zstd-N` (N = 1..19; `zstd` is level 3).
+    pub fn parse(s: &str) -> Result<Compression> {
+        Ok(match s {
+            "off" => Compression::Off,
+            "lz4" | "on" => Compression::Lz4,
+            "zstd" => Compression::Zstd(3),
+            _ => match s.strip_prefix("zstd-").and_then(|n| n.parse::<i32>().ok()) {
+                Some(n) if (1..=19).contains(&n) => Compression::Zstd(n),
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "compression must be off, lz4, zstd or zstd-1..zstd-19, not {s:?}"
+                    )))
+                }
+            },
+        })
+    }
+
+    /// Compress `data`; None if the result would not save 1/8.
+    pub fn compress(self, data: &[u8]) -> Option<(u8, Vec<u8>)> {
+        let limit = data.len() - data.len() / 8;
+        let (kind, out) = match self {
+            Compression::Off => return None,
+            Compression::Lz4 => (COMP_LZ4, lz4_flex::block::compress(data)),
+            Compression::Zstd(level) => (COMP_ZSTD, zstd::bulk::compress(data, level).ok()?),
+        };
+        (out.len() <= limit).then_some((kind, out))
+    }
+}
+
+/// Decompress a record of `logical` bytes.
+pub fn decompress(kind: u8, stored: &[u8], logical: usize) -> Result<Vec<u8>> {
+    let out = match kind {
+        COMP_LZ4 => lz4_flex::block::decompress(stored, logical)
+            .map_err(|e| Error::corrupt(format!("lz4 record does not decompress: {e}")))?,
+        COMP_ZSTD => zstd::bulk::decompress(stored, logical)
+            .map_err(|e| Error::corrupt(format!("zstd record does not decompress: {e}")))?,
+        other => return Err(Error::corrupt(format!("unknown compression {other}"))),
+    };
+    if out.len() != logical {
+        return Err(Error::corrupt(format!(
+            "record decompressed to {} bytes, expected {logical}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_round_trip() {
+        assert_eq!(Compression::parse("zstd-7").unwrap(), Compression::Zstd(7));
+        assert!(Compression::parse("zstd-20").is_err());
+        assert!(Compression::parse("gzip").is_err());
+        let text: Vec<u8> = (0..65536u32)
+            .map(|i| b"edgevol "[(i % 8) as usize])
+            .collect();
+        for c in [Compression::Lz4, Compression::Zstd(3)] {
+            let (k, z) = c.compress(&text).expect("text compresses");
+            assert!(z.len() < text.len() / 8);
+            assert_eq!(decompress(k, &z, text.len()).unwrap(), text);
+            assert!(decompress(k, &z[..z.len() / 2], text.len()).is_err());
+        }
+        let noise: Vec<u8> = (0..4096).map(|_| rand::random::<u8>()).collect();
+        assert!(Compression::Lz4.compress(&noise).is_none(), "kept raw");
+    }
+}

@@ -1,0 +1,192 @@
+//! Encryption and compression through the CLI and NBD: a passphrase from
+//! standard input, fio verify on an encrypted + compressed volume, the
+//! locked export refused with a reason, wrong and right passphrases, keys
+//! across daemon restarts (prompted keys stay locked, key files load by
+//! themselves), change-key, and no plaintext or passphrase in the pool file.
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+const PASS: &[u8] = b"correct horse battery staple\n";
+const MARKER: &[u8] = b"EDGEVOL-PLAINTEXT-MARKER-5d1e";
+
+fn file_contains(path: &std::path::Path, needle: &[u8]) -> bool {
+    let data = std::fs::read(path).expect("read pool file");
+    data.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn encrypted_compressed_volume_over_nbd() {
+    let mut d = Daemon::start();
+    d.create_pool("p", "512M", None);
+    let out = d.cli_input(
+        &[
+            "--json",
+            "volume",
+            "create",
+            "p/e",
+            "--size",
+            "256M",
+            "-o",
+            "encryption=aes-256-gcm",
+            "-o",
+            "compression=lz4",
+        ],
+        PASS,
+    );
+    assert!(out.status.success(), "create failed:\n{}", show(&out));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(info["encryption"], "aes-256-gcm");
+    assert_eq!(info["keystatus"], "available");
+    let uri = d.uri("p/e");
+    // fio writes half-compressible data and verifies it.
+    let report = d.path("fio.json");
+    let mut c = Command::new(fio());
+    c.args([
+        "--name=enc",
+        "--ioengine=nbd",
+        &format!("--uri={uri}"),
+        "--rw=randwrite",
+        "--bs=4k",
+        "--iodepth=16",
+        "--numjobs=2",
+        "--size=32M",
+        "--offset_increment=32M",
+        "--verify=crc32c",
+        "--verify_fatal=1",
+        "--verify_state_save=0",
+        "--buffer_compress_percentage=50",
+        "--refill_buffers",
+        "--output-format=json",
+        &format!("--output={}", report.display()),
+    ]);
+    run_ok(&mut c);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    for job in v["jobs"].as_array().expect("jobs") {
+        assert_eq!(job["error"], 0, "fio job failed: {job}");
+        assert!(
+            job["read"]["io_bytes"].as_u64().unwrap_or(0) > 0,
+            "nothing verified"
+        );
+    }
+    // A distinctive plaintext, flushed.
+    let mut block = Vec::new();
+    while block.len() < 65536 {
+        block.extend_from_slice(MARKER);
+    }
+    block.truncate(65536);
+    python_ok(
+        "import nbd, sys\nm = sys.argv[2].encode()\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\nh.pwrite((m * 65536)[:65536], 100 << 20)\nh.flush()\nh.shutdown()\n",
+        &[&uri, std::str::from_utf8(MARKER).expect("ascii")],
+    );
+    let space = d.json(&["volume", "get", "p/e"]);
+    assert_ne!(space["compressratio"], "1.00x", "{space}");
+    // Locked: the export is refused and says why; I/O is impossible.
+    d.ok(&["volume", "unload-key", "p/e"]);
+    let info = d.json(&["volume", "get", "p/e", "keystatus"]);
+    assert_eq!(info["keystatus"], "unavailable");
+    let mut c = Command::new(nbdinfo());
+    c.env("LIBNBD_DEBUG", "1").arg(&uri);
+    let err = run_fail(&mut c);
+    assert!(
+        err.contains("load-key"),
+        "the refusal does not name the reason:\n{err}"
+    );
+    // A wrong passphrase: a clear error, still locked.
+    let out = d.cli_input(&["volume", "load-key", "p/e"], b"not the passphrase\n");
+    assert!(!out.status.success());
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains("wrong key or passphrase"), "{msg}");
+    assert_eq!(
+        d.json(&["volume", "get", "p/e", "keystatus"])["keystatus"],
+        "unavailable"
+    );
+    // The right one; the data is there.
+    let out = d.cli_input(&["volume", "load-key", "p/e"], PASS);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        nbd_read(&uri, 100 << 20, 65536) == block,
+        "data read back differs"
+    );
+    // Nothing readable in the pool file: neither the plaintext nor the passphrase.
+    d.stop_clean();
+    let img = d.path("p.img");
+    assert!(
+        !file_contains(&img, MARKER),
+        "plaintext found in the pool file"
+    );
+    assert!(
+        !file_contains(&img, &PASS[..PASS.len() - 1]),
+        "passphrase found in the pool file"
+    );
+    // After a restart a prompted key stays locked until loaded.
+    d.restart();
+    assert_eq!(
+        d.json(&["volume", "get", "p/e", "keystatus"])["keystatus"],
+        "unavailable"
+    );
+    let out = d.cli_input(&["volume", "load-key", "p/e"], PASS);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        nbd_read(&uri, 100 << 20, 65536) == block,
+        "data lost across a restart"
+    );
+    d.finish(1);
+}
+
+#[test]
+fn key_files_load_by_themselves_and_change_key_keeps_data() {
+    let mut d = Daemon::start();
+    d.create_pool("p", "256M", None);
+    let k1 = d.path("k1.hex");
+    let k2 = d.path("k2.hex");
+    std::fs::write(&k1, "11".repeat(32)).expect("key file");
+    std::fs::write(&k2, "22".repeat(32)).expect("key file");
+    let loc1 = format!("keylocation=file://{}", k1.display());
+    d.ok(&[
+        "volume",
+        "create",
+        "p/f",
+        "--size",
+        "64M",
+        "-o",
+        "encryption=aes-256-gcm",
+        "-o",
+        "keyformat=hex",
+        "-o",
+        &loc1,
+    ]);
+    qemu_io_ok(&d.uri("p/f"), &["write -P 0x42 0 1M"]);
+    d.ok(&["snapshot", "create", "p/f@s"]);
+    qemu_io_ok(&d.uri("p/f"), &["write -P 0x43 0 64k"]);
+    d.stop_clean();
+    d.restart();
+    assert_eq!(
+        d.json(&["volume", "get", "p/f", "keystatus"])["keystatus"],
+        "available"
+    );
+    // change-key to another file: no data rewritten, snapshots readable.
+    let loc2 = format!("keylocation=file://{}", k2.display());
+    d.ok(&["volume", "change-key", "p/f", "-o", &loc2]);
+    d.ok(&["volume", "unload-key", "p/f"]);
+    std::fs::remove_file(&k1).expect("remove old key");
+    d.ok(&["volume", "load-key", "p/f"]);
+    qemu_io_ok(
+        &d.uri("p/f"),
+        &["read -P 0x43 0 64k", "read -P 0x42 64k 960k"],
+    );
+    qemu_io_ro_ok(&d.uri("p/f@s"), &["read -P 0x42 0 1M"]);
+    // A clone shares the key.
+    d.ok(&["clone", "p/f@s", "p/g"]);
+    qemu_io_ok(&d.uri("p/g"), &["read -P 0x42 0 1M"]);
+    // A missing key file: a clear error naming it.
+    std::fs::remove_file(&k2).expect("remove key");
+    d.ok(&["volume", "unload-key", "p/f"]);
+    let err = d.fail(&["volume", "load-key", "p/f"]);
+    assert!(err.contains("k2.hex"), "{err}");
+    d.finish(1);
+}
