@@ -55,6 +55,9 @@ pub struct CreatePool {
     /// Segment size in bytes (power of two, 1 MiB..1 GiB).
     #[serde(default)]
     pub segment_size: Option<u64>,
+    /// Pool properties (e.g. `compression`, the default of its volumes).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
 }
 
 /// Create a volume.

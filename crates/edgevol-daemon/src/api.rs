@@ -94,7 +94,12 @@ pub fn router(reg: Arc<Registry>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/pools", get(list_pools).post(create_pool))
-        .route("/v1/pools/{pool}", get(pool_status).delete(destroy_pool))
+        .route(
+            "/v1/pools/{pool}",
+            get(pool_status)
+                .patch(set_pool_properties)
+                .delete(destroy_pool),
+        )
         .route("/v1/pools/{pool}/check", post(check_pool))
         .route(
             "/v1/pools/{pool}/volumes",
@@ -193,7 +198,14 @@ async fn create_pool(
     Json(req): Json<CreatePool>,
 ) -> ApiResult<edgevol_engine::PoolStatus> {
     let r = blocking(move || {
+        // Validate the properties before anything is written.
+        for (k, v) in &req.properties {
+            edgevol_engine::check_pool_property(k, Some(v))?;
+        }
         let p = reg.create_pool(&req.name, &req.devices, req.size, req.segment_size)?;
+        for (k, v) in &req.properties {
+            p.set_pool_property(k, Some(v))?;
+        }
         Ok(p.status())
     })
     .await?;
@@ -205,6 +217,23 @@ async fn pool_status(
     Path(pool): Path<String>,
 ) -> ApiResult<edgevol_engine::PoolStatus> {
     Ok(Json(blocking(move || Ok(reg.pool(&pool)?.status())).await?))
+}
+
+async fn set_pool_properties(
+    State(reg): St,
+    Path(pool): Path<String>,
+    Json(req): Json<SetProperties>,
+) -> ApiResult<edgevol_engine::PoolStatus> {
+    Ok(Json(
+        blocking(move || {
+            let p = reg.pool(&pool)?;
+            for (k, v) in &req.properties {
+                p.set_pool_property(k, v.as_deref())?;
+            }
+            Ok(p.status())
+        })
+        .await?,
+    ))
 }
 
 #[derive(Deserialize)]

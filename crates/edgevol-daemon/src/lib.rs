@@ -142,6 +142,16 @@ pub async fn serve(
             what: api_path.display().to_string(),
             source,
         })?;
+    // The API manages every volume and carries key secrets: owner only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&api_path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| DaemonError::Listen {
+                what: api_path.display().to_string(),
+                source,
+            },
+        )?;
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = api::router(registry.clone());
     let mut api_stop = stop_rx.clone();

@@ -22,6 +22,6 @@ pub use error::{Error, ErrorKind, Result};
 pub mod pool;
 
 pub use pool::{
-    CheckReport, CreateOptions, LocalTaskFactory, Pool, PoolConfig, PoolStatus, ReadSeg,
-    SnapshotInfo, SpaceReport, Spawner, Volume, VolumeInfo,
+    check_pool_property, CheckReport, CreateOptions, LocalTaskFactory, Pool, PoolConfig,
+    PoolStatus, ReadSeg, SnapshotInfo, SpaceReport, Spawner, Volume, VolumeInfo,
 };

@@ -160,6 +160,42 @@ fn parse_kv(items: &[String]) -> Result<BTreeMap<String, String>> {
     Ok(m)
 }
 
+/// Print `(property, value, source)` rows, or only `want`.
+fn print_props(
+    ctx: &Ctx,
+    mut props: Vec<(String, String, String)>,
+    want: Option<&str>,
+    what: &str,
+) -> Result<()> {
+    if let Some(want) = want {
+        props.retain(|(k, _, _)| k == want);
+        if props.is_empty() {
+            bail!("{what} has no property {want:?}");
+        }
+    }
+    if ctx.json {
+        let m: BTreeMap<&str, &str> = props
+            .iter()
+            .map(|(k, v, _)| (k.as_str(), v.as_str()))
+            .collect();
+        return ctx.print_json(&m);
+    }
+    let mut t = Table::new(&["PROPERTY", "VALUE", "SOURCE"]);
+    for (k, val, src) in props {
+        t.row(vec![k, val, src]);
+    }
+    t.print();
+    Ok(())
+}
+
+fn pool_changed(ctx: &Ctx, st: &PoolStatus) -> Result<()> {
+    if ctx.json {
+        return ctx.print_json(st);
+    }
+    println!("updated pool {}", st.name);
+    Ok(())
+}
+
 // ----------------------------------------------------------------------
 // pool
 
@@ -175,12 +211,35 @@ pub enum PoolCmd {
         /// Size of files that do not exist yet (e.g. 20G).
         #[arg(long, value_parser = size_arg)]
         size: Option<u64>,
-        /// Pool options: segment_size=SIZE.
+        /// Pool options: segment_size=SIZE; properties: compression=off|lz4|zstd|zstd-N
+        /// (the default of volumes that do not set their own), comment=...
         #[arg(short = 'o', value_name = "KEY=VALUE")]
         options: Vec<String>,
     },
     /// List pools.
     List,
+    /// Show pool properties (all, or one).
+    Get {
+        /// Pool name.
+        pool: String,
+        /// Property name.
+        property: Option<String>,
+    },
+    /// Set pool properties: compression (default for volumes), comment, org:name.
+    Set {
+        /// Pool name.
+        pool: String,
+        /// KEY=VALUE ...
+        #[arg(required = true)]
+        assignments: Vec<String>,
+    },
+    /// Clear a pool property (compression returns to the built-in default, lz4).
+    Inherit {
+        /// Pool name.
+        pool: String,
+        /// Property name.
+        property: String,
+    },
     /// Health, space and devices of a pool.
     Status {
         /// Pool name.
@@ -209,14 +268,11 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
             size,
             options,
         } => {
-            let opts = parse_kv(&options)?;
-            let mut segment_size = None;
-            for (k, v) in &opts {
-                match k.as_str() {
-                    "segment_size" => segment_size = Some(parse_size(v).map_err(|e| anyhow!(e))?),
-                    _ => bail!("unknown pool option {k:?} (known: segment_size)"),
-                }
-            }
+            let mut properties = parse_kv(&options)?;
+            let segment_size = properties
+                .remove("segment_size")
+                .map(|v| parse_size(&v).map_err(|e| anyhow!(e)))
+                .transpose()?;
             let cwd = std::env::current_dir().context("current directory")?;
             let devices = devices
                 .iter()
@@ -236,6 +292,7 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
                     devices,
                     size,
                     segment_size,
+                    properties,
                 },
             )?;
             if ctx.json {
@@ -283,6 +340,69 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
             t.print();
             Ok(())
         }
+        PoolCmd::Get { pool, property } => {
+            let s: PoolStatus = ctx.get(&format!("/pools/{}", seg(&pool)))?;
+            let mut props: Vec<(String, String, String)> = vec![
+                ("name".into(), s.name.clone(), "-".into()),
+                ("size".into(), s.size.to_string(), "-".into()),
+                ("allocated".into(), s.allocated.to_string(), "-".into()),
+                ("free".into(), s.free.to_string(), "-".into()),
+                ("logical".into(), s.logical.to_string(), "-".into()),
+                (
+                    "compressratio".into(),
+                    format!("{:.2}x", s.compressratio),
+                    "-".into(),
+                ),
+                (
+                    "segment_size".into(),
+                    s.segment_size.to_string(),
+                    "-".into(),
+                ),
+                ("health".into(), s.state.clone(), "-".into()),
+                ("guid".into(), s.guid.clone(), "-".into()),
+                ("creation".into(), time(s.created), "-".into()),
+                (
+                    "compression".into(),
+                    s.properties
+                        .get("compression")
+                        .cloned()
+                        .unwrap_or_else(|| "lz4".into()),
+                    if s.properties.contains_key("compression") {
+                        "local"
+                    } else {
+                        "default"
+                    }
+                    .into(),
+                ),
+            ];
+            for (k, v) in &s.properties {
+                if k != "compression" {
+                    props.push((k.clone(), v.clone(), "local".into()));
+                }
+            }
+            print_props(ctx, props, property.as_deref(), &format!("pool {pool}"))
+        }
+        PoolCmd::Set { pool, assignments } => {
+            let kv = parse_kv(&assignments)?;
+            let st: PoolStatus = ctx.call(
+                Method::PATCH,
+                &format!("/pools/{}", seg(&pool)),
+                Some(&SetProperties {
+                    properties: kv.into_iter().map(|(k, v)| (k, Some(v))).collect(),
+                }),
+            )?;
+            pool_changed(ctx, &st)
+        }
+        PoolCmd::Inherit { pool, property } => {
+            let st: PoolStatus = ctx.call(
+                Method::PATCH,
+                &format!("/pools/{}", seg(&pool)),
+                Some(&SetProperties {
+                    properties: [(property, None)].into_iter().collect(),
+                }),
+            )?;
+            pool_changed(ctx, &st)
+        }
         PoolCmd::Status { pool } => {
             let s: PoolStatus = ctx.get(&format!("/pools/{}", seg(&pool)))?;
             if ctx.json {
@@ -302,7 +422,7 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
                 human(s.free)
             );
             println!(
-                "  data: {} logical stored as {} (compressratio {:.2}x)",
+                "   data: {} logical stored as {} (compressratio {:.2}x)",
                 human(s.logical),
                 human(s.data),
                 s.compressratio
@@ -699,25 +819,7 @@ pub fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
                     props.push((k.clone(), val.clone(), "local".into()));
                 }
             }
-            if let Some(want) = &property {
-                props.retain(|(k, _, _)| k == want);
-                if props.is_empty() {
-                    bail!("volume {p}/{v} has no property {want:?}");
-                }
-            }
-            if ctx.json {
-                let m: BTreeMap<&str, &str> = props
-                    .iter()
-                    .map(|(k, v, _)| (k.as_str(), v.as_str()))
-                    .collect();
-                return ctx.print_json(&m);
-            }
-            let mut t = Table::new(&["PROPERTY", "VALUE", "SOURCE"]);
-            for (k, val, src) in props {
-                t.row(vec![k, val, src]);
-            }
-            t.print();
-            Ok(())
+            print_props(ctx, props, property.as_deref(), &format!("volume {p}/{v}"))
         }
         VolumeCmd::Set {
             volume,

@@ -190,3 +190,87 @@ fn key_files_load_by_themselves_and_change_key_keeps_data() {
     assert!(err.contains("k2.hex"), "{err}");
     d.finish(1);
 }
+
+#[test]
+fn compression_defaults_from_the_pool_and_changes_apply_to_new_writes() {
+    let d = Daemon::start();
+    d.ok(&[
+        "pool",
+        "create",
+        "p",
+        &d.path("p.img").display().to_string(),
+        "--size",
+        "512M",
+        "-o",
+        "compression=zstd-9",
+    ]);
+    d.create_volume("p/v", 64 * MIB);
+    let get = |prop: &str| d.json(&["volume", "get", "p/v", prop])[prop].clone();
+    assert_eq!(get("compression"), "zstd-9");
+    let rows = d.ok(&["volume", "get", "p/v", "compression"]);
+    assert!(
+        rows.contains("pool"),
+        "source of an inherited value: {rows}"
+    );
+    // Text compresses well with zstd: stored is a fraction of referenced.
+    let text = d.path("text.raw");
+    let mut buf = Vec::new();
+    let mut i = 0u64;
+    while buf.len() < (8 * MIB) as usize {
+        buf.extend_from_slice(
+            format!("line {i}: the quick brown fox jumps over the lazy dog\n").as_bytes(),
+        );
+        i += 1;
+    }
+    buf.truncate((8 * MIB) as usize);
+    write_file(&text, &buf);
+    run_ok(
+        Command::new(qemu_img())
+            .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+            .arg(&text)
+            .arg(d.uri("p/v")),
+    );
+    let stored = |d: &Daemon| {
+        d.json(&["volume", "get", "p/v", "stored"])["stored"]
+            .as_str()
+            .and_then(|x| x.parse::<u64>().ok())
+            .expect("stored")
+    };
+    let first = stored(&d);
+    assert!(first < 2 * MIB, "8 MiB of text stored as {first}");
+
+    // compression=off on the volume: new writes are stored plain, the old
+    // records stay compressed and readable.
+    d.ok(&["volume", "set", "p/v", "compression=off"]);
+    assert_eq!(get("compression"), "off");
+    python_ok(
+        "import nbd, sys\nh = nbd.NBD()\nh.connect_uri(sys.argv[1])\nh.pwrite(open(sys.argv[2], 'rb').read(), 16 << 20)\nh.flush()\nh.shutdown()\n",
+        &[&d.uri("p/v"), &text.display().to_string()],
+    );
+    let second = stored(&d);
+    assert!(
+        second >= first + 8 * MIB,
+        "uncompressed writes stored as {second} (was {first})"
+    );
+    assert!(
+        nbd_read(&d.uri("p/v"), 0, 8 * MIB) == buf,
+        "compressed data"
+    );
+    assert!(
+        nbd_read(&d.uri("p/v"), 16 * MIB, 8 * MIB) == buf,
+        "plain data"
+    );
+    // Back to the pool's default, which changes too.
+    d.ok(&["pool", "set", "p", "compression=lz4"]);
+    d.ok(&["volume", "inherit", "p/v", "compression"]);
+    assert_eq!(get("compression"), "lz4");
+    assert_eq!(
+        d.json(&["pool", "get", "p", "compression"])["compression"],
+        "lz4"
+    );
+    let e = d.fail(&["pool", "set", "p", "compression=gzip"]);
+    assert!(e.contains("compression must be"), "{e}");
+    let e = d.fail(&["pool", "set", "p", "dedup=on"]);
+    assert!(e.contains("unknown pool property"), "{e}");
+    d.finish(1);
+}

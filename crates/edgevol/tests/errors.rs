@@ -313,6 +313,15 @@ fn simple_reply(s: &mut UnixStream) -> (u32, u64) {
 #[test]
 fn garbage_on_the_sockets_does_not_hurt_the_daemon() {
     let mut d = Daemon::start_tcp();
+    // The management socket (which carries key secrets) is owner-only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&d.api)
+            .expect("api socket")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "api socket mode {mode:o}");
+    }
     d.create_pool("p", "1G", None);
     d.create_volume("p/v", 16 * MIB);
     qemu_io_ok(&d.uri("p/v"), &["write -P 0x6b 0 1M"]);

@@ -22,7 +22,7 @@ use crate::layout::BLOCK;
 /// Magic at the start of every envelope.
 pub const MAGIC: [u8; 8] = *b"EDGEVOL\0";
 /// The metadata format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Header size.
 pub const HEADER_LEN: usize = 32;
 

@@ -42,7 +42,7 @@ pub struct VolumeInfo {
     /// Compression of new writes (`off`, `lz4`, `zstd-N`).
     #[serde(default)]
     pub compression: String,
-    /// Where `compression` comes from: `local`, or `default` (the pool's).
+    /// Where `compression` comes from: `local`, `pool` (the pool property) or `default`.
     #[serde(default)]
     pub compression_source: String,
     /// `off` or `aes-256-gcm`.
@@ -177,6 +177,9 @@ pub struct PoolStatus {
     pub maintenance_error: Option<String>,
     /// Lineages waiting for garbage collection.
     pub gc_pending: usize,
+    /// Pool properties (defaults for its volumes, e.g. `compression`).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
 }
 
 fn referenced_blocks(sh: &Shared, cat: &Catalog, v: &VolumeRec) -> u64 {
@@ -213,6 +216,8 @@ pub(crate) fn volume_info(sh: &Shared, cat: &Catalog, v: &VolumeRec) -> VolumeIn
             .unwrap_or_else(|| "lz4".into()),
         compression_source: if v.props.contains_key("compression") {
             "local"
+        } else if cat.pool_props.contains_key("compression") {
+            "pool"
         } else {
             "default"
         }
@@ -378,6 +383,7 @@ pub(crate) fn pool_status(sh: &Shared) -> PoolStatus {
         devices,
         counters,
         maintenance_error: sh.maint_status.lock().last_error.clone(),
+        properties: cat.pool_props.clone(),
         gc_pending: cat.gc_todo.len() + cat.purge_todo.len(),
     }
 }
@@ -518,6 +524,24 @@ pub(crate) fn check_property_key(key: &str) -> Result<()> {
         k if k.contains(':') && k.len() <= 256 => Ok(()), // user property, `module:name`
         _ => Err(Error::invalid(format!(
             "unknown or read-only property {key:?} (settable: readonly, compression, comment, user properties like org:name)"
+        ))),
+    }
+}
+
+/// Pool properties: defaults for volumes that do not set their own
+/// (`compression`), and free-form ones (`comment`, `module:name`).
+pub fn check_pool_property(key: &str, value: Option<&str>) -> Result<()> {
+    match (key, value) {
+        ("compression", Some(v)) => crate::compress::Compression::parse(v).map(|_| ()),
+        ("compression" | "comment", None) => Ok(()),
+        (k, v) if k == "comment" || (k.contains(':') && k.len() <= 256) => match v {
+            Some(v) if v.len() > 1024 => {
+                Err(Error::invalid("property values are limited to 1024 bytes"))
+            }
+            _ => Ok(()),
+        },
+        _ => Err(Error::invalid(format!(
+            "unknown pool property {key:?} (settable: compression, comment, user properties like org:name)"
         ))),
     }
 }

@@ -33,7 +33,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::map::Map;
 
 pub use check::CheckReport;
-pub use info::{DeviceStatus, PoolStatus, SnapshotInfo, SpaceReport, VolumeInfo};
+pub use info::{
+    check_pool_property, DeviceStatus, PoolStatus, SnapshotInfo, SpaceReport, VolumeInfo,
+};
 pub use read::{ReadSeg, Volume};
 
 use gate::ReuseGate;
@@ -610,6 +612,17 @@ impl Pool {
         self.sh
             .control(Control::SetProp {
                 vol: id,
+                key: key.to_string(),
+                value: value.map(str::to_string),
+            })
+            .map(|_| ())
+    }
+
+    /// Set (Some) or clear (None) a pool property.
+    pub fn set_pool_property(&self, key: &str, value: Option<&str>) -> Result<()> {
+        info::check_pool_property(key, value)?;
+        self.sh
+            .control(Control::SetPoolProp {
                 key: key.to_string(),
                 value: value.map(str::to_string),
             })

@@ -682,7 +682,7 @@ impl Writer {
     /// past any lsn a lost tail might have used.
     pub(crate) async fn finish_replay(&mut self, replayed: bool) -> Result<()> {
         self.sh.vdevs.flush_all()?;
-        self.next_lsn += 1 << 20;
+        self.next_lsn += super::writer::RECOVERY_LSN_SKIP;
         self.flushed_lsn = self.next_lsn - 1;
         *self.sh.catalog.write() = Arc::new(self.cat.clone());
         *self.sh.lineage_delta.lock() = self.lineage_delta.clone();

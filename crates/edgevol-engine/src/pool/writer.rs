@@ -55,6 +55,17 @@ const L0_STOP: usize = 12;
 const DISCARD_WINDOW: u64 = 8192;
 
 /// Stream numbers.
+/// The writer flushes the devices at least once per this many batches, even
+/// if no client asks: a power cut can then lose at most this many batches
+/// (plus one round's) past the last one recovery finds, fewer than the
+/// 2^20 lsns recovery skips — so an lsn, and with it an encryption nonce,
+/// is never used twice (see crypt.rs).
+const UNFLUSHED_BATCHES_MAX: u64 = 1 << 16;
+
+/// Lsns recovery skips past the last batch it found.
+pub(crate) const RECOVERY_LSN_SKIP: u64 = 1 << 20;
+const _: () = assert!(UNFLUSHED_BATCHES_MAX * 4 <= RECOVERY_LSN_SKIP);
+
 pub(crate) const STREAM_DATA: usize = 0;
 pub(crate) const STREAM_CLEANER: usize = 1;
 pub(crate) const STREAMS: usize = 2;
@@ -129,6 +140,10 @@ pub(crate) enum Control {
     },
     SetProp {
         vol: u64,
+        key: String,
+        value: Option<String>,
+    },
+    SetPoolProp {
         key: String,
         value: Option<String>,
     },
@@ -541,7 +556,9 @@ impl Writer {
     async fn finish_round(&mut self, round: Round) {
         self.write_all_batches().await;
         let mut sync_err = None;
-        if round.sync && self.poisoned.is_none() {
+        let overdue =
+            self.last_written_lsn.saturating_sub(self.flushed_lsn) >= UNFLUSHED_BATCHES_MAX;
+        if (round.sync || overdue) && self.poisoned.is_none() {
             if let Err(e) = self.sync_devices().await {
                 sync_err = Some(e);
             }
@@ -1574,6 +1591,13 @@ impl Writer {
             }
             Control::SetProp { vol, key, value } => {
                 cat.set_prop(vol, &key, value.as_deref())?;
+                0
+            }
+            Control::SetPoolProp { key, value } => {
+                match value {
+                    Some(v) => cat.pool_props.insert(key, v),
+                    None => cat.pool_props.remove(&key),
+                };
                 0
             }
             Control::Rename { vol, name } => {
