@@ -99,6 +99,12 @@ pub struct ChangeKey {
     /// New `keylocation`; absent: unchanged.
     #[serde(default)]
     pub keylocation: Option<String>,
+    /// Argon2id memory for a passphrase (e.g. `256M`); absent: default.
+    #[serde(default)]
+    pub argon2_memory: Option<String>,
+    /// Argon2id passes for a passphrase; absent: default.
+    #[serde(default)]
+    pub argon2_passes: Option<String>,
     /// The new secret, hex-encoded; absent: read from the (new) keylocation.
     #[serde(default)]
     pub secret_hex: Option<String>,

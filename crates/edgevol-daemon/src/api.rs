@@ -342,6 +342,10 @@ async fn change_key(
                 &vol,
                 req.keyformat.as_deref(),
                 req.keylocation.as_deref(),
+                edgevol_engine::crypt::KdfParams::from_options(
+                    req.argon2_memory.as_deref(),
+                    req.argon2_passes.as_deref(),
+                )?,
                 secret_of(req.secret_hex.as_deref())?,
             )?;
             p.volume_info(&vol)

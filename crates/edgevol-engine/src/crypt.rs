@@ -191,6 +191,67 @@ impl KdfParams {
             salt: rand::random(),
         }
     }
+
+    /// Fresh parameters from the `argon2_memory` (bytes, with an optional
+    /// K/M/G suffix) and `argon2_passes` options; `None` if neither is given.
+    pub fn from_options(memory: Option<&str>, passes: Option<&str>) -> Result<Option<KdfParams>> {
+        if memory.is_none() && passes.is_none() {
+            return Ok(None);
+        }
+        let mut k = KdfParams::fresh();
+        if let Some(m) = memory {
+            let bytes = parse_size(m).ok_or_else(|| {
+                Error::invalid(format!("argon2_memory must be a size like 256M, not {m:?}"))
+            })?;
+            k.m_kib = u32::try_from(bytes / 1024).unwrap_or(u32::MAX);
+        }
+        if let Some(t) = passes {
+            k.t = t.parse().map_err(|_| {
+                Error::invalid(format!("argon2_passes must be a number, not {t:?}"))
+            })?;
+        }
+        k.check()?;
+        Ok(Some(k))
+    }
+
+    /// Bounds that keep a key derivation from exhausting a small host (they
+    /// are checked again before every derivation: the parameters are read
+    /// from disk).
+    pub fn check(&self) -> Result<()> {
+        if !(KDF_MIN_KIB..=KDF_MAX_KIB).contains(&self.m_kib) {
+            return Err(Error::invalid(format!(
+                "argon2_memory must be between 8M and 1G, not {} KiB",
+                self.m_kib
+            )));
+        }
+        if !(1..=64).contains(&self.t) || !(1..=16).contains(&self.p) {
+            return Err(Error::invalid(format!(
+                "argon2 passes must be 1..64 and lanes 1..16, not {} and {}",
+                self.t, self.p
+            )));
+        }
+        Ok(())
+    }
+
+    /// `m=65536KiB,t=3,p=1`, for reports.
+    pub fn describe(&self) -> String {
+        format!("argon2id m={}KiB,t={},p={}", self.m_kib, self.t, self.p)
+    }
+}
+
+const KDF_MIN_KIB: u32 = 8 * 1024;
+const KDF_MAX_KIB: u32 = 1024 * 1024;
+
+/// `123`, `64K`, `256M`, `1G` (powers of 1024).
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, 'K' | 'k') => (&s[..i], 1u64 << 10),
+        (i, 'M' | 'm') => (&s[..i], 1 << 20),
+        (i, 'G' | 'g') => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
 /// A volume's wrapped data key and how to unwrap it (stored in the catalog).
@@ -237,6 +298,7 @@ fn wrapping_key(
         KeyFormat::Passphrase => {
             let k =
                 kdf.ok_or_else(|| Error::corrupt("passphrase key without Argon2 parameters"))?;
+            k.check()?;
             if s.len() < 8 {
                 return Err(Error::invalid("a passphrase needs at least 8 characters"));
             }
@@ -469,7 +531,7 @@ mod tests {
         let mut data = [0u8; 32];
         rand::fill(&mut data);
         let mut kdf = KdfParams::fresh();
-        kdf.m_kib = 64;
+        kdf.m_kib = KDF_MIN_KIB;
         kdf.t = 1;
         let rec = KeyRec {
             id: 7,

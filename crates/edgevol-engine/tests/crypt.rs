@@ -215,6 +215,7 @@ fn keys_wrong_unloaded_missing_and_changed() {
         "e",
         None,
         None,
+        None,
         Some(Secret::new(b"the new passphrase".to_vec())),
     )
     .expect("change key");

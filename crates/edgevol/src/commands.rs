@@ -529,7 +529,8 @@ pub enum VolumeCmd {
         /// Properties: compression=off|lz4|zstd|zstd-N, readonly=on|off,
         /// comment=..., user properties (org:key=value); at creation only:
         /// encryption=aes-256-gcm, keyformat=passphrase|raw|hex,
-        /// keylocation=prompt|file:///PATH|exec:/PATH.
+        /// keylocation=prompt|file:///PATH|exec:/PATH,
+        /// argon2_memory=SIZE (8M..1G, default 64M), argon2_passes=N (default 3).
         #[arg(short = 'o', value_name = "KEY=VALUE")]
         options: Vec<String>,
     },
@@ -550,7 +551,8 @@ pub enum VolumeCmd {
     ChangeKey {
         /// POOL/VOLUME.
         volume: String,
-        /// keyformat=passphrase|raw|hex, keylocation=prompt|file:///PATH|exec:/PATH.
+        /// keyformat=passphrase|raw|hex, keylocation=prompt|file:///PATH|exec:/PATH,
+        /// argon2_memory=SIZE (8M..1G, default 64M), argon2_passes=N (default 3).
         #[arg(short = 'o', value_name = "KEY=VALUE")]
         options: Vec<String>,
     },
@@ -680,8 +682,10 @@ pub fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
             let mut kv = parse_kv(&options)?;
             let keyformat = kv.remove("keyformat");
             let keylocation = kv.remove("keylocation");
+            let argon2_memory = kv.remove("argon2_memory");
+            let argon2_passes = kv.remove("argon2_passes");
             if let Some(k) = kv.keys().next() {
-                bail!("change-key takes keyformat and keylocation, not {k:?}");
+                bail!("change-key takes keyformat, keylocation, argon2_memory and argon2_passes, not {k:?}");
             }
             let cur: VolumeInfo = ctx.get(&vol_path(p, v))?;
             let location = keylocation
@@ -706,6 +710,8 @@ pub fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
                 &ChangeKey {
                     keyformat,
                     keylocation,
+                    argon2_memory,
+                    argon2_passes,
                     secret_hex,
                 },
             )?;
@@ -783,6 +789,11 @@ pub fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
                 (
                     "keylocation".into(),
                     info.keylocation.clone().unwrap_or_else(|| "none".into()),
+                    "-".into(),
+                ),
+                (
+                    "keykdf".into(),
+                    info.keykdf.clone().unwrap_or_else(|| "-".into()),
                     "-".into(),
                 ),
                 (

@@ -274,3 +274,59 @@ fn compression_defaults_from_the_pool_and_changes_apply_to_new_writes() {
     assert!(e.contains("unknown pool property"), "{e}");
     d.finish(1);
 }
+
+#[test]
+fn argon2_parameters_are_tunable_and_bounded() {
+    let d = Daemon::start();
+    d.create_pool("p", "256M", None);
+    let create = |name: &str, mem: &str| {
+        d.cli_input(
+            &[
+                "volume",
+                "create",
+                name,
+                "--size",
+                "16M",
+                "-o",
+                "encryption=on",
+                "-o",
+                &format!("argon2_memory={mem}"),
+                "-o",
+                "argon2_passes=2",
+            ],
+            PASS,
+        )
+    };
+    let out = create("p/small", "4M");
+    assert!(!out.status.success(), "4 MiB accepted");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("argon2_memory"),
+        "{}",
+        show(&out)
+    );
+    let out = create("p/e", "16M");
+    assert!(out.status.success(), "{}", show(&out));
+    let kdf = |d: &Daemon| d.json(&["volume", "get", "p/e", "keykdf"])["keykdf"].clone();
+    assert_eq!(kdf(&d), "argon2id m=16384KiB,t=2,p=1");
+    qemu_io_ok(&d.uri("p/e"), &["write -P 0x3c 0 1M"]);
+    // Re-tune on change-key; the same passphrase, new parameters.
+    let out = d.cli_input(
+        &[
+            "volume",
+            "change-key",
+            "p/e",
+            "-o",
+            "argon2_memory=32M",
+            "-o",
+            "argon2_passes=1",
+        ],
+        PASS,
+    );
+    assert!(out.status.success(), "{}", show(&out));
+    assert_eq!(kdf(&d), "argon2id m=32768KiB,t=1,p=1");
+    d.ok(&["volume", "unload-key", "p/e"]);
+    let out = d.cli_input(&["volume", "load-key", "p/e"], PASS);
+    assert!(out.status.success(), "{}", show(&out));
+    qemu_io_ok(&d.uri("p/e"), &["read -P 0x3c 0 1M"]);
+    d.finish(1);
+}

@@ -57,6 +57,9 @@ pub struct VolumeInfo {
     /// Encrypted volumes: `available` (key loaded) or `unavailable`.
     #[serde(default)]
     pub keystatus: Option<String>,
+    /// Passphrase keys: the key derivation, e.g. `argon2id m=65536KiB,t=3,p=1`.
+    #[serde(default)]
+    pub keykdf: Option<String>,
 }
 
 /// A snapshot as the API shows it.
@@ -230,6 +233,11 @@ pub(crate) fn volume_info(sh: &Shared, cat: &Catalog, v: &VolumeRec) -> VolumeIn
         .into(),
         keyformat: v.key.as_ref().map(|k| k.format.name().to_string()),
         keylocation: v.key.as_ref().map(|k| k.location.clone()),
+        keykdf: v
+            .key
+            .as_ref()
+            .and_then(|k| k.kdf.as_ref())
+            .map(|k| k.describe()),
         keystatus: v.key.as_ref().map(|k| {
             if sh.key(k.id).is_some() {
                 "available"

@@ -412,14 +412,18 @@ impl Pool {
         let enc = props.remove("encryption");
         let format = props.remove("keyformat");
         let location = props.remove("keylocation");
+        let kdf = crate::crypt::KdfParams::from_options(
+            props.remove("argon2_memory").as_deref(),
+            props.remove("argon2_passes").as_deref(),
+        )?;
         for (k, v) in &props {
             info::check_property(k, v)?;
         }
         let key = match enc.as_deref() {
             None | Some("off") => {
-                if format.is_some() || location.is_some() || secret.is_some() {
+                if format.is_some() || location.is_some() || secret.is_some() || kdf.is_some() {
                     return Err(Error::invalid(
-                        "keyformat, keylocation and a key only apply to encryption=aes-256-gcm",
+                        "keyformat, keylocation, argon2_* and a key only apply to encryption=aes-256-gcm",
                     ));
                 }
                 None
@@ -438,7 +442,7 @@ impl Pool {
                     format,
                     &location,
                     &secret,
-                    None,
+                    kdf,
                 )?)
             }
             Some(other) => {
@@ -502,12 +506,14 @@ impl Pool {
 
     /// Wrap an encrypted volume's data key with a new secret (and format and
     /// location). The key must be loaded; no data is rewritten; snapshots
-    /// and clones stay readable.
+    /// and clones stay readable. `kdf` tunes Argon2 (passphrases; default:
+    /// fresh parameters at the defaults).
     pub fn change_key(
         &self,
         vol: &str,
         format: Option<&str>,
         location: Option<&str>,
+        kdf: Option<crate::crypt::KdfParams>,
         secret: Option<crate::crypt::Secret>,
     ) -> Result<()> {
         let rec = self.key_rec(vol)?;
@@ -526,7 +532,7 @@ impl Pool {
             Some(s) => s,
             None => crate::crypt::fetch_secret(&location)?,
         };
-        let new = rec.rewrap_loaded(&key, format, &location, &secret, None)?;
+        let new = rec.rewrap_loaded(&key, format, &location, &secret, kdf)?;
         let id = self.vol_id(vol)?;
         self.sh
             .control(Control::SetKeyRec { vol: id, key: new })
