@@ -14,9 +14,9 @@
 //! (epoch `c`) overwrites X whose head-visible entry was born at `b`, that
 //! block of the entry is still needed iff some frozen view (snapshot or
 //! branch point) of L lies in `[b, c)`. Otherwise it is punched out of the
-//! entry; a record whose last fragment goes is freed.
+//! entry, and its space is freed at once (see [`live_share`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::catalog::{Barrier, Chain, ViewStep};
 use crate::error::Result;
@@ -34,9 +34,34 @@ pub type Change = (Key, Option<Value>);
 pub struct ChunkChanges {
     /// Map changes, to apply in order.
     pub changes: Vec<Change>,
-    /// Records no longer referenced: `(address, footprint bytes, logical
-    /// bytes)`.
+    /// Space given up by records that lost blocks: `(record address, stored
+    /// bytes, logical bytes)`, per [`live_share`].
     pub freed: Vec<(Paddr, u64, u64)>,
+}
+
+/// The live space a record accounts for while `blocks` of its blocks are
+/// referenced: `(stored bytes, logical bytes)`.
+///
+/// Invariant: a segment's `live` is the sum of this over its records, so
+/// it drops as soon as a block is overwritten, trimmed or collected —
+/// writes at a full pool are not refused for space that is already dead.
+/// A plain record counts 4 KiB per referenced block (exact: the cleaner
+/// moves only referenced blocks). A packed (compressed or encrypted)
+/// record counts its footprint pro rata; the cleaner re-stores the live
+/// blocks of a partly dead packed record, so the rest does come back.
+pub fn live_share(d: &DataRef, blocks: u64) -> (u64, u64) {
+    let rec = u64::from(d.rec_blocks.max(1));
+    (
+        d.footprint() * blocks.min(rec) / rec,
+        blocks * crate::layout::BLOCK_U64,
+    )
+}
+
+/// Space freed when a record goes from `before` to `after` referenced blocks.
+fn share_freed(d: &DataRef, before: u64, after: u64) -> Option<(Paddr, u64, u64)> {
+    let (sb, lb) = live_share(d, before);
+    let (sa, la) = live_share(d, after);
+    (before > after).then_some((d.paddr, sb - sa, lb - la))
 }
 
 impl ChunkChanges {
@@ -262,19 +287,25 @@ fn apply_local(entries: &Entries, changes: &[Change]) -> Vec<(Key, Value)> {
     m.into_iter().collect()
 }
 
-/// Records referenced before but not after, with their footprints.
+/// Referenced blocks per record.
+fn blocks_per_record<'a>(entries: impl Iterator<Item = &'a Value>) -> BTreeMap<Paddr, u64> {
+    let mut m = BTreeMap::new();
+    for d in entries.filter_map(Value::data) {
+        *m.entry(d.paddr).or_insert(0) += u64::from(d.nblocks);
+    }
+    m
+}
+
+/// Space freed between `before` and `after` (records that lost blocks).
 fn freed_records(before: &Entries, after: &[(Key, Value)]) -> Vec<(Paddr, u64, u64)> {
-    let live: BTreeSet<Paddr> = after
-        .iter()
-        .filter_map(|(_, v)| v.data())
-        .map(|d| d.paddr)
-        .collect();
+    let b = blocks_per_record(before.iter().map(|(_, v)| v));
+    let a = blocks_per_record(after.iter().map(|(_, v)| v));
     let mut seen = BTreeSet::new();
     before
         .iter()
         .filter_map(|(_, v)| v.data())
-        .filter(|d| !live.contains(&d.paddr) && seen.insert(d.paddr))
-        .map(|d| (d.paddr, d.footprint(), d.logical()))
+        .filter(|d| seen.insert(d.paddr))
+        .filter_map(|d| share_freed(d, b[&d.paddr], a.get(&d.paddr).copied().unwrap_or(0)))
         .collect()
 }
 
@@ -346,33 +377,37 @@ pub fn plan_write(
     ChunkChanges { changes, freed }
 }
 
-/// Records left without a fragment once the blocks in `remove` (per entry,
-/// bit i = block `key.lba + i`) are punched out. Same result as comparing
-/// before and after with [`freed_records`], without rebuilding the chunk
-/// (this runs on every write).
+/// Space freed once the blocks in `remove` (per entry, bit i = block
+/// `key.lba + i`) are punched out. Same result as comparing before and
+/// after with [`freed_records`], without rebuilding the chunk (this runs on
+/// every write).
 fn freed_by_removal(entries: &Entries, remove: &[u64]) -> Vec<(Paddr, u64, u64)> {
-    let whole = |v: &Value| {
-        if v.nblocks() >= 64 {
-            u64::MAX
-        } else {
-            (1u64 << v.nblocks()) - 1
-        }
-    };
     let mut freed: Vec<(Paddr, u64, u64)> = Vec::new();
     for (i, (_, v)) in entries.iter().enumerate() {
         let Some(d) = v.data() else { continue };
-        // Only an entry losing all its blocks can free its record.
-        if remove[i] & whole(v) != whole(v) || freed.iter().any(|(p, _, _)| *p == d.paddr) {
+        if remove[i] == 0 || freed.iter().any(|(p, _, _)| *p == d.paddr) {
             continue;
         }
-        let still_used = entries.iter().enumerate().any(|(j, (_, w))| {
-            w.data().is_some_and(|e| e.paddr == d.paddr) && remove[j] & whole(w) != whole(w)
-        });
-        if !still_used {
-            freed.push((d.paddr, d.footprint(), d.logical()));
+        // Every entry of this record: blocks referenced, and removed.
+        let (mut had, mut lost) = (0u64, 0u64);
+        for (j, (_, w)) in entries.iter().enumerate() {
+            if w.data().is_some_and(|e| e.paddr == d.paddr) {
+                had += u64::from(w.nblocks());
+                lost += u64::from((remove[j] & whole_mask(w)).count_ones());
+            }
         }
+        freed.extend(share_freed(d, had, had - lost));
     }
     freed
+}
+
+/// Bit mask of an entry's blocks.
+fn whole_mask(v: &Value) -> u64 {
+    if v.nblocks() >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << v.nblocks()) - 1
+    }
 }
 
 /// After a trim's punches are applied, add tombstones (zero, unallocated)
@@ -422,12 +457,7 @@ pub fn plan_gc(entries: &Entries, lo: u64, views: &[u64], barriers: &[Barrier]) 
         if chunk_start(k.lba) != lo {
             continue;
         }
-        let all = if v.nblocks() >= 64 {
-            u64::MAX
-        } else {
-            (1u64 << v.nblocks()) - 1
-        };
-        let remove = all & !needed[i];
+        let remove = whole_mask(v) & !needed[i];
         if remove != 0 {
             punch(*k, v, remove, &mut changes);
         }
@@ -465,23 +495,24 @@ pub fn plan_relocate(
 /// (the moved copy is then garbage).
 pub fn plan_move(entries: &Entries, birth: u64, old: Paddr, new: Paddr) -> ChunkChanges {
     let mut changes = Vec::new();
-    let mut footprint = (0, 0);
+    let mut blocks = 0;
+    let mut any: Option<&DataRef> = None;
     for (k, v) in entries {
         if k.birth != birth {
             continue;
         }
         if let Some(d) = v.data().filter(|d| d.paddr == old) {
-            footprint = (d.footprint(), d.logical());
+            blocks += u64::from(d.nblocks);
+            any = Some(d);
             let mut moved = d.clone();
             moved.paddr = new;
             changes.push((*k, Some(Value::Data(moved))));
         }
     }
-    let freed = if changes.is_empty() {
-        Vec::new()
-    } else {
-        vec![(old, footprint.0, footprint.1)]
-    };
+    let freed = any
+        .and_then(|d| share_freed(d, blocks, 0))
+        .into_iter()
+        .collect();
     ChunkChanges { changes, freed }
 }
 
@@ -638,7 +669,11 @@ mod tests {
             &[],
             &NewValue::Data(rec(100_000, 2)),
         );
-        assert!(c.freed.is_empty(), "the first record is still partly live");
+        assert_eq!(
+            c.freed,
+            vec![(Paddr::new(SegId::new(0, 0), 0), 2 * 4096, 2 * 4096)],
+            "the overwritten blocks' space comes back at once"
+        );
         m.apply(&c);
         let ks: Vec<u64> = m.0.keys().map(|k| k.lba).collect();
         assert_eq!(ks, vec![0, 2, 4]);
@@ -657,9 +692,9 @@ mod tests {
             &[],
             &NewValue::Data(rec(200_000, 8)),
         );
-        let mut freed: Vec<u32> = c.freed.iter().map(|f| f.0.offset).collect();
+        let mut freed: Vec<(u32, u64)> = c.freed.iter().map(|f| (f.0.offset, f.1)).collect();
         freed.sort();
-        assert_eq!(freed, vec![0, 100_000]);
+        assert_eq!(freed, vec![(0, 6 * 4096), (100_000, 2 * 4096)]);
         m.apply(&c);
         assert_eq!(m.0.len(), 1);
     }
@@ -697,9 +732,10 @@ mod tests {
         assert_eq!(now.len(), 3);
         // Destroy the snapshot: only the head view remains.
         let g = plan_gc(&m.chunk(1, 0), 0, &[2], &[]);
-        assert!(
-            g.freed.is_empty(),
-            "blocks 0,2,3 of the old record are still live"
+        assert_eq!(
+            g.freed,
+            vec![(Paddr::new(SegId::new(0, 0), 0), 4096, 4096)],
+            "block 1 of the old record is dead; blocks 0,2,3 are still live"
         );
         m.apply(&g);
         assert_eq!(m.read(&vec![head(1, 2)], 0, 4), now);

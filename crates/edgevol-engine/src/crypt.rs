@@ -520,7 +520,7 @@ mod tests {
     fn cheap(rec: &mut KeyRec) {
         // Tests need no 64 MiB Argon2 runs.
         if let Some(k) = &mut rec.kdf {
-            k.m_kib = 64;
+            k.m_kib = KDF_MIN_KIB;
             k.t = 1;
         }
     }

@@ -62,6 +62,27 @@ pub struct FileDevice {
     direct: bool,
 }
 
+/// How long opening a device waits for another holder's lock to go.
+///
+/// A daemon killed with SIGKILL is reaped before the kernel has torn down
+/// its io_uring instances, and in-flight requests keep the device's open
+/// file — and with it the lock — for a moment longer. A restart right
+/// after a crash must not mistake that for a second live daemon.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Take `file`'s exclusive lock, retrying for up to [`LOCK_WAIT`].
+fn lock_exclusive(file: &File) -> std::result::Result<(), std::fs::TryLockError> {
+    let end = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < end => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
 impl FileDevice {
     /// Open an existing file or block device, exclusively.
     pub fn open(path: &Path) -> Result<FileDevice> {
@@ -96,7 +117,7 @@ impl FileDevice {
             }
             Err(e) => return Err(Error::io(format!("cannot open {}", path.display()), e)),
         };
-        match file.try_lock() {
+        match lock_exclusive(&file) {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(Error::new(

@@ -146,3 +146,173 @@ fn full_pool_gives_enospc_and_recovers_after_delete() {
         .expect("space came back");
     assert_clean(&pool);
 }
+
+/// A 4 KiB block that compresses about 2:1: text naming `tag`, then
+/// pseudo-random bytes seeded by it.
+fn text_block(tag: u64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(4096);
+    while b.len() < 2048 {
+        b.extend_from_slice(format!("block {tag:016x} of compressible text; ").as_bytes());
+    }
+    b.truncate(2048);
+    let mut x = tag.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    while b.len() < 4096 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        b.extend_from_slice(&x.to_le_bytes());
+    }
+    b
+}
+
+#[test]
+fn random_overwrites_at_a_nearly_full_pool_do_not_fail() {
+    // Live compressed data at ~90% of what the pool can hold, then random
+    // 4 KiB overwrites of about twice the pool. Each overwrite frees its
+    // share of the packed record it replaces at once and the cleaner stores
+    // the live rest anew, so none fails.
+    let dev = Arc::new(MemDevice::new("d0", 64 * MIB));
+    let pool = Pool::create(
+        "p",
+        vec![dev.clone() as Arc<dyn Device>],
+        &CreateOptions {
+            segment_size: Some(2 * MIB),
+        },
+        background_cfg(),
+    )
+    .unwrap();
+    let usable = pool.status().usable;
+    // Blocks compress about 2:1, so the volume's logical size is ~1.8x
+    // the pool.
+    let size = (usable * 18 / 10) / MIB * MIB;
+    let props = BTreeMap::from([("compression".to_string(), "lz4".to_string())]);
+    pool.create_volume("v", size, props).unwrap();
+    let v = pool.open_volume("v").unwrap();
+    let blocks = size / 4096;
+    let mut model: Vec<u64> = (0..blocks).collect();
+    for lba in (0..blocks).step_by(16) {
+        let n = 16.min(blocks - lba);
+        let data: Vec<u8> = (lba..lba + n).flat_map(text_block).collect();
+        write(&v, lba, &data);
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut tag = blocks;
+    for _ in 0..2 * 64 * MIB / 2048 {
+        let lba = rng.random_range(0..blocks);
+        tag += 1;
+        model[lba as usize] = tag;
+        futures::executor::block_on(v.write(lba * 4096, Bytes::from(text_block(tag)), false))
+            .expect("an overwrite at a nearly full pool must not fail");
+    }
+    let all = read(&v, 0, blocks);
+    for (lba, t) in model.iter().enumerate() {
+        assert!(
+            all[lba * 4096..(lba + 1) * 4096] == text_block(*t)[..],
+            "block {lba}"
+        );
+    }
+    let st = pool.status();
+    assert_eq!(
+        st.logical, size,
+        "live logical bytes are the volume's blocks"
+    );
+    pool.sync_maintenance().unwrap();
+    assert_clean(&pool);
+}
+
+fn partly_dead_records(encrypted: bool) {
+    let (pool, _dev) = mem_pool(64 * MIB);
+    let mut props = BTreeMap::from([("compression".to_string(), "zstd".to_string())]);
+    if encrypted {
+        props.insert("encryption".into(), "aes-256-gcm".into());
+        props.insert("keyformat".into(), "hex".into());
+    }
+    let secret =
+        || encrypted.then(|| edgevol_engine::crypt::Secret::new("ab".repeat(32).into_bytes()));
+    pool.create_volume_with_key("v", 16 * MIB, props, secret())
+        .expect("pool operation");
+    let v = pool.open_volume("v").expect("pool operation");
+    let blocks = 16 * MIB / 4096;
+    // Tag of each block's content; unwritten blocks read as zeroes.
+    let mut model: Vec<u64> = vec![u64::MAX; blocks as usize];
+    // `n` blocks from `lo` in compressible 64 KiB records; then every
+    // other block of each record is overwritten, so each is half dead.
+    let half_dead = |model: &mut Vec<u64>, lo: u64, n: u64| {
+        for lba in (lo..lo + n).step_by(16) {
+            let data: Vec<u8> = (lba..lba + 16).flat_map(text_block).collect();
+            for x in lba..lba + 16 {
+                model[x as usize] = x;
+            }
+            write(&v, lba, &data);
+        }
+        flush(&v);
+        pool.sync_maintenance().expect("pool operation");
+        for lba in (lo..lo + n).step_by(2) {
+            model[lba as usize] = 1_000_000 + lba;
+            write(&v, lba, &text_block(1_000_000 + lba));
+        }
+        flush(&v);
+        pool.sync_maintenance().expect("pool operation");
+    };
+    let check = |v: &edgevol_engine::Volume, model: &[u64]| {
+        let all = read(v, 0, blocks);
+        for (lba, t) in model.iter().enumerate() {
+            let want = if *t == u64::MAX {
+                vec![0; 4096]
+            } else {
+                text_block(*t)
+            };
+            assert!(all[lba * 4096..(lba + 1) * 4096] == want[..], "block {lba}");
+        }
+    };
+    let counter = |name: &str| pool.status().counters[name];
+    half_dead(&mut model, 0, blocks / 2);
+    let before = pool.status();
+    assert_eq!(before.logical, 8 * MIB, "live logical bytes: {before:?}");
+    pool.clean_now(64).expect("pool operation");
+    pool.sync_maintenance().expect("pool operation");
+    let restored = counter("restored_fragments");
+    // Every half-dead record's live blocks (8 of 16) are stored anew,
+    // except in segments still open for writing.
+    assert!(
+        restored >= blocks / 4 * 9 / 10,
+        "only {restored} fragments restored"
+    );
+    check(&v, &model);
+    assert_clean(&pool);
+    let after = pool.status();
+    assert_eq!(after.logical, 8 * MIB);
+    assert!(
+        after.allocated < before.allocated,
+        "allocated {} after cleaning, {} before",
+        after.allocated,
+        before.allocated
+    );
+    if encrypted {
+        // Locked: the cleaner cannot open the records and moves them whole.
+        half_dead(&mut model, blocks / 2, blocks / 2);
+        pool.unload_key("v").expect("pool operation");
+        let moved = counter("relocated_fragments");
+        pool.clean_now(64).expect("pool operation");
+        pool.sync_maintenance().expect("pool operation");
+        assert_eq!(
+            counter("restored_fragments"),
+            restored,
+            "restored without a key"
+        );
+        assert!(counter("relocated_fragments") > moved, "nothing moved");
+        assert_clean(&pool);
+        pool.load_key("v", secret()).expect("pool operation");
+        check(&v, &model);
+    }
+}
+
+#[test]
+fn partly_dead_compressed_records_are_stored_anew_by_the_cleaner() {
+    partly_dead_records(false);
+}
+
+#[test]
+fn partly_dead_encrypted_records_are_stored_anew_when_the_key_is_loaded() {
+    partly_dead_records(true);
+}

@@ -453,6 +453,13 @@ fn campaign(test: &str, snapshots: bool, pool_size: &str) {
         gen = gen.max(r.max_gen);
 
         d.restart();
+        let st = d.cli(&["pool", "status", "p"]);
+        assert!(
+            st.status.success(),
+            "round {round}: pool p did not come back after the kill: {}\ndaemon log:\n{}",
+            String::from_utf8_lossy(&st.stderr),
+            d.log()
+        );
         let replayed = d.log().contains("recovered from the log");
         if replayed {
             recovered_rounds += 1;

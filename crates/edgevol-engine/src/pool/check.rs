@@ -309,7 +309,8 @@ fn check_chunk(
                 continue;
             }
         }
-        *live.entry(p.seg).or_insert(0) += d0.footprint();
+        let blocks: u64 = frags.iter().map(|(_, d)| u64::from(d.nblocks)).sum();
+        *live.entry(p.seg).or_insert(0) += crate::chunk::live_share(d0, blocks).0;
         // Verify the data: every block of a plain record; the stored bytes
         // of a packed one (and, if its key is loaded, its authentication).
         let start = u64::from(p.offset) & !(BLOCK as u64 - 1);

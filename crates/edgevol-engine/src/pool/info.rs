@@ -341,6 +341,7 @@ pub(crate) fn pool_status(sh: &Shared) -> PoolStatus {
         ("map_flushes", &st.map_flushes),
         ("compactions", &st.compactions),
         ("relocated_fragments", &st.relocated),
+        ("restored_fragments", &st.restored),
         ("cleaned_segments", &st.cleaned_segments),
         ("checksum_errors", &st.checksum_errors),
     ]

@@ -14,15 +14,15 @@ use bytes::Bytes;
 
 use super::ckpt;
 use super::space::SegState;
-use super::writer::{Control, MaintOp, RelocItem};
+use super::writer::{Control, MaintOp, RelocItem, RelocKind};
 use super::Shared;
 use crate::buf::AlignedBuf;
 use crate::chunk::PieceKind;
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::batch::{BatchHeader, EntryKind};
+use crate::format::batch::{BatchHeader, EntryKind, LogEntry};
 use crate::layout::{chunk_start, MetaExtent, Paddr, SegId, BLOCK, BLOCK_U64, CHUNK_BLOCKS};
 use crate::map::run::{Run, RunBuilder, RunMeta};
-use crate::map::{Key, Levels, Value};
+use crate::map::{DataRef, Key, Levels, Value};
 
 /// What maintenance has been doing (for status).
 #[derive(Debug, Default, Clone)]
@@ -555,18 +555,31 @@ fn clean_segment(sh: &Shared, seg: SegId) -> Result<()> {
                 )?
                 .entries;
             if !e.is_plain() {
-                // Compressed or encrypted: the record moves whole, as stored
-                // (no key needed), if any fragment of it is still live.
-                if !entries
-                    .iter()
-                    .any(|(_, v)| v.data().is_some_and(|d| d.paddr == rec))
-                {
-                    continue;
-                }
                 let s = off + e.payload_off as usize;
                 let Some(data) = b.get(s..s + e.stored_len as usize) else {
                     continue;
                 };
+                let frags: Vec<(Key, DataRef)> = entries
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        v.data().filter(|d| d.paddr == rec).map(|d| (*k, d.clone()))
+                    })
+                    .collect();
+                let live: u64 = frags.iter().map(|(_, d)| u64::from(d.nblocks)).sum();
+                if live == 0 {
+                    continue;
+                }
+                // Partly dead: re-store only the live blocks (decompressed,
+                // then compressed and encrypted anew), so the dead part
+                // comes back. That needs the key of an encrypted record.
+                if live < u64::from(e.nblocks) {
+                    if let Some(mut restored) = restore_fragments(sh, e, rec, data, &frags) {
+                        pending += restored.iter().map(|it| it.data.len()).sum::<usize>();
+                        items.append(&mut restored);
+                        continue;
+                    }
+                }
+                // Whole (or locked): the record moves as stored, no key needed.
                 if e.csums.first() != Some(&crc32c::crc32c(data)) {
                     sh.vdevs.note_checksum_error(seg);
                     sh.stats.checksum_errors.fetch_add(1, Ordering::Relaxed);
@@ -581,7 +594,7 @@ fn clean_segment(sh: &Shared, seg: SegId) -> Result<()> {
                     comp: e.comp,
                     enc: e.enc,
                     seal: e.seal,
-                    whole: true,
+                    kind: RelocKind::Whole,
                     data: Bytes::copy_from_slice(data),
                     csums: e.csums.clone(),
                 });
@@ -613,7 +626,7 @@ fn clean_segment(sh: &Shared, seg: SegId) -> Result<()> {
                     comp: d.comp,
                     enc: d.enc,
                     seal: None,
-                    whole: false,
+                    kind: RelocKind::Fragment,
                     data: Bytes::copy_from_slice(data),
                     csums: d.csums.to_vec(),
                 });
@@ -630,6 +643,60 @@ fn clean_segment(sh: &Shared, seg: SegId) -> Result<()> {
         send(sh, |d| MaintOp::Relocate(items, d))?;
     }
     Ok(())
+}
+
+/// The live fragments of a partly dead packed record, opened (checked,
+/// decrypted, decompressed) for the writer to store anew. None if the
+/// record cannot be opened here (its key is not loaded, or it is damaged):
+/// it then moves whole.
+fn restore_fragments(
+    sh: &Shared,
+    e: &LogEntry,
+    rec: Paddr,
+    stored: &[u8],
+    frags: &[(Key, DataRef)],
+) -> Option<Vec<RelocItem>> {
+    let (_, d0) = frags.first()?;
+    let key = match d0.enc {
+        crate::crypt::ENC_NONE => None,
+        _ => Some(super::read::lineage_key(sh, e.lineage).ok()?),
+    };
+    let mut buf = stored.to_vec();
+    let plain = match super::read::open_record(
+        sh,
+        e.lineage,
+        e.lba,
+        e.birth,
+        d0,
+        key.as_deref(),
+        &mut buf,
+    ) {
+        Ok(Some(p)) => p,
+        Ok(None) => buf,
+        Err(err) => {
+            tracing::warn!(pool = %sh.name, record = ?rec, error = %err, "cleaner cannot open a record; moving it as stored");
+            return None;
+        }
+    };
+    frags
+        .iter()
+        .map(|(k, d)| {
+            let from = usize::from(d.rec_off) * BLOCK;
+            let data = plain.get(from..from + usize::from(d.nblocks) * BLOCK)?;
+            Some(RelocItem {
+                key: *k,
+                old: rec,
+                old_rec_off: d.rec_off,
+                nblocks: d.nblocks,
+                comp: d.comp,
+                enc: d.enc,
+                seal: None,
+                kind: RelocKind::Restore,
+                data: Bytes::copy_from_slice(data),
+                csums: Vec::new(),
+            })
+        })
+        .collect()
 }
 
 // ----------------------------------------------------------------------

@@ -126,6 +126,8 @@ pub struct Stats {
     pub relocated: AtomicU64,
     /// Segments the cleaner processed.
     pub cleaned_segments: AtomicU64,
+    /// Fragments of partly dead packed records the cleaner stored anew.
+    pub restored: AtomicU64,
     /// Checksum failures seen by reads.
     pub checksum_errors: AtomicU64,
 }

@@ -370,38 +370,60 @@ async fn read_part(sh: &Shared, p: &Part) -> Result<ReadSeg> {
                 .await?;
             let lo = (u64::from(d.paddr.offset) - start) as usize;
             let stored = &mut buf.as_mut_slice()[lo..lo + d.stored_len as usize];
-            if d.csums.first() != Some(&crc32c::crc32c(stored)) {
-                return Err(checksum_failure(sh, d.paddr));
-            }
-            if let (Some(key), Some(seal)) = (key, &d.seal) {
-                let place = crate::crypt::RecordPlace {
-                    lineage: *lineage,
-                    lba: *rec_lba,
-                    birth: *birth,
-                    blocks: d.rec_blocks,
-                    comp: d.comp,
-                };
-                if let Err(e) = key.open(seal, &place, stored) {
-                    sh.vdevs.note_checksum_error(d.paddr.seg);
-                    sh.stats.checksum_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(pool = %sh.name, record = ?d.paddr, "encrypted record failed authentication");
-                    return Err(e);
-                }
-            }
+            let plain = open_record(sh, *lineage, *rec_lba, *birth, d, key.as_deref(), stored)?;
             let from = usize::from(d.rec_off) * BLOCK;
             let len = *blocks as usize * BLOCK;
-            if d.comp == crate::compress::COMP_NONE {
-                let b = Bytes::from_owner(buf);
-                return Ok(ReadSeg::Data(b.slice(lo + from..lo + from + len)));
+            match plain {
+                None => {
+                    let b = Bytes::from_owner(buf);
+                    Ok(ReadSeg::Data(b.slice(lo + from..lo + from + len)))
+                }
+                Some(p) => Ok(ReadSeg::Data(Bytes::from(p).slice(from..from + len))),
             }
-            let plain = crate::compress::decompress(d.comp, stored, d.logical() as usize)?;
-            Ok(ReadSeg::Data(Bytes::from(plain).slice(from..from + len)))
         }
     }
 }
 
+/// Verify and open a packed record's stored bytes, in place: checksum,
+/// then authentication and decryption (with `key`, if the record is
+/// encrypted), then decompression. Returns the decompressed record, or
+/// None if it was not compressed (the plaintext is then `stored`).
+/// Failures are counted as checksum errors on the record's device.
+pub(crate) fn open_record(
+    sh: &Shared,
+    lineage: u32,
+    rec_lba: u64,
+    birth: u64,
+    d: &DataRef,
+    key: Option<&crate::crypt::DataKey>,
+    stored: &mut [u8],
+) -> Result<Option<Vec<u8>>> {
+    if d.csums.first() != Some(&crc32c::crc32c(stored)) {
+        return Err(checksum_failure(sh, d.paddr));
+    }
+    if let (Some(key), Some(seal)) = (key, &d.seal) {
+        let place = crate::crypt::RecordPlace {
+            lineage,
+            lba: rec_lba,
+            birth,
+            blocks: d.rec_blocks,
+            comp: d.comp,
+        };
+        if let Err(e) = key.open(seal, &place, stored) {
+            sh.vdevs.note_checksum_error(d.paddr.seg);
+            sh.stats.checksum_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(pool = %sh.name, record = ?d.paddr, "encrypted record failed authentication");
+            return Err(e);
+        }
+    }
+    if d.comp == crate::compress::COMP_NONE {
+        return Ok(None);
+    }
+    crate::compress::decompress(d.comp, stored, d.logical() as usize).map(Some)
+}
+
 /// The loaded key that decrypts records of lineage `l`.
-fn lineage_key(sh: &Shared, l: u32) -> Result<std::sync::Arc<crate::crypt::DataKey>> {
+pub(crate) fn lineage_key(sh: &Shared, l: u32) -> Result<std::sync::Arc<crate::crypt::DataKey>> {
     let id = sh.catalog().key_of(l);
     id.and_then(|id| sh.key(id)).ok_or_else(|| {
         Error::new(

@@ -159,21 +159,34 @@ pub(crate) enum Control {
     },
 }
 
-/// A fragment the cleaner moves.
-/// A fragment (plain records) or a whole stored record (compressed or
-/// encrypted, `whole`: key = (lineage, record lba, birth), nblocks = the
-/// record's blocks, data = the stored bytes) the cleaner moves.
+/// What the cleaner moves.
 pub(crate) struct RelocItem {
+    /// The fragment's key; for `Whole`, (lineage, record lba, birth).
     pub key: Key,
     pub old: Paddr,
     pub old_rec_off: u8,
+    /// Blocks of the fragment; for `Whole`, of the record.
     pub nblocks: u8,
+    /// Compression (for `Restore`: the algorithm to compress with again).
     pub comp: u8,
     pub enc: u8,
     pub seal: Option<crate::crypt::Seal>,
-    pub whole: bool,
+    pub kind: RelocKind,
+    /// Stored bytes (`Fragment`, `Whole`) or plaintext (`Restore`).
     pub data: Bytes,
     pub csums: Vec<u32>,
+}
+
+/// How the cleaner moves something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RelocKind {
+    /// Blocks of a plain record, as stored.
+    Fragment,
+    /// A whole packed record, as stored (no key needed).
+    Whole,
+    /// The live blocks of a partly dead packed record, stored anew
+    /// (compressed and encrypted again, with a fresh nonce).
+    Restore,
 }
 
 /// Maintenance ops.
@@ -1145,16 +1158,18 @@ impl Writer {
 
     fn apply_changes(&mut self, c: ChunkChanges, new: Option<&DataRef>) {
         if let Some(d) = new {
-            let used = c.changes.iter().any(|(_, v)| {
-                v.as_ref()
-                    .and_then(Value::data)
-                    .is_some_and(|x| x.paddr == d.paddr)
-            });
-            if used {
-                self.sh
-                    .segs
-                    .lock()
-                    .add_live(d.paddr.seg, d.footprint(), d.logical());
+            // The new record's share for the blocks actually referenced (a
+            // flatten copy may insert only some of them).
+            let blocks: u64 = c
+                .changes
+                .iter()
+                .filter_map(|(_, v)| v.as_ref().and_then(Value::data))
+                .filter(|x| x.paddr == d.paddr)
+                .map(|x| u64::from(x.nblocks))
+                .sum();
+            if blocks > 0 {
+                let (stored, logical) = chunk::live_share(d, blocks);
+                self.sh.segs.lock().add_live(d.paddr.seg, stored, logical);
             }
         }
         if !c.freed.is_empty() {
@@ -1654,8 +1669,33 @@ impl Writer {
     async fn relocate(&mut self, items: Vec<RelocItem>) -> Result<u64> {
         let before = self.sh.stats.relocated.load(Ordering::Relaxed);
         for it in items {
+            if it.kind == RelocKind::Restore {
+                let comp = match it.comp {
+                    crate::compress::COMP_ZSTD => Compression::Zstd(3),
+                    crate::compress::COMP_LZ4 => Compression::Lz4,
+                    _ => Compression::Off,
+                };
+                let (mut e, stored) = record_entry(
+                    EntryKind::Relocate,
+                    it.key.lineage,
+                    it.key.lba,
+                    it.key.birth,
+                    &it.data,
+                    comp,
+                    it.enc,
+                );
+                e.reloc_from = Some((it.old, it.old_rec_off));
+                if !self.push_entry(STREAM_CLEANER, e, Some(&stored))? {
+                    return Err(Error::new(
+                        ErrorKind::NoSpace,
+                        "no segment free for the cleaner",
+                    ));
+                }
+                self.sh.stats.restored.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let e = LogEntry {
-                kind: if it.whole {
+                kind: if it.kind == RelocKind::Whole {
                     EntryKind::Move
                 } else {
                     EntryKind::Relocate
