@@ -234,7 +234,7 @@ fn resolve(a: &BenchArgs, stamp: &str) -> Result<(Config, Vec<String>)> {
         );
     }
     let size = a.size.unwrap_or(if q { 256 << 20 } else { 4 << 30 });
-    if size < (64 << 20) || size % (1 << 20) != 0 {
+    if size < (64 << 20) || !size.is_multiple_of(1 << 20) {
         bail!("--size must be a multiple of 1M and at least 64M");
     }
     let passes = a.passes.unwrap_or(if q { 1 } else { 3 });

@@ -367,8 +367,29 @@ mod tests {
         let st = p.stop(Duration::from_secs(5));
         assert!(!st.success());
         assert!(!registry().groups.contains(&pid));
-        // The whole group is gone, the background sleep too.
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(!kill_group(pid, 0));
+        // The whole group is gone, the background sleep too (it may stay a
+        // zombie until init reaps it, which is not a live member).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while live_members(pid) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(live_members(pid), 0);
+    }
+
+    /// Processes of group `pgid` that are not zombies.
+    fn live_members(pgid: i32) -> usize {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        dir.flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .filter(|s| {
+                let Some((_, rest)) = s.rsplit_once(')') else {
+                    return false;
+                };
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                f.first() != Some(&"Z") && f.get(2) == Some(&pgid.to_string().as_str())
+            })
+            .count()
     }
 }

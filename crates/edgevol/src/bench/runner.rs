@@ -127,6 +127,9 @@ impl<'a> Run<'a> {
     }
 }
 
+/// Work done on a started edgevol server before fio runs (a snapshot).
+pub type Hook<'a> = &'a dyn Fn(&Daemon, &mut Record) -> Result<()>;
+
 /// `base` with a suffix appended to its file name.
 pub fn suffixed(base: &Path, suffix: &str) -> PathBuf {
     let mut s = base.as_os_str().to_owned();
@@ -351,12 +354,7 @@ impl Bench {
     /// Start `run.target`'s server on `img`, run one fio client, stop the
     /// server, and record the result. `pre` runs on the started server
     /// before fio (take a snapshot, ...).
-    pub fn run_one(
-        &mut self,
-        run: Run,
-        img: &mut Image,
-        pre: Option<&dyn Fn(&Daemon, &mut Record) -> Result<()>>,
-    ) -> Record {
+    pub fn run_one(&mut self, run: Run, img: &mut Image, pre: Option<Hook>) -> Record {
         let mut rec = run.record();
         let base = self.fio_dir.join(run.file_stem());
         self.pb.set_message(format!(

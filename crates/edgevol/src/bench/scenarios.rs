@@ -11,7 +11,7 @@ use serde_json::json;
 use super::daemon::Daemon;
 use super::fio::Data;
 use super::jobs::{Job, FILL, JOBS};
-use super::runner::{pool_facts, Bench, Client, Run};
+use super::runner::{pool_facts, Bench, Client, Hook, Run};
 use super::stats::Record;
 use super::targets::{Format, Image, Server, Target};
 
@@ -177,7 +177,7 @@ fn snapshot(b: &mut Bench, pass: u32) -> Result<Outcome> {
         );
         note(&mut before, "filled volume, roomy pool".into());
         fix_last(b, before);
-        let take: &dyn Fn(&Daemon, &mut Record) -> Result<()> = &|d, rec| {
+        let take: Hook = &|d: &Daemon, rec: &mut Record| {
             let t = Instant::now();
             d.snapshot("vol0", "s").context("snapshot create")?;
             let secs = t.elapsed().as_secs_f64();
