@@ -21,6 +21,10 @@ pub struct Group {
 pub fn groups(rows: &[Row]) -> Vec<Group> {
     let mut out: Vec<Group> = Vec::new();
     for r in rows {
+        // A scenario's fill (1 MiB writes) would dwarf its 4 KiB variants.
+        if r.scenario.is_some() && r.job == super::jobs::FILL.name {
+            continue;
+        }
         let (title, label) = match &r.scenario {
             None => (r.job.clone(), r.target.clone()),
             Some(s) => (format!("scenario {s}"), r.job.clone()),
@@ -100,14 +104,16 @@ pub fn write_svg(path: &Path, title: &str, groups: &[Group]) -> Result<()> {
                 .collect();
             let max = vals.iter().map(|v| v.1).fold(0.0, f64::max);
             let top = if max > 0.0 { max * 1.18 } else { 1.0 };
-            let n = g.bars.len().max(1);
+            // At least 4 slots, so a lone bar is not as wide as the panel.
+            let n = g.bars.len().max(4);
             let labels: Vec<String> = g.bars.iter().map(|b| b.0.clone()).collect();
             let mut chart = ChartBuilder::on(area)
                 .caption(format!("{} — {metric}", g.title), ("sans-serif", 14))
                 .margin(8)
                 .x_label_area_size(24)
                 .y_label_area_size(56)
-                .build_cartesian_2d((0..n).into_segmented(), 0.0..top)
+                // Integer ranges are inclusive in plotters: 0..=n-1.
+                .build_cartesian_2d((0..n - 1).into_segmented(), 0.0..top)
                 .map_err(|e| err(&e))?;
             chart
                 .configure_mesh()
@@ -144,6 +150,20 @@ pub fn write_svg(path: &Path, title: &str, groups: &[Group]) -> Result<()> {
                         short(v),
                         (SegmentValue::CenterOf(i), v + top * 0.07),
                         ("sans-serif", 11).into_font(),
+                    )
+                }))
+                .map_err(|e| err(&e))?;
+            let missing = g
+                .bars
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| if *pick == 0 { b.1 } else { b.2 }.is_none());
+            chart
+                .draw_series(missing.map(|(i, _)| {
+                    Text::new(
+                        "failed",
+                        (SegmentValue::CenterOf(i), top * 0.05),
+                        ("sans-serif", 11).into_font().color(&RED),
                     )
                 }))
                 .map_err(|e| err(&e))?;
@@ -192,8 +212,24 @@ mod tests {
                 ..Row::default()
             },
         ];
+        let mut rows = rows;
+        rows.push(Row {
+            scenario: Some("snapshot".into()),
+            job: "fill-seq-1m-qd8".into(),
+            target: "edgevol".into(),
+            iops: Some(100.0),
+            ..Row::default()
+        });
+        rows.push(Row {
+            scenario: Some("one".into()),
+            job: "only".into(),
+            target: "edgevol".into(),
+            iops: Some(7.0),
+            ..Row::default()
+        });
         let g = groups(&rows);
-        assert_eq!(g.len(), 2);
+        assert_eq!(g.len(), 3);
+        assert_eq!(g[1].bars.len(), 1, "scenario fills are left out");
         assert_eq!(g[0].bars.len(), 2);
         assert_eq!(g[1].title, "scenario snapshot");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -201,6 +237,6 @@ mod tests {
         write_svg(&p, "test", &g).expect("svg");
         let s = std::fs::read_to_string(&p).expect("read");
         assert!(s.starts_with("<svg"), "{}", &s[..40.min(s.len())]);
-        assert!(s.contains("edgevol") && s.contains("12k"));
+        assert!(s.contains("edgevol") && s.contains("12k") && s.contains("failed"));
     }
 }

@@ -37,8 +37,7 @@ impl Daemon {
         for s in [&api, &nbd_sock] {
             let _ = std::fs::remove_file(s);
         }
-        let exe = std::env::current_exe().context("cannot find the edgevol executable")?;
-        let mut cmd = Command::new(exe);
+        let mut cmd = Command::new(server_exe()?);
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(dir)
@@ -155,6 +154,17 @@ impl Daemon {
     pub fn stop(mut self) -> std::process::ExitStatus {
         self.proc.stop(Duration::from_secs(60))
     }
+}
+
+/// The executable to run as `edgevol serve`: this very program. Through
+/// `/proc/self/exe` (which names the running image even after the file was
+/// replaced, e.g. by a rebuild during a long benchmark), else `current_exe`.
+pub fn server_exe() -> Result<PathBuf> {
+    let proc_exe = PathBuf::from("/proc/self/exe");
+    if proc_exe.exists() {
+        return Ok(proc_exe);
+    }
+    std::env::current_exe().context("cannot find the edgevol executable")
 }
 
 /// The last lines of a log, for error messages.

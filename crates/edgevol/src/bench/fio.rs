@@ -77,7 +77,15 @@ impl Spec<'_> {
             "--output-format=json".into(),
             format!("--output={}", self.out.display()),
         ];
-        a.extend(j.extra.iter().map(|s| s.to_string()));
+        // A server answers an NBD FLUSH with fdatasync (QEMU, edgevol's
+        // device flush); on the raw file, fio's fsync=1 would be a full
+        // fsync with a journal commit for the mtime each time. Compare like
+        // with like: fdatasync on the file.
+        let file = matches!(self.io, Io::File(..));
+        a.extend(j.extra.iter().map(|s| match (*s, file) {
+            ("--fsync=1", true) => "--fdatasync=1".to_string(),
+            _ => s.to_string(),
+        }));
         if j.timed {
             a.push("--time_based=1".into());
             a.push(format!("--runtime={}", self.runtime));
@@ -366,5 +374,12 @@ mod tests {
         assert!(a.iter().any(|x| x == "--size=1073741824"));
         assert!(a.iter().any(|x| x == "--iodepth=4"));
         assert!(!a.iter().any(|x| x.starts_with("--runtime")));
+        let sync_file = Spec {
+            job: &JOBS[1],
+            ..f.clone()
+        };
+        let a = sync_file.args();
+        assert!(a.iter().any(|x| x == "--fdatasync=1"));
+        assert!(!a.iter().any(|x| x == "--fsync=1"));
     }
 }

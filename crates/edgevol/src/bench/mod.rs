@@ -89,6 +89,10 @@ pub struct BenchArgs {
     /// List targets, jobs and scenarios, and exit.
     #[arg(long)]
     list: bool,
+    /// Print the tables of an existing results.json and redraw its chart
+    /// (chart.svg beside it), e.g. after an interrupted run; runs nothing.
+    #[arg(long, value_name = "FILE", conflicts_with = "quick")]
+    report: Option<PathBuf>,
 }
 
 /// Run the benchmark. With `json`, print the results document instead of
@@ -97,6 +101,14 @@ pub fn run(a: BenchArgs, json_out: bool) -> Result<()> {
     if a.list {
         print_list();
         return Ok(());
+    }
+    if let Some(file) = &a.report {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let doc: report::Document = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not an edgevol bench results file", file.display()))?;
+        let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+        return output(&doc, &dir, json_out);
     }
     preflight()?;
     let stamp = stamp();
@@ -322,6 +334,7 @@ fn meta(cfg: &Config, stamp: &str) -> serde_json::Value {
         "stamp": stamp,
         "started": crate::units::time(runner::now_secs()),
         "edgevol_version": env!("CARGO_PKG_VERSION"),
+        "edgevol_exe": std::env::current_exe().ok(),
         "runtime_s": cfg.runtime,
         "ramp_s": cfg.ramp,
         "passes": cfg.passes,
@@ -354,15 +367,21 @@ fn meta(cfg: &Config, stamp: &str) -> serde_json::Value {
 /// Save the JSON, draw the chart, print the tables.
 fn finish(b: &Bench, json_out: bool) -> Result<()> {
     let doc = b.document();
-    let jpath = b.cfg.out.join("results.json");
-    doc.save(&jpath)?;
-    let svg = b.cfg.out.join("chart.svg");
+    doc.save(&b.cfg.out.join("results.json"))?;
+    output(&doc, &b.cfg.out, json_out)
+}
+
+/// Draw `dir/chart.svg` and print the tables (or the JSON document).
+fn output(doc: &report::Document, dir: &Path, json_out: bool) -> Result<()> {
+    let jpath = dir.join("results.json");
+    let svg = dir.join("chart.svg");
+    let m = &doc.meta;
     let title = format!(
         "edgevol bench {}: {} s x {} pass(es), {} images",
-        doc.meta["stamp"].as_str().unwrap_or(""),
-        b.cfg.runtime,
-        b.cfg.passes,
-        human(b.cfg.size)
+        m["stamp"].as_str().unwrap_or(""),
+        m["runtime_s"].as_u64().unwrap_or(0),
+        m["passes"].as_u64().unwrap_or(0),
+        human(m["image_size"].as_u64().unwrap_or(0))
     );
     let chart_err = chart::write_svg(&svg, &title, &chart::groups(&doc.summary)).err();
     if json_out {
@@ -393,7 +412,7 @@ fn finish(b: &Bench, json_out: bool) -> Result<()> {
         if chart_err.is_none() {
             println!("chart:   {}", svg.display());
         }
-        println!("fio JSON and server logs: {}", b.fio_dir.display());
+        println!("fio JSON and server logs: {}", dir.join("fio").display());
     }
     if let Some(e) = chart_err {
         eprintln!("edgevol bench: cannot draw the chart: {e:#}");
