@@ -8,6 +8,7 @@ use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
 use super::stats::Row;
+use super::targets::Target;
 
 /// One row of the chart: a title and bars (label, IOPS, p99.9 µs).
 pub struct Group {
@@ -107,6 +108,13 @@ pub fn write_svg(path: &Path, title: &str, groups: &[Group]) -> Result<()> {
             // At least 4 slots, so a lone bar is not as wide as the panel.
             let n = g.bars.len().max(4);
             let labels: Vec<String> = g.bars.iter().map(|b| b.0.clone()).collect();
+            // A target keeps its color in every panel; scenario variants
+            // are colored by position.
+            let colors: Vec<RGBColor> = labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| COLORS[Target::from_name(l).map_or(i, |t| t as usize) % COLORS.len()])
+                .collect();
             let mut chart = ChartBuilder::on(area)
                 .caption(format!("{} — {metric}", g.title), ("sans-serif", 14))
                 .margin(8)
@@ -139,7 +147,7 @@ pub fn write_svg(path: &Path, title: &str, groups: &[Group]) -> Result<()> {
                                 SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => *i,
                                 SegmentValue::Last => 0,
                             };
-                            COLORS[i % COLORS.len()].filled()
+                            colors.get(i).copied().unwrap_or(COLORS[0]).filled()
                         })
                         .data(vals.iter().copied()),
                 )
