@@ -38,6 +38,10 @@ impl Daemon {
             let _ = std::fs::remove_file(s);
         }
         let mut cmd = Command::new(server_exe()?);
+        if let Ok(exe) = std::env::current_exe() {
+            // Shown by ps instead of /proc/self/exe.
+            std::os::unix::process::CommandExt::arg0(&mut cmd, exe);
+        }
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(dir)

@@ -155,16 +155,28 @@ impl Proc {
     }
 
     /// Stop the process group: SIGTERM, then SIGKILL after `grace`.
+    /// Descendants that left the group (fio puts each job process in a
+    /// group of its own) are recorded first and killed afterwards if they
+    /// are still there.
     pub fn stop(&mut self, grace: Duration) -> ExitStatus {
         if let Some(st) = self.try_wait() {
             return st;
         }
         let pid = self.child.id() as i32;
+        let family = descendants(pid);
         kill_group(pid, libc::SIGTERM);
-        if let Some(st) = self.wait_timeout(grace) {
-            return st;
-        }
-        kill_group(pid, libc::SIGKILL);
+        let st = match self.wait_timeout(grace) {
+            Some(st) => st,
+            None => {
+                kill_group(pid, libc::SIGKILL);
+                self.wait_killed()
+            }
+        };
+        kill_stragglers(&family, grace.min(Duration::from_secs(5)));
+        st
+    }
+
+    fn wait_killed(&mut self) -> ExitStatus {
         loop {
             match self.child.wait() {
                 Ok(st) => {
@@ -188,6 +200,74 @@ impl Drop for Proc {
         if self.stopped.is_none() {
             self.stop(Duration::from_secs(10));
         }
+    }
+}
+
+/// A process identity that survives pid reuse: pid and start time.
+type Ident = (i32, u64);
+
+/// Start time (clock ticks since boot) and parent of `pid`.
+fn stat_of(pid: i32) -> Option<(u64, i32, bool)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = s.rsplit_once(')')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let zombie = f.first() == Some(&"Z");
+    let ppid = f.get(1)?.parse().ok()?;
+    let start = f.get(19)?.parse().ok()?;
+    Some((start, ppid, zombie))
+}
+
+/// All descendants of `pid` (children, their children, ...), identified
+/// by pid and start time.
+fn descendants(pid: i32) -> Vec<Ident> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let all: Vec<(i32, u64, i32)> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|p| stat_of(p).map(|(start, ppid, _)| (p, start, ppid)))
+        .collect();
+    let mut out: Vec<Ident> = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(parent) = frontier.pop() {
+        for &(p, start, ppid) in &all {
+            if ppid == parent && !out.iter().any(|x| x.0 == p) {
+                out.push((p, start));
+                frontier.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// SIGTERM, then after `grace` SIGKILL, each recorded process that still
+/// runs with the same start time (never a recycled pid).
+fn kill_stragglers(family: &[Ident], grace: Duration) {
+    let running = |&(p, start): &Ident| matches!(stat_of(p), Some((s, _, false)) if s == start);
+    let live: Vec<Ident> = family.iter().copied().filter(running).collect();
+    if live.is_empty() {
+        return;
+    }
+    for &(p, _) in &live {
+        kill_pid(p, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && live.iter().any(running) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for id in live.iter().filter(|id| running(id)) {
+        kill_pid(id.0, libc::SIGKILL);
+    }
+}
+
+/// Send `sig` to process `pid`.
+fn kill_pid(pid: i32, sig: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions; callers checked
+    // that `pid` still names the process they recorded (same start time).
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid, sig);
     }
 }
 
@@ -273,6 +353,7 @@ fn emergency_stop(signo: i32) -> ! {
         reg.interrupted = true;
         (reg.groups.clone(), reg.scratch.clone())
     };
+    let family: Vec<Ident> = groups.iter().flat_map(|&g| descendants(g)).collect();
     for &g in &groups {
         kill_group(g, libc::SIGTERM);
     }
@@ -285,6 +366,7 @@ fn emergency_stop(signo: i32) -> ! {
     for &g in &groups {
         kill_group(g, libc::SIGKILL);
     }
+    kill_stragglers(&family, Duration::from_secs(3));
     if let Some(dir) = scratch {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -374,6 +456,38 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(live_members(pid), 0);
+    }
+
+    #[test]
+    fn stop_reaches_descendants_in_other_groups() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("log");
+        let pidfile = dir.path().join("pid");
+        let script = format!("setsid sleep 30 & echo $! > {}; wait", pidfile.display());
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &script]);
+        let mut p = Proc::spawn(cmd, &log).expect("spawn");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let child: i32 = loop {
+            if let Some(v) = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "no child pid");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(matches!(stat_of(child), Some((_, _, false))));
+        p.stop(Duration::from_secs(5));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(stat_of(child), Some((_, _, false))) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            !matches!(stat_of(child), Some((_, _, false))),
+            "the setsid'd child survived"
+        );
     }
 
     /// Processes of group `pgid` that are not zombies.
