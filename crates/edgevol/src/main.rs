@@ -4,8 +4,10 @@
 //! edgevol serve --data-dir DIR      the daemon
 //! edgevol up                        the daemon with a demo pool and volume (try it)
 //! edgevol pool|volume|snapshot|clone ...   talk to the daemon's API socket
+//! edgevol bench                     compare with qemu-storage-daemon & co. (fio)
 //! ```
 
+mod bench;
 mod commands;
 mod secret;
 mod serve;
@@ -55,6 +57,9 @@ enum Cmd {
     },
     /// Clients attached to exports.
     Exports,
+    /// Benchmark edgevol against qemu-storage-daemon, qemu-nbd and the raw
+    /// file on this machine (fio over NBD); see docs/benchmark.md.
+    Bench(bench::BenchArgs),
 }
 
 /// Client commands exit quietly when their output pipe closes (`| head`),
@@ -85,6 +90,7 @@ fn main() {
     let result = match cli.cmd {
         Cmd::Serve(a) => serve::serve(a),
         Cmd::Up(a) => serve::up(a),
+        Cmd::Bench(a) => bench::run(a, cli.json),
         cmd => {
             let ctx = commands::Ctx::new(cli.api_socket, cli.json);
             match cmd {
@@ -93,7 +99,7 @@ fn main() {
                 Cmd::Snapshot(c) => commands::snapshot(&ctx, c),
                 Cmd::Clone { snapshot, volume } => commands::clone(&ctx, &snapshot, &volume),
                 Cmd::Exports => commands::exports(&ctx),
-                Cmd::Serve(_) | Cmd::Up(_) => Ok(()),
+                Cmd::Serve(_) | Cmd::Up(_) | Cmd::Bench(_) => Ok(()),
             }
         }
     };

@@ -1,0 +1,181 @@
+//! An `edgevol serve` started by the bench (this very executable), with its
+//! own data directory, API socket and NBD Unix socket, driven through the
+//! API client (`edgevol-api`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use edgevol_api::{Client, CreatePool, CreateSnapshot, CreateVolume, PoolStatus, VolumeInfo};
+use hyper::Method;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::procs::Proc;
+
+/// The pool every bench daemon uses.
+pub const POOL: &str = "bench";
+
+/// A running daemon.
+pub struct Daemon {
+    /// The server process (CPU and memory are sampled from it).
+    pub proc: Proc,
+    client: Client,
+    rt: tokio::runtime::Runtime,
+    nbd_sock: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Start `edgevol serve --data-dir DIR` and wait until its API answers.
+    pub fn start(dir: &Path, log: &Path) -> Result<Daemon> {
+        std::fs::create_dir_all(dir)?;
+        let api = dir.join("api.sock");
+        let nbd_sock = dir.join("nbd.sock");
+        for s in [&api, &nbd_sock] {
+            let _ = std::fs::remove_file(s);
+        }
+        let mut cmd = Command::new(server_exe()?);
+        if let Ok(exe) = std::env::current_exe() {
+            // Shown by ps instead of /proc/self/exe.
+            std::os::unix::process::CommandExt::arg0(&mut cmd, exe);
+        }
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--api-socket")
+            .arg(&api)
+            .args(["--nbd-listen", "none", "--nbd-socket"])
+            .arg(&nbd_sock);
+        let proc = Proc::spawn(cmd, log)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start an async runtime")?;
+        let mut d = Daemon {
+            proc,
+            client: Client::new(&api),
+            rt,
+            nbd_sock,
+            log: log.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(st) = d.proc.try_wait() {
+                bail!("edgevol serve exited ({st}): {}", tail(&d.log));
+            }
+            if api.exists() && d.nbd_sock.exists() && d.pools().is_ok() {
+                return Ok(d);
+            }
+            if Instant::now() > deadline {
+                bail!("edgevol serve not ready after 120 s: {}", tail(&d.log));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fn call<T: DeserializeOwned>(
+        &self,
+        m: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T> {
+        Ok(self.rt.block_on(self.client.call(m, path, body))?)
+    }
+
+    fn pools(&self) -> Result<serde_json::Value> {
+        self.call(Method::GET, "/pools", None::<&()>)
+    }
+
+    /// Create pool [`POOL`] on a sparse file of `size` bytes.
+    pub fn create_pool(&self, file: &Path, size: u64) -> Result<PoolStatus> {
+        let body = CreatePool {
+            name: POOL.into(),
+            devices: vec![file.display().to_string()],
+            size: Some(size),
+            segment_size: None,
+            properties: BTreeMap::new(),
+        };
+        self.call(Method::POST, "/pools", Some(&body))
+            .with_context(|| format!("cannot create a pool of {size} bytes"))
+    }
+
+    /// Destroy pool [`POOL`] (the file stays).
+    pub fn destroy_pool(&self) -> Result<()> {
+        let _: serde_json::Value = self.call(
+            Method::DELETE,
+            &format!("/pools/{POOL}?force=true"),
+            None::<&()>,
+        )?;
+        Ok(())
+    }
+
+    /// `pool status` of [`POOL`].
+    pub fn pool_status(&self) -> Result<PoolStatus> {
+        self.call(Method::GET, &format!("/pools/{POOL}"), None::<&()>)
+    }
+
+    /// Create volume `POOL/name` with properties (`compression=lz4`, ...).
+    pub fn create_volume(
+        &self,
+        name: &str,
+        size: u64,
+        props: &[(&str, &str)],
+    ) -> Result<VolumeInfo> {
+        let properties: BTreeMap<String, String> = props
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let body = CreateVolume {
+            name: name.into(),
+            size,
+            properties,
+            secret_hex: None,
+        };
+        self.call(Method::POST, &format!("/pools/{POOL}/volumes"), Some(&body))
+    }
+
+    /// `snapshot create POOL/vol@snap`.
+    pub fn snapshot(&self, vol: &str, snap: &str) -> Result<()> {
+        let body = CreateSnapshot { name: snap.into() };
+        let _: serde_json::Value = self.call(
+            Method::POST,
+            &format!("/pools/{POOL}/volumes/{vol}/snapshots"),
+            Some(&body),
+        )?;
+        Ok(())
+    }
+
+    /// The NBD URI of `POOL/vol`.
+    pub fn uri(&self, vol: &str) -> String {
+        format!(
+            "nbd+unix:///{POOL}/{vol}?socket={}",
+            self.nbd_sock.display()
+        )
+    }
+
+    /// Stop the daemon (SIGTERM; it flushes and exits).
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.proc.stop(Duration::from_secs(60))
+    }
+}
+
+/// The executable to run as `edgevol serve`: this very program. Through
+/// `/proc/self/exe` (which names the running image even after the file was
+/// replaced, e.g. by a rebuild during a long benchmark), else `current_exe`.
+pub fn server_exe() -> Result<PathBuf> {
+    let proc_exe = PathBuf::from("/proc/self/exe");
+    if proc_exe.exists() {
+        return Ok(proc_exe);
+    }
+    std::env::current_exe().context("cannot find the edgevol executable")
+}
+
+/// The last lines of a log, for error messages.
+pub fn tail(path: &Path) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(6)..].join(" | ")
+}
