@@ -198,3 +198,22 @@ pub struct ErrorDetail {
     /// One-line reason.
     pub message: String,
 }
+
+/// `POST /v1/pools/{pool}/scrub`: start (or, with `stop`, stop) a scrub.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ScrubRequest {
+    /// Stop the running scrub instead of starting one.
+    #[serde(default)]
+    pub stop: bool,
+}
+
+/// `POST /v1/pools/{pool}/replace`: replace device `old` by `new` and
+/// resilver.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplaceDevice {
+    /// The device to replace: its path as `pool status` shows it, or its guid.
+    pub old: String,
+    /// The new file (created sparse at the old one's size if missing) or
+    /// block device.
+    pub new: String,
+}

@@ -101,6 +101,8 @@ pub fn router(reg: Arc<Registry>) -> Router {
                 .delete(destroy_pool),
         )
         .route("/v1/pools/{pool}/check", post(check_pool))
+        .route("/v1/pools/{pool}/scrub", post(scrub_pool))
+        .route("/v1/pools/{pool}/replace", post(replace_device))
         .route(
             "/v1/pools/{pool}/volumes",
             get(list_volumes).post(create_volume),
@@ -256,6 +258,39 @@ async fn check_pool(
     Path(pool): Path<String>,
 ) -> ApiResult<edgevol_engine::CheckReport> {
     Ok(Json(blocking(move || reg.pool(&pool)?.check()).await?))
+}
+
+async fn scrub_pool(
+    State(reg): St,
+    Path(pool): Path<String>,
+    Json(req): Json<edgevol_api::ScrubRequest>,
+) -> ApiResult<edgevol_engine::PoolStatus> {
+    Ok(Json(
+        blocking(move || {
+            let p = reg.pool(&pool)?;
+            if req.stop {
+                p.scrub_stop()?;
+            } else {
+                p.scrub_start()?;
+            }
+            Ok(p.status())
+        })
+        .await?,
+    ))
+}
+
+async fn replace_device(
+    State(reg): St,
+    Path(pool): Path<String>,
+    Json(req): Json<edgevol_api::ReplaceDevice>,
+) -> ApiResult<edgevol_engine::PoolStatus> {
+    Ok(Json(
+        blocking(move || {
+            reg.replace_device(&pool, &req.old, &req.new)?;
+            Ok(reg.pool(&pool)?.status())
+        })
+        .await?,
+    ))
 }
 
 async fn list_volumes(

@@ -107,7 +107,7 @@ impl Registry {
         for (name, p) in self.pools.read().iter() {
             file.pools.push(PoolEntry {
                 name: name.clone(),
-                devices: p.paths().to_vec(),
+                devices: p.paths(),
             });
         }
         for (name, (devices, _)) in self.failed.read().iter() {
@@ -139,6 +139,23 @@ impl Registry {
         &self.dir
     }
 
+    /// Replace a device of a pool and record the new device list.
+    pub fn replace_device(&self, pool: &str, old: &str, new: &str) -> Result<()> {
+        let _g = self.admin.lock();
+        let p = self.pool(pool)?;
+        let new = absolute(Path::new(new));
+        if new.exists() {
+            if let Ok((other, _)) = Pool::probe(&new) {
+                return Err(Error::new(
+                    ErrorKind::Busy,
+                    format!("{} already belongs to pool {other:?}", new.display()),
+                ));
+            }
+        }
+        p.replace(old, &new)?;
+        self.save()
+    }
+
     /// Create a pool and record it.
     pub fn create_pool(
         &self,
@@ -160,7 +177,24 @@ impl Registry {
                 "give at least one file or device",
             ));
         }
-        let paths: Vec<PathBuf> = devices.iter().map(|d| absolute(Path::new(d))).collect();
+        // Plain paths and group keywords (`mirror a b parity1 c d e`).
+        let layout = edgevol_engine::parse_layout(devices)?;
+        let mut spec: Vec<String> = Vec::new();
+        let mut paths: Vec<PathBuf> = Vec::new();
+        for (kind, devs) in &layout {
+            match kind {
+                edgevol_engine::format::label::GroupKind::Single => {}
+                edgevol_engine::format::label::GroupKind::Mirror => spec.push("mirror".into()),
+                edgevol_engine::format::label::GroupKind::Parity(p) => {
+                    spec.push(format!("parity{p}"))
+                }
+            }
+            for d in devs {
+                let p = absolute(Path::new(d));
+                spec.push(p.display().to_string());
+                paths.push(p);
+            }
+        }
         for p in &paths {
             if let Some(parent) = p.parent() {
                 if !parent.as_os_str().is_empty() && !parent.exists() {
@@ -184,7 +218,7 @@ impl Registry {
         }
         let pool = Pool::create_on_paths(
             name,
-            &paths,
+            &spec,
             size,
             &CreateOptions { segment_size },
             self.cfg.clone(),

@@ -51,6 +51,10 @@ pub trait Device: Send + Sync + 'static {
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
+    /// True if the device went away under the pool (its file was removed).
+    fn is_gone(&self) -> bool {
+        false
+    }
 }
 
 /// A file or block device opened for direct I/O.
@@ -208,6 +212,13 @@ impl Device for FileDevice {
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         use std::os::fd::AsRawFd;
         Some(self.file.as_raw_fd())
+    }
+
+    fn is_gone(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        // A removed file keeps working through its descriptor; its link
+        // count tells. A block device that vanished fails its I/O instead.
+        !self.block_device && self.file.metadata().is_ok_and(|m| m.nlink() == 0)
     }
 }
 

@@ -22,6 +22,6 @@ pub use error::{Error, ErrorKind, Result};
 pub mod pool;
 
 pub use pool::{
-    check_pool_property, CheckReport, CreateOptions, LocalTaskFactory, Pool, PoolConfig,
-    PoolStatus, ReadSeg, SnapshotInfo, SpaceReport, Spawner, Volume, VolumeInfo,
+    check_pool_property, parse_layout, CheckReport, CreateOptions, DeviceStatus, LocalTaskFactory,
+    Pool, PoolConfig, PoolStatus, ReadSeg, SnapshotInfo, SpaceReport, Spawner, Volume, VolumeInfo,
 };

@@ -205,7 +205,9 @@ pub enum PoolCmd {
     Create {
         /// Pool name.
         pool: String,
-        /// Files or block devices.
+        /// Files or block devices; groups open with a keyword:
+        /// `mirror A B`, `parity1 A B C`, `parity2 A B C D` (several groups
+        /// are striped; plain devices have no redundancy).
         #[arg(required = true)]
         devices: Vec<PathBuf>,
         /// Size of files that do not exist yet (e.g. 20G).
@@ -250,6 +252,24 @@ pub enum PoolCmd {
         /// Pool name.
         pool: String,
     },
+    /// Start a scrub: verify every copy of every live record in the
+    /// background and repair bad copies (`pool status` shows progress).
+    Scrub {
+        /// Pool name.
+        pool: String,
+        /// Stop the running scrub.
+        #[arg(long)]
+        stop: bool,
+    },
+    /// Replace a device of a mirror or parity group and resilver.
+    Replace {
+        /// Pool name.
+        pool: String,
+        /// The device to replace (its path as `pool status` shows it).
+        old: String,
+        /// The new file (created sparse if missing) or block device.
+        new: PathBuf,
+    },
     /// Destroy a pool (its devices are wiped of edgevol labels, files are kept).
     Destroy {
         /// Pool name.
@@ -277,7 +297,11 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
             let devices = devices
                 .iter()
                 .map(|d| {
-                    if d.is_absolute() {
+                    let keyword = matches!(
+                        d.to_str(),
+                        Some("mirror" | "parity1" | "parity2" | "raidz" | "raidz1" | "raidz2")
+                    );
+                    if d.is_absolute() || keyword {
                         d.clone()
                     } else {
                         cwd.join(d)
@@ -448,17 +472,63 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
             if let Some(e) = &s.maintenance_error {
                 println!("  maint: last error: {e}");
             }
+            for scan in [&s.scrub, &s.resilver].into_iter().flatten() {
+                let pct = if scan.total_bytes > 0 {
+                    scan.done_bytes as f64 * 100.0 / scan.total_bytes as f64
+                } else {
+                    100.0
+                };
+                println!(
+                    "   {}: {} — {} of {} ({pct:.0}%) at {}/s, {} repaired, {} unrecoverable{}",
+                    scan.kind,
+                    scan.state,
+                    human(scan.done_bytes),
+                    human(scan.total_bytes),
+                    human(scan.rate),
+                    human(scan.repaired_bytes),
+                    scan.unrecoverable.len(),
+                    scan.error
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                );
+                for u in &scan.unrecoverable {
+                    println!("          unrecoverable: {u}");
+                }
+            }
             println!("config:");
-            let mut t = Table::new(&["  DEVICE", "STATE", ">SIZE", ">READ", ">WRITE", ">CKSUM"]);
-            for d in &s.devices {
-                t.row(vec![
-                    format!("  {}", d.path),
-                    d.state.clone(),
-                    human(d.size),
-                    d.read_errors.to_string(),
-                    d.write_errors.to_string(),
-                    d.checksum_errors.to_string(),
-                ]);
+            let mut t = Table::new(&[
+                "  DEVICE", "STATE", ">SIZE", ">READ", ">WRITE", ">CKSUM", "NOTE",
+            ]);
+            for (i, g) in s.groups.iter().enumerate() {
+                let members: Vec<_> = s.devices.iter().filter(|d| d.group == i).collect();
+                let indent = if g.kind == "single" { "  " } else { "    " };
+                if g.kind != "single" {
+                    t.row(vec![
+                        format!("  {}-{i}", g.kind),
+                        g.state.clone(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                        String::new(),
+                    ]);
+                }
+                for d in members {
+                    t.row(vec![
+                        format!("{indent}{}", d.path),
+                        d.state.clone(),
+                        human(d.size),
+                        d.read_errors.to_string(),
+                        d.write_errors.to_string(),
+                        d.checksum_errors.to_string(),
+                        match (&d.reason, d.repaired_bytes) {
+                            (Some(r), _) => r.clone(),
+                            (None, 0) => String::new(),
+                            (None, n) => format!("{} repaired", human(n)),
+                        },
+                    ]);
+                }
             }
             t.print();
             let errs: u64 = s
@@ -473,6 +543,44 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
                 } else {
                     format!("{errs} device errors")
                 }
+            );
+            Ok(())
+        }
+        PoolCmd::Scrub { pool, stop } => {
+            let s: PoolStatus = ctx.call(
+                Method::POST,
+                &format!("/pools/{}/scrub", seg(&pool)),
+                Some(&edgevol_api::ScrubRequest { stop }),
+            )?;
+            if ctx.json {
+                return ctx.print_json(&s);
+            }
+            println!(
+                "{} pool {pool}",
+                if stop {
+                    "stopping the scrub of"
+                } else {
+                    "scrubbing"
+                }
+            );
+            Ok(())
+        }
+        PoolCmd::Replace { pool, old, new } => {
+            let body = edgevol_api::ReplaceDevice {
+                old,
+                new: new.display().to_string(),
+            };
+            let s: PoolStatus = ctx.call(
+                Method::POST,
+                &format!("/pools/{}/replace", seg(&pool)),
+                Some(&body),
+            )?;
+            if ctx.json {
+                return ctx.print_json(&s);
+            }
+            println!(
+                "replacing {} by {} in pool {pool}; resilvering",
+                body.old, body.new
             );
             Ok(())
         }

@@ -17,6 +17,10 @@ use crate::layout::{DATA_START, LABEL_SIZE};
 pub enum GroupKind {
     /// One device, no redundancy.
     Single,
+    /// Every member holds a whole copy.
+    Mirror,
+    /// Rows of data columns plus 1 or 2 parity columns (see `pool::raid`).
+    Parity(u8),
 }
 
 /// One device as the pool layout records it.

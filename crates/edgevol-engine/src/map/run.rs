@@ -385,6 +385,19 @@ impl RunBuilder {
     }
 }
 
+/// Does a 4 KiB run block carry a matching crc? (For self-healing reads:
+/// a cheap test of which copy is intact, before decoding.)
+pub fn block_crc_ok(buf: &[u8]) -> bool {
+    buf.len() > CRC_AT + 3
+        && crc32c::crc32c(&buf[..CRC_AT])
+            == u32::from_le_bytes([
+                buf[CRC_AT],
+                buf[CRC_AT + 1],
+                buf[CRC_AT + 2],
+                buf[CRC_AT + 3],
+            ])
+}
+
 /// Reads one block of a run (from the pool's devices), 4 KiB.
 pub trait BlockReader: Send + Sync {
     /// Read block `block` of a run at `(segment, byte offset)`.

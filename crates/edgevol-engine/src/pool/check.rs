@@ -316,16 +316,32 @@ fn check_chunk(
         let start = u64::from(p.offset) & !(BLOCK as u64 - 1);
         let end = (u64::from(p.offset) + u64::from(d0.stored_len)).next_multiple_of(BLOCK as u64);
         let mut buf = AlignedBuf::zeroed((end - start) as usize);
+        // A copy that verifies (others are healed from it on the way); the
+        // checks below then repeat on what was read.
+        let lo = (u64::from(p.offset) - start) as usize;
+        let ok = |b: &[u8]| {
+            let Some(stored) = b.get(lo..lo + d0.stored_len as usize) else {
+                return false;
+            };
+            if !d0.is_plain() {
+                return d0.csums.first() == Some(&crc32c::crc32c(stored));
+            }
+            frags.iter().all(|(_, d)| {
+                let s = usize::from(d.rec_off) * BLOCK;
+                stored
+                    .get(s..s + d.csums.len() * BLOCK)
+                    .is_some_and(|x| super::read::blocks_match(x, &d.csums))
+            })
+        };
         let read = {
             let _t = sh.gate.enter();
-            sh.vdevs.read(p.seg, start, buf.as_mut_slice())
+            sh.vdevs.read_checked(p.seg, start, buf.as_mut_slice(), &ok)
         };
         if let Err(e) = read {
             err(r, format!("record {p:?}: {e}"));
             continue;
         }
         r.data_bytes += u64::from(d0.stored_len);
-        let lo = (u64::from(p.offset) - start) as usize;
         let stored = &mut buf.as_mut_slice()[lo..lo + d0.stored_len as usize];
         if !d0.is_plain() {
             if d0.csums.first() != Some(&crc32c::crc32c(stored)) {

@@ -115,16 +115,60 @@ pub struct DeviceStatus {
     pub path: String,
     /// Group index.
     pub group: usize,
-    /// ONLINE or FAULTED.
+    /// ONLINE, FAULTED or RESILVERING.
     pub state: String,
+    /// Why it is FAULTED.
+    #[serde(default)]
+    pub reason: Option<String>,
     /// Usable bytes.
     pub size: u64,
     /// Failed reads.
     pub read_errors: u64,
     /// Failed writes.
     pub write_errors: u64,
-    /// Checksum failures.
+    /// Checksum failures (bad copies found on this device).
     pub checksum_errors: u64,
+    /// Bytes rewritten with good data on this device (self-healing, scrub).
+    #[serde(default)]
+    pub repaired_bytes: u64,
+}
+
+/// One top-level group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// `single`, `mirror`, `parity1` or `parity2`.
+    pub kind: String,
+    /// ONLINE, DEGRADED (serving with less redundancy) or FAULTED.
+    pub state: String,
+    /// Member devices that may fail without data loss (now: minus those
+    /// already unavailable).
+    pub tolerance: usize,
+}
+
+/// Progress and result of the last scrub or resilver.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScanStatus {
+    /// `scrub` or `resilver`.
+    pub kind: String,
+    /// `running`, `finished`, `stopped` or `failed`.
+    pub state: String,
+    /// Start (seconds since the epoch).
+    pub started: u64,
+    /// End, when not running.
+    pub ended: Option<u64>,
+    /// Bytes to examine.
+    pub total_bytes: u64,
+    /// Bytes examined so far.
+    pub done_bytes: u64,
+    /// Bytes per second, over the scan so far.
+    pub rate: u64,
+    /// Bytes of bad copies rewritten.
+    pub repaired_bytes: u64,
+    /// Records that no copy could restore: `POOL/VOLUME` (or lineage) and
+    /// the block range.
+    pub unrecoverable: Vec<String>,
+    /// Why it failed.
+    pub error: Option<String>,
 }
 
 /// Pool status.
@@ -174,6 +218,15 @@ pub struct PoolStatus {
     pub snapshots: usize,
     /// Devices.
     pub devices: Vec<DeviceStatus>,
+    /// Top-level groups (stripes across them).
+    #[serde(default)]
+    pub groups: Vec<GroupStatus>,
+    /// The last or running scrub.
+    #[serde(default)]
+    pub scrub: Option<ScanStatus>,
+    /// The last or running resilver.
+    #[serde(default)]
+    pub resilver: Option<ScanStatus>,
     /// Engine counters.
     pub counters: BTreeMap<String, u64>,
     /// The last maintenance error, if any.
@@ -323,15 +376,32 @@ pub(crate) fn pool_status(sh: &Shared) -> PoolStatus {
         .vdevs
         .devices()
         .map(|(g, m)| DeviceStatus {
-            path: m.dev.describe(),
+            path: m.dev().describe(),
             group: g,
-            state: "ONLINE".into(),
-            size: m.dev.len(),
+            state: m.state().name().into(),
+            reason: m.reason(),
+            size: m.dev().len(),
             read_errors: m.stats.read_errors.load(Ordering::Relaxed),
             write_errors: m.stats.write_errors.load(Ordering::Relaxed),
             checksum_errors: m.stats.checksum_errors.load(Ordering::Relaxed),
+            repaired_bytes: m.stats.repaired_bytes.load(Ordering::Relaxed),
         })
         .collect();
+    let groups = sh
+        .vdevs
+        .groups
+        .iter()
+        .map(|g| GroupStatus {
+            kind: match g.geo.kind {
+                crate::format::label::GroupKind::Single => "single".into(),
+                crate::format::label::GroupKind::Mirror => "mirror".into(),
+                crate::format::label::GroupKind::Parity(p) => format!("parity{p}"),
+            },
+            state: g.state_name().into(),
+            tolerance: g.geo.tolerance().saturating_sub(g.unavailable()),
+        })
+        .collect();
+    let scans = sh.scans.lock().clone();
     let st = &sh.stats;
     let counters: BTreeMap<String, u64> = [
         ("batches", &st.batches),
@@ -366,7 +436,7 @@ pub(crate) fn pool_status(sh: &Shared) -> PoolStatus {
         state: if poisoned.is_some() {
             "SUSPENDED"
         } else {
-            "ONLINE"
+            sh.vdevs.state_name()
         }
         .into(),
         error: poisoned,
@@ -390,6 +460,9 @@ pub(crate) fn pool_status(sh: &Shared) -> PoolStatus {
         volumes: cat.volumes.len(),
         snapshots: cat.snapshots.values().filter(|s| !s.hidden).count(),
         devices,
+        groups,
+        scrub: scans.scrub,
+        resilver: scans.resilver,
         counters,
         maintenance_error: sh.maint_status.lock().last_error.clone(),
         properties: cat.pool_props.clone(),

@@ -72,6 +72,7 @@ pub(crate) fn run(sh: Arc<Shared>) {
         if sh.poisoned.lock().is_some() {
             continue;
         }
+        sh.vdevs.check_health();
         let r = step(&sh, &mut last_flush);
         let mut st = sh.maint_status.lock();
         match r {
@@ -160,6 +161,12 @@ fn step(sh: &Arc<Shared>, last_flush: &mut Instant) -> Result<bool> {
 /// so segments whose records all died can be freed.
 fn force_install(sh: &Shared) -> Result<()> {
     send(sh, MaintOp::FlushNow)
+}
+
+/// A barrier through the writer: every batch written before returns is on
+/// the devices (and the replay point moved to now).
+pub(crate) fn flush_now(sh: &Shared) -> Result<()> {
+    force_install(sh)
 }
 
 /// Flush the memtable, run pending GC; with `full`, until nothing is pending.

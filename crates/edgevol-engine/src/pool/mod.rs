@@ -13,7 +13,9 @@ mod gate;
 mod info;
 mod maint;
 mod open;
+pub mod raid;
 mod read;
+mod scrub;
 pub mod space;
 pub mod vdev;
 mod walk;
@@ -30,11 +32,14 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use crate::catalog::Catalog;
 use crate::device::{Device, FileDevice};
 use crate::error::{Error, ErrorKind, Result};
+use crate::format::label::GroupKind;
+use crate::layout::MIN_SEGMENT_SIZE;
 use crate::map::Map;
 
 pub use check::CheckReport;
 pub use info::{
-    check_pool_property, DeviceStatus, PoolStatus, SnapshotInfo, SpaceReport, VolumeInfo,
+    check_pool_property, DeviceStatus, GroupStatus, PoolStatus, ScanStatus, SnapshotInfo,
+    SpaceReport, VolumeInfo,
 };
 pub use read::{ReadSeg, Volume};
 
@@ -138,7 +143,6 @@ pub(crate) struct Shared {
     pub name: String,
     pub created: u64,
     pub vdevs: Arc<Vdevs>,
-    pub paths: Vec<String>,
     pub map: Map,
     pub catalog: RwLock<Arc<Catalog>>,
     pub segs: Mutex<SegmentTable>,
@@ -167,6 +171,12 @@ pub(crate) struct Shared {
     pub usable_cache: Mutex<(u64, u64, u64)>,
     /// Loaded data keys, by id (never persisted).
     pub keys: RwLock<std::collections::HashMap<u64, Arc<crate::crypt::DataKey>>>,
+    /// The last or running scrub and resilver.
+    pub scans: Mutex<scrub::Scans>,
+    /// Asks a running scrub to stop.
+    pub scan_stop: AtomicBool,
+    /// A scrub or resilver thread is running.
+    pub scan_running: AtomicBool,
 }
 
 impl Shared {
@@ -278,6 +288,52 @@ fn map_key(l: u32, lba: u64) -> crate::map::Key {
     crate::map::Key::lower(l, lba)
 }
 
+/// Parse a device list in `zpool create` form (see
+/// [`Pool::create_on_paths`]) into groups.
+pub fn parse_layout(spec: &[String]) -> Result<Vec<(GroupKind, Vec<String>)>> {
+    let keyword = |t: &str| match t {
+        "mirror" => Some(GroupKind::Mirror),
+        "parity1" | "raidz1" | "raidz" => Some(GroupKind::Parity(1)),
+        "parity2" | "raidz2" => Some(GroupKind::Parity(2)),
+        _ => None,
+    };
+    let mut out: Vec<(GroupKind, Vec<String>)> = Vec::new();
+    let mut open = false;
+    for t in spec {
+        if let Some(k) = keyword(t) {
+            out.push((k, Vec::new()));
+            open = true;
+        } else if open {
+            if let Some(g) = out.last_mut() {
+                g.1.push(t.clone());
+            }
+        } else {
+            out.push((GroupKind::Single, vec![t.clone()]));
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::invalid("give at least one file or device"));
+    }
+    for (k, devs) in &out {
+        raid::Geometry::new(*k, devs.len(), MIN_SEGMENT_SIZE).map_err(|_| {
+            Error::invalid(match k {
+                GroupKind::Mirror => "a mirror needs at least 2 devices".to_string(),
+                GroupKind::Parity(p) => {
+                    format!("a parity{p} group needs at least {} devices", p + 2)
+                }
+                GroupKind::Single => "a device is missing".to_string(),
+            })
+        })?;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for d in out.iter().flat_map(|(_, d)| d) {
+        if !seen.insert(d) {
+            return Err(Error::invalid(format!("{d} is listed twice")));
+        }
+    }
+    Ok(out)
+}
+
 /// Split `VOL@SNAP` into its parts.
 pub fn split_snapshot(spec: &str) -> (&str, Option<&str>) {
     match spec.split_once('@') {
@@ -294,41 +350,64 @@ impl Pool {
         opts: &CreateOptions,
         cfg: PoolConfig,
     ) -> Result<Pool> {
-        open::create(name, devices, opts, cfg)
+        let spec = devices
+            .into_iter()
+            .map(|d| (GroupKind::Single, vec![d]))
+            .collect();
+        open::create(name, spec, opts, cfg)
+    }
+
+    /// Create a pool of groups: `(kind, member devices)` each; segments
+    /// are striped across the groups.
+    pub fn create_groups(
+        name: &str,
+        groups: Vec<(GroupKind, Vec<Arc<dyn Device>>)>,
+        opts: &CreateOptions,
+        cfg: PoolConfig,
+    ) -> Result<Pool> {
+        open::create(name, groups, opts, cfg)
     }
 
     /// Create a pool on files or block devices; missing files are created
-    /// sparse at `size` bytes.
+    /// sparse at `size` bytes. `spec` is a device list in `zpool create`
+    /// form: plain paths (each its own group: a stripe), or groups opened
+    /// by a keyword — `mirror A B`, `parity1 A B C`, `parity2 A B C D`.
     pub fn create_on_paths(
         name: &str,
-        paths: &[PathBuf],
+        spec: &[String],
         size: Option<u64>,
         opts: &CreateOptions,
         cfg: PoolConfig,
     ) -> Result<Pool> {
-        let mut devs: Vec<Arc<dyn Device>> = Vec::new();
+        let layout = parse_layout(spec)?;
+        let mut groups = Vec::new();
         let mut created = Vec::new();
-        for p in paths {
-            let existed = p.exists();
-            let d = match FileDevice::create_sparse(p, size.unwrap_or(0)) {
-                Ok(d) => d,
-                Err(e) => {
-                    for c in &created {
-                        let _ = std::fs::remove_file(c);
-                    }
-                    return Err(e);
-                }
-            };
-            if !existed {
-                created.push(p.clone());
-            }
-            devs.push(Arc::new(d));
-        }
-        let r = Pool::create(name, devs, opts, cfg);
-        if r.is_err() {
-            for c in &created {
+        let undo = |created: &[PathBuf]| {
+            for c in created {
                 let _ = std::fs::remove_file(c);
             }
+        };
+        for (kind, paths) in layout {
+            let mut devs: Vec<Arc<dyn Device>> = Vec::new();
+            for p in paths {
+                let p = PathBuf::from(p);
+                let existed = p.exists();
+                match FileDevice::create_sparse(&p, size.unwrap_or(0)) {
+                    Ok(d) => devs.push(Arc::new(d)),
+                    Err(e) => {
+                        undo(&created);
+                        return Err(e);
+                    }
+                }
+                if !existed {
+                    created.push(p);
+                }
+            }
+            groups.push((kind, devs));
+        }
+        let r = Pool::create_groups(name, groups, opts, cfg);
+        if r.is_err() {
+            undo(&created);
         }
         r
     }
@@ -338,11 +417,24 @@ impl Pool {
         open::import(devices, cfg)
     }
 
-    /// Import a pool from files or block devices.
+    /// Import a pool from files or block devices. Devices that cannot be
+    /// opened are left out: the pool comes up DEGRADED if its redundancy
+    /// covers them.
     pub fn open_paths(paths: &[PathBuf], cfg: PoolConfig) -> Result<Pool> {
         let mut devs: Vec<Arc<dyn Device>> = Vec::new();
+        let mut first_err = None;
         for p in paths {
-            devs.push(Arc::new(FileDevice::open(p)?));
+            match FileDevice::open(p) {
+                Ok(d) => devs.push(Arc::new(d)),
+                Err(e) if e.kind() == ErrorKind::Busy => return Err(e),
+                Err(e) => {
+                    tracing::warn!(path = %p.display(), error = %e, "cannot open pool device");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if devs.is_empty() {
+            return Err(first_err.unwrap_or_else(|| Error::invalid("no devices given")));
         }
         Pool::open(devs, cfg)
     }
@@ -375,8 +467,12 @@ impl Pool {
     }
 
     /// Device paths (as given at open).
-    pub fn paths(&self) -> &[String] {
-        &self.sh.paths
+    pub fn paths(&self) -> Vec<String> {
+        self.sh
+            .vdevs
+            .devices()
+            .map(|(_, m)| m.dev().describe())
+            .collect()
     }
 
     fn vol_id(&self, name: &str) -> Result<u64> {
@@ -725,6 +821,114 @@ impl Pool {
     /// Verify all metadata and data checksums.
     pub fn check(&self) -> Result<CheckReport> {
         check::check(&self.sh)
+    }
+
+    /// Start a scrub in the background (see `pool status` for progress).
+    pub fn scrub_start(&self) -> Result<()> {
+        let h = scrub::start_scrub(&self.sh)?;
+        self.threads.lock().push(h);
+        Ok(())
+    }
+
+    /// Stop a running scrub.
+    pub fn scrub_stop(&self) -> Result<()> {
+        scrub::stop_scrub(&self.sh)
+    }
+
+    /// Wait until no scrub or resilver runs (tests, tools).
+    pub fn wait_scans(&self) {
+        while self.sh.scan_running.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Replace device `old` (its path, or its guid in hex) with `new`,
+    /// created sparse at the old one's size if it is a missing file, and
+    /// resilver it in the background. The pool keeps serving throughout.
+    pub fn replace(&self, old: &str, new: &Path) -> Result<()> {
+        let (g, m) = self.find_member(old)?;
+        let group = &self.sh.vdevs.groups[g];
+        let need = crate::layout::DATA_START + u64::from(group.segments) * group.geo.slot_bytes();
+        let size = group.members[m].dev().len().max(need);
+        let dev: Arc<dyn Device> = Arc::new(FileDevice::create_sparse(new, size)?);
+        self.replace_with(old, dev)
+    }
+
+    fn find_member(&self, old: &str) -> Result<(usize, usize)> {
+        let sh = &self.sh;
+        sh.vdevs
+            .groups
+            .iter()
+            .enumerate()
+            .find_map(|(gi, g)| {
+                g.members
+                    .iter()
+                    .position(|x| x.dev().describe() == old || format!("{:032x}", x.guid()) == old)
+                    .map(|mi| (gi, mi))
+            })
+            .ok_or_else(|| Error::not_found(format!("pool {} has no device {old}", sh.name)))
+    }
+
+    /// [`Pool::replace`] with an opened device.
+    pub fn replace_with(&self, old: &str, dev: Arc<dyn Device>) -> Result<()> {
+        let sh = &self.sh;
+        let new = PathBuf::from(dev.describe());
+        let (g, m) = self.find_member(old)?;
+        let group = &sh.vdevs.groups[g];
+        if group.geo.tolerance() == 0 {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "only a device of a mirror or parity group can be replaced",
+            ));
+        }
+        if sh
+            .vdevs
+            .devices()
+            .any(|(_, x)| x.dev().describe() == new.display().to_string())
+        {
+            return Err(Error::invalid(format!(
+                "{} is already in the pool",
+                new.display()
+            )));
+        }
+        let segments = crate::format::label::Label::segments_for(dev.len(), group.geo.slot_bytes());
+        if segments < group.segments {
+            let need =
+                crate::layout::DATA_START + u64::from(group.segments) * group.geo.slot_bytes();
+            return Err(Error::invalid(format!(
+                "{} is too small: it needs at least {need} bytes",
+                new.display()
+            )));
+        }
+        // A device that held another pool must not look like one.
+        let zero = crate::buf::AlignedBuf::zeroed(
+            crate::layout::UBERBLOCK_SLOTS as usize * crate::layout::BLOCK,
+        );
+        dev.write_at(zero.as_slice(), crate::layout::UBERBLOCK_RING_OFFSET)
+            .map_err(|e| Error::io(format!("cannot write {}", new.display()), e))?;
+        let guid: u128 = rand::random();
+        {
+            let mut l = sh.vdevs.layout.lock();
+            l.0.groups[g].devices[m] = crate::format::label::DeviceLayout {
+                guid,
+                path: dev.describe(),
+                segments,
+            };
+            l.1 += 1;
+        }
+        let old_desc = group.members[m].dev().describe();
+        group.members[m].swap(
+            vdev::MemberDev { dev, guid },
+            vdev::MemberState::Resilvering,
+        );
+        open::write_labels(&sh.vdevs, sh.guid, sh.created)?;
+        // Every write issued before the swap is on the devices (and so in
+        // what the resilver copies) once this returns.
+        maint::flush_now(sh)?;
+        tracing::info!(pool = %sh.name, old = %old_desc, new = %new.display(), "replacing device; resilvering");
+        let h = scrub::start_resilver(sh, g, m)?;
+        self.threads.lock().push(h);
+        Ok(())
     }
 
     /// Flush the memtable and run pending GC and compaction now (for tests

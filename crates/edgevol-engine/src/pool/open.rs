@@ -21,6 +21,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::ckpt::{self, BlobRef, Checkpoint, ReplayPoint, StreamPos};
 use super::gate::ReuseGate;
+use super::raid::Geometry;
 use super::space::{Counters, SegState, SegmentTable};
 use super::vdev::Vdevs;
 use super::writer::{Writer, STREAMS};
@@ -51,8 +52,10 @@ struct MetaReader(Arc<Vdevs>);
 
 impl BlockReader for MetaReader {
     fn read_meta_block(&self, seg: SegId, offset: u64) -> Result<Vec<u8>> {
+        // Run blocks carry their own crc: a bad copy is healed from another.
+        let ok = |b: &[u8]| crate::map::run::block_crc_ok(b);
         let mut b = AlignedBuf::zeroed(BLOCK);
-        self.0.read(seg, offset, b.as_mut_slice())?;
+        self.0.read_checked(seg, offset, b.as_mut_slice(), &ok)?;
         Ok(b.as_slice().to_vec())
     }
 }
@@ -83,15 +86,18 @@ fn default_segment_size(bytes: u64) -> u64 {
 
 pub(crate) fn create(
     name: &str,
-    devices: Vec<Arc<dyn Device>>,
+    spec: Vec<(GroupKind, Vec<Arc<dyn Device>>)>,
     opts: &CreateOptions,
     cfg: PoolConfig,
 ) -> Result<Pool> {
     check_name("pool", name)?;
-    if devices.is_empty() {
+    if spec.is_empty() || spec.iter().any(|(_, d)| d.is_empty()) {
         return Err(Error::invalid("a pool needs at least one device"));
     }
-    let total: u64 = devices.iter().map(|d| d.len()).sum();
+    if spec.len() > 255 {
+        return Err(Error::invalid("a pool has at most 255 groups"));
+    }
+    let total: u64 = spec.iter().flat_map(|(_, d)| d).map(|d| d.len()).sum();
     let seg = opts
         .segment_size
         .unwrap_or_else(|| default_segment_size(total));
@@ -101,23 +107,29 @@ pub(crate) fn create(
         )));
     }
     let mut groups = Vec::new();
-    for d in &devices {
-        let n = Label::segments_for(d.len(), seg);
-        if n < 8 {
-            return Err(Error::invalid(format!(
-                "{} is too small: {} bytes holds {n} segments of {seg} bytes; a device needs at least {} bytes",
-                d.describe(),
-                d.len(),
-                DATA_START + 8 * seg
-            )));
-        }
-        groups.push(GroupLayout {
-            kind: GroupKind::Single,
-            devices: vec![DeviceLayout {
+    for (kind, devs) in &spec {
+        let geo = Geometry::new(*kind, devs.len(), seg)?;
+        let mut members = Vec::new();
+        for d in devs {
+            let n = Label::segments_for(d.len(), geo.slot_bytes());
+            if n < 8 {
+                return Err(Error::invalid(format!(
+                    "{} is too small: {} bytes holds {n} segments of {} bytes; a device needs at least {} bytes",
+                    d.describe(),
+                    d.len(),
+                    geo.slot_bytes(),
+                    DATA_START + 8 * geo.slot_bytes()
+                )));
+            }
+            members.push(DeviceLayout {
                 guid: rand::random(),
                 path: d.describe(),
                 segments: n,
-            }],
+            });
+        }
+        groups.push(GroupLayout {
+            kind: *kind,
+            devices: members,
         });
     }
     let layout = PoolLayout {
@@ -126,45 +138,46 @@ pub(crate) fn create(
     };
     let pool_guid: u128 = rand::random();
     let created = now_secs();
-    for (g, d) in devices.iter().enumerate() {
-        let label = Label {
-            pool_guid,
-            pool_name: name.to_string(),
-            device_guid: layout.groups[g].devices[0].guid,
-            txg: 1,
-            created,
-            layout: layout.clone(),
-        };
-        let b = label.encode()?;
-        // Erase any old uberblocks first so a previous pool on this device
-        // can never be picked up.
-        write_raw(
-            &**d,
-            UBERBLOCK_RING_OFFSET,
-            &vec![0u8; (UBERBLOCK_SLOTS as usize) * BLOCK],
-        )?;
-        write_raw(&**d, LABEL_A_OFFSET, &b)?;
-        write_raw(&**d, LABEL_B_OFFSET, &b)?;
-        d.flush()
-            .map_err(|e| Error::io(format!("flush of {} failed", d.describe()), e))?;
+    for (g, (_, devs)) in spec.iter().enumerate() {
+        for (m, d) in devs.iter().enumerate() {
+            let label = Label {
+                pool_guid,
+                pool_name: name.to_string(),
+                device_guid: layout.groups[g].devices[m].guid,
+                txg: 1,
+                created,
+                layout: layout.clone(),
+            };
+            let b = label.encode()?;
+            // Erase any old uberblocks first so a previous pool on this
+            // device can never be picked up.
+            write_raw(
+                &**d,
+                UBERBLOCK_RING_OFFSET,
+                &vec![0u8; (UBERBLOCK_SLOTS as usize) * BLOCK],
+            )?;
+            write_raw(&**d, LABEL_A_OFFSET, &b)?;
+            write_raw(&**d, LABEL_B_OFFSET, &b)?;
+            d.flush()
+                .map_err(|e| Error::io(format!("flush of {} failed", d.describe()), e))?;
+        }
     }
     let vdevs = Arc::new(Vdevs::new(
-        &layout,
-        devices.iter().map(|d| vec![d.clone()]).collect(),
-    ));
-    let sizes: Vec<u32> = vdevs.groups.iter().map(|g| g.segments).collect();
-    let segs = SegmentTable::new(&sizes, seg);
-    let paths = devices.iter().map(|d| d.describe()).collect();
-    let (sh, data_rx, maint_rx) = shared(
         name,
-        pool_guid,
-        created,
-        vdevs,
-        paths,
-        segs,
-        cfg,
-        Catalog::new(),
+        &layout,
+        spec.iter()
+            .map(|(_, d)| d.iter().cloned().map(Some).collect())
+            .collect(),
+    )?);
+    let sizes: Vec<u32> = vdevs.groups.iter().map(|g| g.segments).collect();
+    let mut segs = SegmentTable::new(&sizes, seg);
+    segs.set_row_blocks(
+        (0..vdevs.groups.len())
+            .map(|g| vdevs.row_blocks(g))
+            .collect(),
     );
+    let (sh, data_rx, maint_rx) =
+        shared(name, pool_guid, created, vdevs, segs, cfg, Catalog::new());
     // First checkpoint: empty catalog, no runs, all segments free.
     let log = sh
         .segs
@@ -227,7 +240,6 @@ fn shared(
     guid: u128,
     created: u64,
     vdevs: Arc<Vdevs>,
-    paths: Vec<String>,
     segs: SegmentTable,
     cfg: PoolConfig,
     cat: Catalog,
@@ -250,7 +262,6 @@ fn shared(
         name: name.to_string(),
         created,
         vdevs,
-        paths,
         map,
         catalog: RwLock::new(Arc::new(cat)),
         segs: Mutex::new(segs),
@@ -271,6 +282,9 @@ fn shared(
         meta_roots: Mutex::new((Vec::new(), None)),
         usable_cache: Mutex::new((0, 0, 0)),
         keys: RwLock::new(std::collections::HashMap::new()),
+        scans: Mutex::new(super::scrub::Scans::default()),
+        scan_stop: AtomicBool::new(false),
+        scan_running: AtomicBool::new(false),
     });
     (sh, data_rx, maint_rx)
 }
@@ -346,6 +360,32 @@ fn read_label(dev: &dyn Device) -> Result<Label> {
     })
 }
 
+/// Write the current layout, generation `txg`, to the labels of every
+/// writable member (each with its own device guid), then flush.
+pub(crate) fn write_labels(vdevs: &Vdevs, pool_guid: u128, created: u64) -> Result<()> {
+    let (layout, txg) = vdevs.layout.lock().clone();
+    for (_, m) in vdevs.devices() {
+        if m.state() == super::vdev::MemberState::Faulted {
+            continue;
+        }
+        let label = Label {
+            pool_guid,
+            pool_name: vdevs.name.clone(),
+            device_guid: m.guid(),
+            txg,
+            created,
+            layout: layout.clone(),
+        };
+        let b = label.encode()?;
+        let dev = m.dev();
+        write_raw(&*dev, LABEL_A_OFFSET, &b)?;
+        write_raw(&*dev, LABEL_B_OFFSET, &b)?;
+        dev.flush()
+            .map_err(|e| Error::io(format!("flush of {} failed", dev.describe()), e))?;
+    }
+    Ok(())
+}
+
 pub(crate) fn probe(path: &Path) -> Result<(String, u128)> {
     let d = FileDevice::open(path)?;
     let l = read_label(&d)?;
@@ -355,16 +395,19 @@ pub(crate) fn probe(path: &Path) -> Result<(String, u128)> {
 pub(crate) fn wipe_labels(vdevs: &Vdevs) -> Result<()> {
     let zero = vec![0u8; LABEL_SIZE as usize];
     for (_, m) in vdevs.devices() {
-        write_raw(&*m.dev, LABEL_A_OFFSET, &zero)?;
-        write_raw(&*m.dev, LABEL_B_OFFSET, &zero)?;
+        if m.state() == super::vdev::MemberState::Faulted {
+            continue;
+        }
+        let dev = m.dev();
+        write_raw(&*dev, LABEL_A_OFFSET, &zero)?;
+        write_raw(&*dev, LABEL_B_OFFSET, &zero)?;
         write_raw(
-            &*m.dev,
+            &*dev,
             UBERBLOCK_RING_OFFSET,
             &vec![0u8; UBERBLOCK_SLOTS as usize * BLOCK],
         )?;
-        m.dev
-            .flush()
-            .map_err(|e| Error::io(format!("flush of {} failed", m.dev.describe()), e))?;
+        dev.flush()
+            .map_err(|e| Error::io(format!("flush of {} failed", dev.describe()), e))?;
     }
     Ok(())
 }
@@ -399,35 +442,55 @@ pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<P
     }
     let mut groups = Vec::new();
     for g in &layout.groups {
+        let geo = Geometry::new(g.kind, g.devices.len(), layout.segment_size)?;
         let mut members = Vec::new();
         for dl in &g.devices {
-            let d = by_guid.get(&dl.guid).cloned().ok_or_else(|| {
-                Error::new(
-                    ErrorKind::NotFound,
-                    format!(
-                        "pool {:?} is missing device {} (last seen at {})",
-                        newest.pool_name, dl.guid, dl.path
-                    ),
-                )
-            })?;
-            if Label::segments_for(d.len(), layout.segment_size) < dl.segments {
+            let Some(d) = by_guid.get(&dl.guid).cloned() else {
+                tracing::warn!(pool = %newest.pool_name, device = %dl.path, "device missing at import");
+                members.push(None);
+                continue;
+            };
+            if Label::segments_for(d.len(), geo.slot_bytes()) < dl.segments {
                 return Err(Error::corrupt(format!(
                     "{} is smaller than when it joined pool {:?} (truncated?)",
                     d.describe(),
                     newest.pool_name
                 )));
             }
-            members.push(d);
+            members.push(Some(d));
+        }
+        let missing = members.iter().filter(|m| m.is_none()).count();
+        if missing > geo.tolerance() {
+            let names: Vec<&str> = g
+                .devices
+                .iter()
+                .zip(&members)
+                .filter(|(_, m)| m.is_none())
+                .map(|(d, _)| d.path.as_str())
+                .collect();
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "pool {:?} is missing device(s) {} and cannot do without them",
+                    newest.pool_name,
+                    names.join(", ")
+                ),
+            ));
         }
         groups.push(members);
     }
-    let paths = groups.iter().flatten().map(|d| d.describe()).collect();
-    let vdevs = Arc::new(Vdevs::new(&layout, groups));
+    let vdevs = Arc::new(Vdevs::new(&newest.pool_name, &layout, groups)?);
+    vdevs.layout.lock().1 = newest.txg;
     let (ub, ck) = newest_checkpoint(&vdevs, guid)?;
     tracing::info!(pool = %newest.pool_name, seq = ub.seq, "importing pool");
     let counters = ckpt::decode_counters(&ckpt::read_blob(&vdevs, &ck.counters)?)?;
     let sizes: Vec<u32> = vdevs.groups.iter().map(|g| g.segments).collect();
     let mut segs = SegmentTable::from_counters(&sizes, layout.segment_size, &counters);
+    segs.set_row_blocks(
+        (0..vdevs.groups.len())
+            .map(|g| vdevs.row_blocks(g))
+            .collect(),
+    );
     // Metadata ownership comes from the checkpoint, not the counters.
     let meta: Vec<SegId> = segs
         .iter()
@@ -453,7 +516,6 @@ pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<P
         guid,
         newest.created,
         vdevs,
-        paths,
         segs,
         cfg,
         ck.catalog.clone(),
@@ -463,7 +525,10 @@ pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<P
     sh.map.load(&ck.manifest)?;
     *sh.meta_roots.lock() = (ck.counters.extents.clone(), Some(ck.log_segment));
     *sh.lineage_delta.lock() = counters.lineage_delta.clone();
-    let ckpt_log = (ck.log_segment, ub.ckpt.offset + ub.ckpt_len);
+    let ckpt_end = sh
+        .vdevs
+        .row_end(ck.log_segment, u64::from(ub.ckpt.offset + ub.ckpt_len));
+    let ckpt_log = (ck.log_segment, ckpt_end as u32);
     let mut w = Writer::new(
         sh.clone(),
         ck.catalog.clone(),
@@ -488,14 +553,15 @@ pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<P
 fn newest_checkpoint(vdevs: &Vdevs, guid: u128) -> Result<(Uberblock, Checkpoint)> {
     let mut ubs = Vec::new();
     for (_, m) in vdevs.devices() {
+        let dev = m.dev();
         let ring = match read_raw(
-            &*m.dev,
+            &*dev,
             UBERBLOCK_RING_OFFSET,
             UBERBLOCK_SLOTS as usize * BLOCK,
         ) {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(device = %m.dev.describe(), error = %e, "cannot read uberblocks");
+                tracing::warn!(device = %dev.describe(), error = %e, "cannot read uberblocks");
                 continue;
             }
         };
@@ -562,7 +628,12 @@ fn read_batch(
         return None;
     }
     let mut first = AlignedBuf::zeroed(BLOCK);
-    vdevs.read(seg, u64::from(off), first.as_mut_slice()).ok()?;
+    // Any copy that holds a batch header (a mirror side or a parity
+    // column may have missed an unflushed write).
+    let header_ok = |b: &[u8]| BatchHeader::peek_header_len(b).is_ok();
+    vdevs
+        .read_checked(seg, u64::from(off), first.as_mut_slice(), &header_ok)
+        .ok()?;
     let hlen = BatchHeader::peek_header_len(first.as_slice()).ok()?;
     let hbytes = hlen.div_ceil(BLOCK) * BLOCK;
     if u64::from(off) + hbytes as u64 > seg_size {
@@ -626,9 +697,12 @@ fn verify_payloads(vdevs: &Vdevs, f: &Found) -> Vec<bool> {
     {
         return vec![false; f.header.entries.len()];
     }
-    let b = buf.as_slice();
-    f.header
-        .entries
+    payloads_ok(&f.header, buf.as_slice())
+}
+
+/// Which entries of a batch in `b` (the whole batch) have intact payloads.
+fn payloads_ok(h: &BatchHeader, b: &[u8]) -> Vec<bool> {
+    h.entries
         .iter()
         .map(|e| {
             if e.stored_len == 0 {
@@ -647,6 +721,36 @@ fn verify_payloads(vdevs: &Vdevs, f: &Found) -> Vec<bool> {
             }
         })
         .collect()
+}
+
+/// Rewrite a replayed batch on every member of a redundant group: a crash
+/// may have left it on some copies (or columns) only, and parity must
+/// match what replay accepted before a device can fail.
+fn resync(vdevs: &Vdevs, f: &Found, valid: &[bool]) -> Result<()> {
+    let redundant = vdevs
+        .groups
+        .get(f.at.seg.group as usize)
+        .is_some_and(|g| g.geo.tolerance() > 0);
+    if !redundant {
+        return Ok(());
+    }
+    let mut buf = AlignedBuf::zeroed(f.header.total_len as usize);
+    let off = u64::from(f.at.offset);
+    // A copy with this very header and every payload replay accepted.
+    let ok = |b: &[u8]| {
+        BatchHeader::decode(b).is_ok_and(|h| {
+            BatchHeader::crc_of_encoded(b) == f.crc
+                && payloads_ok(&h, b)
+                    .iter()
+                    .zip(valid)
+                    .all(|(got, want)| *got || !*want)
+        })
+    };
+    if let Err(e) = vdevs.read_checked(f.at.seg, off, buf.as_mut_slice(), &ok) {
+        tracing::warn!(batch = f.header.lsn, error = %e, "cannot resync a replayed batch; scrub will");
+        return Ok(());
+    }
+    vdevs.write(f.at.seg, off, buf.as_slice())
 }
 
 fn replay(sh: &Arc<Shared>, w: &mut Writer, ck: &Checkpoint) -> Result<usize> {
@@ -673,6 +777,7 @@ fn replay(sh: &Arc<Shared>, w: &mut Writer, ck: &Checkpoint) -> Result<usize> {
             );
         }
         w.replay_batch(&f.header, f.at, &valid, f.crc)?;
+        resync(&sh.vdevs, f, &valid)?;
     }
     Ok(n)
 }

@@ -14,7 +14,6 @@ use bytes::Bytes;
 
 use super::writer::{DataOp, DiscardMode};
 use super::Shared;
-use crate::buf::AlignedBuf;
 use crate::catalog::Chain;
 use crate::chunk::{self, Piece, PieceKind};
 use crate::error::{Error, ErrorKind, Result};
@@ -334,15 +333,13 @@ async fn read_part(sh: &Shared, p: &Part) -> Result<ReadSeg> {
     match p {
         Part::Zero(bytes) => Ok(ReadSeg::Zero(*bytes)),
         Part::Read { at, blocks, csums } => {
+            let len = (*blocks * BLOCK_U64) as usize;
+            let ok = |b: &[u8]| blocks_match(b, csums);
             let buf = sh
                 .vdevs
-                .read_owned(
-                    at.seg,
-                    u64::from(at.offset),
-                    AlignedBuf::zeroed((*blocks * BLOCK_U64) as usize),
-                )
-                .await?;
-            verify(sh, *at, buf.as_slice(), csums)?;
+                .read_verified(at.seg, u64::from(at.offset), len, true, &ok)
+                .await
+                .map_err(|e| data_error(sh, *at, e))?;
             Ok(ReadSeg::Data(Bytes::from_owner(buf)))
         }
         Part::Record {
@@ -360,15 +357,14 @@ async fn read_part(sh: &Shared, p: &Part) -> Result<ReadSeg> {
             let start = u64::from(d.paddr.offset) & !(BLOCK_U64 - 1);
             let end =
                 (u64::from(d.paddr.offset) + u64::from(d.stored_len)).next_multiple_of(BLOCK_U64);
+            let lo = (u64::from(d.paddr.offset) - start) as usize;
+            let (n, want) = (d.stored_len as usize, d.csums.first().copied());
+            let ok = |b: &[u8]| b.get(lo..lo + n).map(crc32c::crc32c) == want;
             let mut buf = sh
                 .vdevs
-                .read_owned(
-                    d.paddr.seg,
-                    start,
-                    AlignedBuf::zeroed((end - start) as usize),
-                )
-                .await?;
-            let lo = (u64::from(d.paddr.offset) - start) as usize;
+                .read_verified(d.paddr.seg, start, (end - start) as usize, true, &ok)
+                .await
+                .map_err(|e| data_error(sh, d.paddr, e))?;
             let stored = &mut buf.as_mut_slice()[lo..lo + d.stored_len as usize];
             let plain = open_record(sh, *lineage, *rec_lba, *birth, d, key.as_deref(), stored)?;
             let from = usize::from(d.rec_off) * BLOCK;
@@ -513,19 +509,18 @@ fn plan_reads(pieces: &[Piece], out: &mut Vec<Part>) {
     }
 }
 
-/// Check every block read at `at` against its checksum.
-fn verify(sh: &Shared, at: Paddr, data: &[u8], csums: &[u32]) -> Result<()> {
-    for (i, (blk, want)) in data.chunks(BLOCK).zip(csums).enumerate() {
-        if crc32c::crc32c(blk) != *want {
-            sh.vdevs.note_checksum_error(at.seg);
-            sh.stats.checksum_errors.fetch_add(1, Ordering::Relaxed);
-            let off = u64::from(at.offset) + i as u64 * BLOCK_U64;
-            tracing::error!(pool = %sh.name, segment = ?at.seg, offset = off, "checksum mismatch on read");
-            return Err(Error::corrupt(format!(
-                "checksum mismatch in segment {:?} at {off:#x}",
-                at.seg
-            )));
-        }
+/// Do the 4 KiB blocks of `data` match their checksums?
+pub(crate) fn blocks_match(data: &[u8], csums: &[u32]) -> bool {
+    data.chunks(BLOCK)
+        .zip(csums)
+        .all(|(b, want)| crc32c::crc32c(b) == *want)
+}
+
+/// A read that no copy could satisfy: count and log checksum failures.
+fn data_error(sh: &Shared, at: Paddr, e: Error) -> Error {
+    if e.kind() == ErrorKind::Corrupt {
+        sh.stats.checksum_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(pool = %sh.name, record = ?at, error = %e, "unrecoverable checksum mismatch on read");
     }
-    Ok(())
+    e
 }

@@ -79,6 +79,9 @@ pub struct SegmentTable {
     logical_total: u64,
     /// The metadata segment extents are appended to, and its next free block.
     meta_cur: Option<(SegId, u32)>,
+    /// Blocks per row of each group (parity groups: metadata extents start
+    /// on row boundaries so that no row is written twice).
+    row_blocks: Vec<u32>,
     /// Blocks per segment.
     seg_blocks: u32,
     /// Bumped by every change of segment states or metadata use (not by
@@ -101,6 +104,7 @@ impl SegmentTable {
             live_total: 0,
             logical_total: 0,
             meta_cur: None,
+            row_blocks: Vec::new(),
             seg_blocks: (segment_size / BLOCK_U64) as u32,
             generation: 0,
         };
@@ -184,6 +188,11 @@ impl SegmentTable {
             .get_mut(seg.index as usize)
     }
 
+    /// Set the blocks per row of each group (see `Vdevs::row_blocks`).
+    pub fn set_row_blocks(&mut self, rows: Vec<u32>) {
+        self.row_blocks = rows;
+    }
+
     /// Take a free segment for `state`, rotating across groups (striping).
     pub fn alloc(&mut self, state: SegState) -> Option<SegId> {
         self.generation += 1;
@@ -256,10 +265,18 @@ impl SegmentTable {
                 block: next,
                 blocks: n,
             });
-            self.meta_cur = Some((seg, next + n));
+            // The next extent starts a new row (parity groups).
+            let row = self
+                .row_blocks
+                .get(seg.group as usize)
+                .copied()
+                .unwrap_or(1)
+                .max(1);
+            let end = (next + n).next_multiple_of(row).min(self.seg_blocks);
+            self.meta_cur = Some((seg, end));
             if let Some(s) = self.get_mut(seg) {
                 s.live += u64::from(n) * BLOCK_U64;
-                s.written = s.written.max((next + n) * BLOCK_U64 as u32);
+                s.written = s.written.max(end * BLOCK_U64 as u32);
             }
             left -= n;
         }

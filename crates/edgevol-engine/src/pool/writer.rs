@@ -1045,8 +1045,13 @@ impl Writer {
                 e.payload_off += base as u32;
             }
         }
-        // Whole blocks: the device is written with direct I/O.
-        let total = batch.total().div_ceil(BLOCK) * BLOCK;
+        // Whole blocks (direct I/O), and whole rows of a parity group:
+        // no row holding live data is ever written twice.
+        let end = self
+            .sh
+            .vdevs
+            .row_end(seg, u64::from(st.off) + batch.total() as u64);
+        let total = (end - u64::from(st.off)) as usize;
         batch.buf.resize(total);
         let lsn = self.next_lsn;
         // Encrypt new records in place: nonce = lsn ‖ entry index, unique
@@ -2037,7 +2042,12 @@ impl Writer {
         }
         self.flushed_lsn = self.last_written_lsn;
         self.ckpt_seq = seq;
-        self.ckpt_log = (seg, off + bytes.len() as u32);
+        // The next checkpoint starts a new row (parity groups).
+        let next = self
+            .sh
+            .vdevs
+            .row_end(seg, u64::from(off) + bytes.len() as u64);
+        self.ckpt_log = (seg, next as u32);
         if let Some(c) = counters {
             release
                 .extents

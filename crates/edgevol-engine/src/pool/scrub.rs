@@ -1,0 +1,348 @@
+//! Scrub and resilver: background scans over a pool's stored data.
+//!
+//! **Scrub** walks every live map entry and verifies every copy of the
+//! record it points to ([`Vdevs::scrub_span`]): both sides of a mirror,
+//! the data columns and the parity of a parity group. Bad copies are
+//! rewritten from good ones; records no copy can restore are reported
+//! with their volume and block range. Parity that disagrees with verified
+//! data is rewritten at the end of the pass, after every record in its
+//! rows has been healed. The scan holds a reuse-gate ticket while it looks
+//! at a page of entries, so no segment it reads is reused under it, and
+//! it is rate limited ([`SCRUB_MAX_RATE`]) so clients keep their latency.
+//!
+//! **Resilver** (after `replace`) rebuilds the new member's share of every
+//! allocated segment from the other members while new writes already go
+//! to it; the member becomes ONLINE (readable) at the end.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::info::ScanStatus;
+use super::space::SegState;
+use super::vdev::MemberState;
+use super::Shared;
+use crate::error::{Error, ErrorKind, Result};
+use crate::layout::{Paddr, SegId, BLOCK, BLOCK_U64};
+use crate::map::Key;
+
+/// Most bytes a scrub reads per second.
+pub const SCRUB_MAX_RATE: u64 = 256 << 20;
+
+/// Map entries looked at per reuse-gate ticket.
+const PAGE: usize = 512;
+
+/// The last or running scans.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Scans {
+    pub scrub: Option<ScanStatus>,
+    pub resilver: Option<ScanStatus>,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Frees the scan slot when the scan thread ends, even by a panic.
+struct Running<'a>(&'a Shared);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut guard = self.0.scans.lock();
+            let scans = &mut *guard;
+            for st in [scans.scrub.as_mut(), scans.resilver.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                if st.state == "running" {
+                    st.state = "failed".into();
+                    st.error = Some("the scan thread panicked".into());
+                }
+            }
+        }
+        self.0.scan_running.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Claim the scan slot (one scrub or resilver at a time).
+fn claim(sh: &Shared) -> Result<()> {
+    if sh.scan_running.swap(true, Ordering::SeqCst) {
+        return Err(Error::new(
+            ErrorKind::Busy,
+            "a scrub or resilver is already running",
+        ));
+    }
+    sh.scan_stop.store(false, Ordering::SeqCst);
+    Ok(())
+}
+
+fn new_status(kind: &str, total: u64) -> ScanStatus {
+    ScanStatus {
+        kind: kind.into(),
+        state: "running".into(),
+        started: now_secs(),
+        total_bytes: total,
+        ..ScanStatus::default()
+    }
+}
+
+/// Start a scrub in a thread of its own.
+pub(crate) fn start_scrub(sh: &Arc<Shared>) -> Result<std::thread::JoinHandle<()>> {
+    claim(sh)?;
+    let total = sh.segs.lock().live_total();
+    sh.scans.lock().scrub = Some(new_status("scrub", total));
+    let s = sh.clone();
+    std::thread::Builder::new()
+        .name(format!("ev-scrub-{}", sh.name))
+        .spawn(move || {
+            let _running = Running(&s);
+            let r = scrub(&s);
+            finish(&s, |x| x.scrub.as_mut(), r);
+        })
+        .map_err(|e| {
+            sh.scan_running.store(false, Ordering::SeqCst);
+            Error::io("cannot start the scrub thread", e)
+        })
+}
+
+/// Ask a running scrub to stop.
+pub(crate) fn stop_scrub(sh: &Shared) -> Result<()> {
+    let running = sh
+        .scans
+        .lock()
+        .scrub
+        .as_ref()
+        .is_some_and(|s| s.state == "running");
+    if !running {
+        return Err(Error::invalid("no scrub is running"));
+    }
+    sh.scan_stop.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+fn finish(sh: &Shared, pick: impl Fn(&mut Scans) -> Option<&mut ScanStatus>, r: Result<bool>) {
+    {
+        let mut scans = sh.scans.lock();
+        if let Some(st) = pick(&mut scans) {
+            st.ended = Some(now_secs());
+            match r {
+                Ok(true) => st.state = "finished".into(),
+                Ok(false) => st.state = "stopped".into(),
+                Err(e) => {
+                    tracing::error!(pool = %sh.name, kind = %st.kind, error = %e, "scan failed");
+                    st.state = "failed".into();
+                    st.error = Some(e.to_string());
+                }
+            }
+            tracing::info!(pool = %sh.name, kind = %st.kind, state = %st.state, bytes = st.done_bytes, repaired = st.repaired_bytes, unrecoverable = st.unrecoverable.len(), "scan ended");
+        }
+    }
+    sh.scan_running.store(false, Ordering::SeqCst);
+}
+
+fn stopping(sh: &Shared) -> bool {
+    sh.scan_stop.load(Ordering::SeqCst) || sh.closing.load(Ordering::SeqCst)
+}
+
+/// Update the running scan's progress.
+fn progress(
+    sh: &Shared,
+    pick: impl Fn(&mut Scans) -> Option<&mut ScanStatus>,
+    done: u64,
+    repaired: u64,
+    t0: Instant,
+) {
+    let mut scans = sh.scans.lock();
+    if let Some(st) = pick(&mut scans) {
+        st.done_bytes = done;
+        st.repaired_bytes = repaired;
+        st.rate = (done as f64 / t0.elapsed().as_secs_f64().max(1e-3)) as u64;
+    }
+}
+
+/// Sleep as needed to keep `done` bytes since `t0` under `rate` per second.
+fn throttle(done: u64, t0: Instant, rate: u64) {
+    let due = Duration::from_secs_f64(done as f64 / rate as f64);
+    if let Some(wait) = due.checked_sub(t0.elapsed()) {
+        std::thread::sleep(wait.min(Duration::from_millis(200)));
+    }
+}
+
+/// The scrub pass. Ok(false) if stopped.
+fn scrub(sh: &Shared) -> Result<bool> {
+    let t0 = Instant::now();
+    let (mut done, mut repaired) = (0u64, 0u64);
+    let mut suspect: Vec<(SegId, u64, u64)> = Vec::new();
+    let mut lo = Key::new(0, 0, 0);
+    let hi = Key::new(u32::MAX, u64::MAX, u64::MAX);
+    loop {
+        if stopping(sh) {
+            return Ok(false);
+        }
+        let ticket = sh.gate.enter();
+        let page = sh.map.scan(lo, hi, PAGE)?;
+        let mut seen: std::collections::BTreeSet<Paddr> = Default::default();
+        for (k, v) in &page.entries {
+            let Some(d) = v.data() else { continue };
+            let (off, len, csums): (u64, usize, Vec<u32>) = if d.is_plain() {
+                (
+                    u64::from(d.paddr.offset) + u64::from(d.rec_off) * BLOCK_U64,
+                    usize::from(d.nblocks) * BLOCK,
+                    d.csums.to_vec(),
+                )
+            } else {
+                if !seen.insert(d.paddr) {
+                    continue;
+                }
+                let start = u64::from(d.paddr.offset) & !(BLOCK_U64 - 1);
+                let end = (u64::from(d.paddr.offset) + u64::from(d.stored_len))
+                    .next_multiple_of(BLOCK_U64);
+                (start, (end - start) as usize, Vec::new())
+            };
+            let (lo_b, n) = (
+                (u64::from(d.paddr.offset) - off) as usize,
+                d.stored_len as usize,
+            );
+            let want = d.csums.first().copied();
+            let plain = d.is_plain();
+            let ok = |b: &[u8]| {
+                if plain {
+                    super::read::blocks_match(b, &csums)
+                } else {
+                    b.get(lo_b..lo_b + n).map(crc32c::crc32c) == want
+                }
+            };
+            match sh
+                .vdevs
+                .scrub_span(d.paddr.seg, off, len, &ok, &mut suspect)
+            {
+                Ok(r) => repaired += r,
+                Err(e) if e.kind() == ErrorKind::Corrupt => {
+                    let what = format!(
+                        "{} blocks {}..{}: {e}",
+                        lineage_name(sh, k.lineage),
+                        k.lba,
+                        k.lba + u64::from(v.nblocks())
+                    );
+                    tracing::error!(pool = %sh.name, record = ?d.paddr, "scrub: unrecoverable: {what}");
+                    sh.stats.checksum_errors.fetch_add(1, Ordering::Relaxed);
+                    if let Some(st) = sh.scans.lock().scrub.as_mut() {
+                        if st.unrecoverable.len() < 100 {
+                            st.unrecoverable.push(what);
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+            done += len as u64;
+        }
+        drop(ticket);
+        progress(sh, |x| x.scrub.as_mut(), done, repaired, t0);
+        throttle(done, t0, SCRUB_MAX_RATE);
+        match page.resume {
+            Some(r) => lo = r,
+            None => break,
+        }
+    }
+    // Parity that disagreed with verified data: every record in those rows
+    // has been verified and healed by now; rewrite the parity of rows that
+    // still disagree, in sealed data segments (stable below `written`).
+    suspect.sort_unstable();
+    suspect.dedup();
+    for (seg, r0, rows) in suspect {
+        let _t = sh.gate.enter();
+        let stable = sh.segs.lock().get(seg).is_some_and(|s| {
+            s.state == SegState::Data
+                && sh.vdevs.row_end(seg, (r0 + rows) * row_bytes(sh, seg)) <= u64::from(s.written)
+        });
+        if stable {
+            repaired += sh.vdevs.repair_parity(seg, r0, rows)?;
+        }
+    }
+    progress(sh, |x| x.scrub.as_mut(), done, repaired, t0);
+    Ok(true)
+}
+
+fn row_bytes(sh: &Shared, seg: SegId) -> u64 {
+    u64::from(sh.vdevs.row_blocks(seg.group as usize)) * BLOCK_U64
+}
+
+/// `POOL/VOLUME` (or `@SNAPSHOT`) whose data lineage `l` holds.
+fn lineage_name(sh: &Shared, l: u32) -> String {
+    let cat = sh.catalog();
+    if let Some(v) = cat.volumes.values().find(|v| v.head == l) {
+        return format!("{}/{}", sh.name, v.name);
+    }
+    format!("{}/(lineage {l})", sh.name)
+}
+
+/// Start resilvering member `m` of group `g` in a thread of its own.
+pub(crate) fn start_resilver(
+    sh: &Arc<Shared>,
+    g: usize,
+    m: usize,
+) -> Result<std::thread::JoinHandle<()>> {
+    claim(sh)?;
+    let total: u64 = {
+        let t = sh.segs.lock();
+        (0..sh.vdevs.groups[g].segments)
+            .filter_map(|i| t.get(SegId::new(g as u8, i)))
+            .map(|s| match s.state {
+                SegState::Data => u64::from(s.written),
+                SegState::Meta => sh.vdevs.segment_size,
+                _ => 0,
+            })
+            .sum()
+    };
+    sh.scans.lock().resilver = Some(new_status("resilver", total));
+    let s = sh.clone();
+    std::thread::Builder::new()
+        .name(format!("ev-resilver-{}", sh.name))
+        .spawn(move || {
+            let _running = Running(&s);
+            let r = resilver(&s, g, m);
+            finish(&s, |x| x.resilver.as_mut(), r);
+        })
+        .map_err(|e| {
+            sh.scan_running.store(false, Ordering::SeqCst);
+            Error::io("cannot start the resilver thread", e)
+        })
+}
+
+/// Rebuild member `m` of group `g`: only allocated segments, only what was
+/// written in them. Ok(false) if the pool closed first (the member stays
+/// RESILVERING and the resilver starts over at the next import).
+fn resilver(sh: &Shared, g: usize, m: usize) -> Result<bool> {
+    let t0 = Instant::now();
+    let n = sh.vdevs.groups[g].segments;
+    let mut done = 0u64;
+    for i in 0..n {
+        if sh.closing.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let seg = SegId::new(g as u8, i);
+        let _t = sh.gate.enter();
+        let info = sh.segs.lock().get(seg).copied();
+        let bytes = match info {
+            Some(s) if s.state == SegState::Data => u64::from(s.written),
+            Some(s) if s.state == SegState::Meta => sh.vdevs.segment_size,
+            _ => 0,
+        };
+        if bytes > 0 {
+            // Metadata is written by maintenance: copy it while none runs.
+            let _m = (info.map(|s| s.state) == Some(SegState::Meta)).then(|| sh.maint_lock.lock());
+            sh.vdevs.resilver_segment(seg, m, bytes)?;
+            done += bytes;
+        }
+        progress(sh, |x| x.resilver.as_mut(), done, 0, t0);
+        if let Some(st) = sh.scans.lock().resilver.as_mut() {
+            st.total_bytes = st.total_bytes.max(done);
+        }
+    }
+    sh.vdevs.groups[g].members[m].set_state(MemberState::Online);
+    tracing::info!(pool = %sh.name, group = g, member = m, bytes = done, secs = t0.elapsed().as_secs_f64(), "resilver complete");
+    Ok(true)
+}
