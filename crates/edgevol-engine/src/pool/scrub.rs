@@ -30,7 +30,13 @@ use crate::map::Key;
 pub const SCRUB_MAX_RATE: u64 = 256 << 20;
 
 /// Map entries looked at per reuse-gate ticket.
-const PAGE: usize = 512;
+const PAGE: usize = 4096;
+
+/// Threads a scrub reads with.
+const SCRUB_THREADS: usize = 4;
+
+/// Most bytes scrubbed with one read per copy.
+const MAX_SPAN: u64 = 1 << 20;
 
 /// The last or running scans.
 #[derive(Debug, Clone, Default)]
@@ -185,59 +191,52 @@ fn scrub(sh: &Shared) -> Result<bool> {
         let ticket = sh.gate.enter();
         let page = sh.map.scan(lo, hi, PAGE)?;
         let mut seen: std::collections::BTreeSet<Paddr> = Default::default();
+        let mut items: Vec<Item> = Vec::new();
         for (k, v) in &page.entries {
             let Some(d) = v.data() else { continue };
-            let (off, len, csums): (u64, usize, Vec<u32>) = if d.is_plain() {
-                (
-                    u64::from(d.paddr.offset) + u64::from(d.rec_off) * BLOCK_U64,
-                    usize::from(d.nblocks) * BLOCK,
-                    d.csums.to_vec(),
-                )
-            } else {
-                if !seen.insert(d.paddr) {
-                    continue;
-                }
-                let start = u64::from(d.paddr.offset) & !(BLOCK_U64 - 1);
-                let end = (u64::from(d.paddr.offset) + u64::from(d.stored_len))
-                    .next_multiple_of(BLOCK_U64);
-                (start, (end - start) as usize, Vec::new())
-            };
-            let (lo_b, n) = (
-                (u64::from(d.paddr.offset) - off) as usize,
-                d.stored_len as usize,
-            );
-            let want = d.csums.first().copied();
-            let plain = d.is_plain();
-            let ok = |b: &[u8]| {
-                if plain {
-                    super::read::blocks_match(b, &csums)
-                } else {
-                    b.get(lo_b..lo_b + n).map(crc32c::crc32c) == want
-                }
-            };
-            match sh
-                .vdevs
-                .scrub_span(d.paddr.seg, off, len, &ok, &mut suspect)
-            {
-                Ok(r) => repaired += r,
-                Err(e) if e.kind() == ErrorKind::Corrupt => {
-                    let what = format!(
-                        "{} blocks {}..{}: {e}",
-                        lineage_name(sh, k.lineage),
-                        k.lba,
-                        k.lba + u64::from(v.nblocks())
-                    );
-                    tracing::error!(pool = %sh.name, record = ?d.paddr, "scrub: unrecoverable: {what}");
-                    sh.stats.checksum_errors.fetch_add(1, Ordering::Relaxed);
-                    if let Some(st) = sh.scans.lock().scrub.as_mut() {
-                        if st.unrecoverable.len() < 100 {
-                            st.unrecoverable.push(what);
-                        }
-                    }
-                }
-                Err(e) => return Err(e),
+            if !d.is_plain() && !seen.insert(d.paddr) {
+                continue;
             }
-            done += len as u64;
+            items.push(Item::of(k, v.nblocks(), d));
+        }
+        // Neighbouring records are scrubbed as one span (one read per
+        // copy); a span that fails is scrubbed record by record, so a bad
+        // block on each of two copies still heals.
+        items.sort_by_key(|x| (x.seg, x.off));
+        let mut spans: Vec<&[Item]> = Vec::new();
+        let mut at = 0;
+        while at < items.len() {
+            let mut end = at + 1;
+            while end < items.len()
+                && items[end].seg == items[at].seg
+                && items[end].off == items[end - 1].off + items[end - 1].len as u64
+                && items[end].off + items[end].len as u64 - items[at].off <= MAX_SPAN
+            {
+                end += 1;
+            }
+            spans.push(&items[at..end]);
+            at = end;
+        }
+        // A few spans at a time: the devices serve reads in parallel.
+        let per = spans.len().div_ceil(SCRUB_THREADS).max(1);
+        let results: Vec<Result<(u64, u64, Vec<(SegId, u64, u64)>)>> = std::thread::scope(|sc| {
+            let workers: Vec<_> = spans
+                .chunks(per)
+                .map(|chunk| sc.spawn(move || scrub_spans(sh, chunk)))
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join()
+                        .unwrap_or_else(|_| Err(Error::corrupt("a scrub worker panicked")))
+                })
+                .collect()
+        });
+        for r in results {
+            let (d, rep, sus) = r?;
+            done += d;
+            repaired += rep;
+            suspect.extend(sus);
         }
         drop(ticket);
         progress(sh, |x| x.scrub.as_mut(), done, repaired, t0);
@@ -264,6 +263,115 @@ fn scrub(sh: &Shared) -> Result<bool> {
     }
     progress(sh, |x| x.scrub.as_mut(), done, repaired, t0);
     Ok(true)
+}
+
+/// Scrub `spans` (each a run of adjacent records); returns (bytes done,
+/// bytes repaired, suspect parity rows).
+fn scrub_spans(sh: &Shared, spans: &[&[Item]]) -> Result<(u64, u64, Vec<(SegId, u64, u64)>)> {
+    let (mut done, mut repaired, mut suspect) = (0u64, 0u64, Vec::new());
+    for group in spans {
+        let (seg, off) = (group[0].seg, group[0].off);
+        let len = group.iter().map(|x| x.len).sum::<usize>();
+        let ok = |b: &[u8]| {
+            group.iter().all(|x| {
+                let s = (x.off - off) as usize;
+                b.get(s..s + x.len).is_some_and(|part| x.verify(part))
+            })
+        };
+        let whole = if group.len() > 1 {
+            sh.vdevs.scrub_span(seg, off, len, &ok, &mut suspect).ok()
+        } else {
+            None
+        };
+        match whole {
+            Some(r) => repaired += r,
+            None => {
+                for x in *group {
+                    let ok = |b: &[u8]| x.verify(b);
+                    match sh.vdevs.scrub_span(x.seg, x.off, x.len, &ok, &mut suspect) {
+                        Ok(r) => repaired += r,
+                        Err(e) if e.kind() == ErrorKind::Corrupt => unrecoverable(sh, x, &e),
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        done += len as u64;
+    }
+    Ok((done, repaired, suspect))
+}
+
+/// One record (or live fragment of a plain record) to scrub.
+struct Item {
+    seg: SegId,
+    /// Aligned span in the segment.
+    off: u64,
+    len: usize,
+    /// Plain: checksum of each block of the span.
+    csums: Vec<u32>,
+    /// Packed: where the stored bytes lie in the span, and their crc.
+    stored: Option<(usize, usize, u32)>,
+    lineage: u32,
+    lba: u64,
+    nblocks: u64,
+}
+
+impl Item {
+    fn of(k: &Key, nblocks: u8, d: &crate::map::DataRef) -> Item {
+        let (off, len, csums, stored) = if d.is_plain() {
+            (
+                u64::from(d.paddr.offset) + u64::from(d.rec_off) * BLOCK_U64,
+                usize::from(d.nblocks) * BLOCK,
+                d.csums.to_vec(),
+                None,
+            )
+        } else {
+            let start = u64::from(d.paddr.offset) & !(BLOCK_U64 - 1);
+            let end =
+                (u64::from(d.paddr.offset) + u64::from(d.stored_len)).next_multiple_of(BLOCK_U64);
+            let lo = (u64::from(d.paddr.offset) - start) as usize;
+            let crc = d.csums.first().copied().unwrap_or(0);
+            (
+                start,
+                (end - start) as usize,
+                Vec::new(),
+                Some((lo, d.stored_len as usize, crc)),
+            )
+        };
+        Item {
+            seg: d.paddr.seg,
+            off,
+            len,
+            csums,
+            stored,
+            lineage: k.lineage,
+            lba: k.lba,
+            nblocks: u64::from(nblocks),
+        }
+    }
+
+    fn verify(&self, b: &[u8]) -> bool {
+        match self.stored {
+            None => super::read::blocks_match(b, &self.csums),
+            Some((lo, n, crc)) => b.get(lo..lo + n).map(crc32c::crc32c) == Some(crc),
+        }
+    }
+}
+
+fn unrecoverable(sh: &Shared, x: &Item, e: &Error) {
+    let what = format!(
+        "{} blocks {}..{}: {e}",
+        lineage_name(sh, x.lineage),
+        x.lba,
+        x.lba + x.nblocks
+    );
+    tracing::error!(pool = %sh.name, segment = ?x.seg, offset = x.off, "scrub: unrecoverable: {what}");
+    sh.stats.checksum_errors.fetch_add(1, Ordering::Relaxed);
+    if let Some(st) = sh.scans.lock().scrub.as_mut() {
+        if st.unrecoverable.len() < 100 {
+            st.unrecoverable.push(what);
+        }
+    }
 }
 
 fn row_bytes(sh: &Shared, seg: SegId) -> u64 {
