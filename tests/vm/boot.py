@@ -473,7 +473,7 @@ def main():
     ap.add_argument("--runtime", type=int, default=8, help="seconds of the time-based jobs (randrw4k)")
     ap.add_argument("--ramp", type=int, default=1, help="warm-up seconds of the time-based jobs")
     ap.add_argument("--write-cache", choices=["write_back", "write_through"],
-                    help="override the guest's cache mode of the disk")
+                    help="switch the disk's cache mode (the device's wce) before the jobs")
     ap.add_argument("--format", choices=["raw", "qcow2"], default="raw", help="--image format")
     ap.add_argument("--cache", choices=["none", "writeback"], default="writeback",
                     help="--image host cache: none = O_DIRECT")

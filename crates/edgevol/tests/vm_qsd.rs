@@ -141,8 +141,8 @@ fn guest_fio_verify_discard_and_rates_through_qsd() {
     assert!(rate.total("read", "iops") > 0.0 && rate.total("write", "iops") > 0.0);
 }
 
-/// Data survives a backend restart between boots (verify_only re-reads
-/// what the first boot wrote), and the same re-verification fails when a
+/// Data written with flushes survives a backend restart between boots
+/// (verify_only re-reads what the first boot wrote), and the same re-verification fails when a
 /// byte of that data is changed behind the guest's back: the harness
 /// reports corruption instead of passing it.
 #[test]
@@ -158,14 +158,26 @@ fn guest_reverifies_after_qsd_restart_and_catches_corruption() {
     sparse_image(&image, DISK);
     let mut qsd = QsdExport::start(&image, &sock, 1);
 
+    // Write-back, so that the verify job's fsyncs reach the backend as
+    // flushes (qemu-storage-daemon starts write-through).
     let write = boot(
         &BootOptions::vhost_user(&sock, &dir.path().join("write"))
             .jobs(&["verify"])
-            .queues(1),
+            .queues(1)
+            .write_cache("write_back"),
     );
-    report("write + verify, 1 queue", &write);
+    report("write + verify, 1 queue, write-back", &write);
     assert!(write.ok, "first boot failed:\n{}", write.describe());
     assert_eq!(write.disk().queues, 1);
+    assert_eq!(write.disk().write_cache, "write_back");
+    // fio's fsync=64 / end_fsync over 4096 blocks, fsync=16 over 256
+    let v = write.job("verify");
+    let syncs: Vec<u64> = v
+        .fio_jobs()
+        .iter()
+        .map(|j| j["sync"]["total_ios"].as_u64().unwrap_or(0))
+        .collect();
+    assert!(syncs.iter().all(|&n| n > 0), "no fsyncs issued: {syncs:?}");
 
     qsd.restart();
     let reverify = boot(

@@ -146,8 +146,9 @@ pub struct BootOptions {
     pub timeout: Duration,
     /// Seconds of the time-based rate job.
     pub runtime_s: u32,
-    /// Force the guest's view of the disk cache ("write_back" makes fsync
-    /// send flushes even to a device that reports write-through).
+    /// Switch the disk's cache mode before the jobs ("write_back" or
+    /// "write_through", through virtio_blk's `cache_type`, i.e. the
+    /// device's `wce` config field); with write-back, fsync sends flushes.
     pub write_cache: Option<String>,
     /// Extra boot.py arguments.
     pub extra_args: Vec<String>,
@@ -207,6 +208,11 @@ impl BootOptions {
         if let Disk::VhostUser { reconnect, .. } = &mut self.disk {
             *reconnect = true;
         }
+        self
+    }
+
+    pub fn write_cache(mut self, mode: &str) -> Self {
+        self.write_cache = Some(mode.to_owned());
         self
     }
 
