@@ -8,6 +8,8 @@ The disk is either
                       qemu-storage-daemon, ...): -device vhost-user-blk-pci
   --image FILE        a plain image served by QEMU's own block layer:
                       -device virtio-blk-pci (the comparison baseline)
+  --nbd SOCK:EXPORT   an NBD export on a Unix socket through QEMU's NBD
+                      client: -device virtio-blk-pci (edgevol over NBD)
 
 Examples:
   boot.py --vhost-user /run/ev/vol.sock --jobs verify,discard
@@ -128,6 +130,11 @@ def qemu_command(args, kernel, initrd, serial_log):
             chardev += ",reconnect-ms=1000" if qemu_version(args.qemu) >= (9, 2) else ",reconnect=1"
         cmd += ["-chardev", chardev,
                 "-device", "vhost-user-blk-pci,chardev=disk0,num-queues=%d" % args.queues]
+    elif args.nbd:
+        sock, _, export = args.nbd.partition(":")
+        cmd += ["-blockdev", "driver=nbd,node-name=disk0,server.type=unix,server.path=%s,export=%s,discard=unmap"
+                % (sock, export),
+                "-device", "virtio-blk-pci,drive=disk0,num-queues=%d,serial=%s" % (args.queues, args.serial)]
     else:
         direct = "on" if args.cache == "none" else "off"
         cmd += ["-blockdev", "driver=file,node-name=file0,filename=%s,discard=unmap,cache.direct=%s"
@@ -138,7 +145,9 @@ def qemu_command(args, kernel, initrd, serial_log):
 
 
 def default_timeout(args):
-    per_job = {"verify": 90, "discard": 60, "randrw4k": args.runtime + args.ramp + 60}
+    rate = args.runtime + args.ramp + 60
+    per_job = {"verify": 90, "reverify": 60, "discard": 60, "restart": 120,
+               "randrw4k": rate, "randread4k": rate, "randwrite4k": rate}
     return 150 + sum(per_job.get(j, 180) for j in args.jobs)
 
 
@@ -329,8 +338,8 @@ def run(args):
     with open(os.path.join(out, "qemu-cmd.txt"), "w") as f:
         f.write(" ".join(shlex.quote(c) for c in cmd) + "\n")
 
-    summary = {"mode": "vhost-user" if args.vhost_user else "image",
-               "disk": args.vhost_user or args.image, "jobs_requested": args.jobs,
+    summary = {"mode": "vhost-user" if args.vhost_user else "nbd" if args.nbd else "image",
+               "disk": args.vhost_user or args.nbd or args.image, "jobs_requested": args.jobs,
                "verify_only": bool(args.verify_only), "queues": args.queues, "smp": args.smp,
                "accel": args.accel, "timeout_s": timeout, "out_dir": out, "serial_log": serial_log,
                "qemu_cmd": cmd}
@@ -459,6 +468,8 @@ def main():
     disk = ap.add_mutually_exclusive_group(required=True)
     disk.add_argument("--vhost-user", metavar="SOCK", help="vhost-user-blk backend socket (QEMU connects)")
     disk.add_argument("--image", metavar="FILE", help="serve FILE through QEMU's block layer (virtio-blk-pci)")
+    disk.add_argument("--nbd", metavar="SOCK:EXPORT",
+                      help="an NBD export on a Unix socket through QEMU's NBD client (virtio-blk-pci)")
     ap.add_argument("--jobs", default="verify,discard",
                     help="comma-separated job names (jobs/NAME.fio or NAME.sh); 'none' boots only")
     ap.add_argument("--job-file", action="append", default=[], metavar="FILE",
@@ -477,7 +488,7 @@ def main():
     ap.add_argument("--format", choices=["raw", "qcow2"], default="raw", help="--image format")
     ap.add_argument("--cache", choices=["none", "writeback"], default="writeback",
                     help="--image host cache: none = O_DIRECT")
-    ap.add_argument("--serial", default="ev-image", help="--image: the disk's virtio-blk serial")
+    ap.add_argument("--serial", default="ev-image", help="--image/--nbd: the disk's virtio-blk serial")
     ap.add_argument("--timeout", type=float, default=None, help="overall limit in seconds (default: from the jobs)")
     ap.add_argument("--socket-wait", type=float, default=30, help="seconds to wait for the vhost-user socket")
     ap.add_argument("--out", default=None, help="output directory (default $EDGEVOL_VM_DIR/runs/...)")

@@ -36,6 +36,8 @@ pub const VERIFY_REGION: (u64, u64) = (0, 32 << 20);
 pub const RANDRW_REGION: (u64, u64) = (64 << 20, 128 << 20);
 pub const DISCARD_REGION: (u64, u64) = (160 << 20, 168 << 20);
 pub const WRITE_ZEROES_REGION: (u64, u64) = (176 << 20, 184 << 20);
+/// tests/vm/jobs/restart.fio (needs a disk of at least 208 MiB).
+pub const RESTART_REGION: (u64, u64) = (192 << 20, 208 << 20);
 pub const MIN_DISK: u64 = 192 << 20;
 
 /// Whether the real-guest tests were asked for (`EDGEVOL_VM_TESTS=1`).
@@ -123,6 +125,9 @@ pub enum Disk {
     VhostUser { socket: PathBuf, reconnect: bool },
     /// A raw image file served by QEMU's own block layer (the baseline).
     Image { path: PathBuf },
+    /// An NBD export on a Unix socket through QEMU's NBD client and block
+    /// layer (a virtio-blk-pci disk).
+    Nbd { socket: PathBuf, export: String },
 }
 
 /// What to boot and run. Build with [`BootOptions::vhost_user`] or
@@ -169,6 +174,16 @@ impl BootOptions {
         BootOptions::new(
             Disk::Image {
                 path: path.to_owned(),
+            },
+            out_dir,
+        )
+    }
+
+    pub fn nbd(socket: &Path, export: &str, out_dir: &Path) -> BootOptions {
+        BootOptions::new(
+            Disk::Nbd {
+                socket: socket.to_owned(),
+                export: export.to_owned(),
             },
             out_dir,
         )
@@ -221,6 +236,12 @@ impl BootOptions {
         self
     }
 
+    /// Seconds of the time-based rate jobs.
+    pub fn runtime(mut self, s: u32) -> Self {
+        self.runtime_s = s;
+        self
+    }
+
     fn args(&self) -> Vec<String> {
         let mut a: Vec<String> = vec![harness_dir().join("boot.py").display().to_string()];
         match &self.disk {
@@ -231,6 +252,9 @@ impl BootOptions {
                 }
             }
             Disk::Image { path } => a.extend(["--image".into(), path.display().to_string()]),
+            Disk::Nbd { socket, export } => {
+                a.extend(["--nbd".into(), format!("{}:{export}", socket.display())])
+            }
         }
         let jobs = if self.jobs.is_empty() {
             "none".to_owned()
