@@ -50,12 +50,33 @@ pub fn harness_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/vm")
 }
 
+/// Held while a guest runs: see [`exclusive`].
+pub struct OneGuest {
+    _thread: MutexGuard<'static, ()>,
+    _file: Option<File>,
+}
+
 /// Only one guest at a time: two TCG guests on a 2-core machine would
 /// each take more than twice as long. Hold the guard for the whole test.
-pub fn exclusive() -> MutexGuard<'static, ()> {
+/// A mutex covers the tests of one binary; a lock on
+/// `$EDGEVOL_VM_DIR/.guest.lock` covers test binaries run side by side
+/// (cargo nextest runs each test in a process of its own).
+pub fn exclusive() -> OneGuest {
     static LOCK: Mutex<()> = Mutex::new(());
     // A test that panicked while holding it leaves nothing to clean up.
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    let thread = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = PathBuf::from(
+        std::env::var_os("EDGEVOL_VM_DIR").unwrap_or_else(|| "/var/tmp/edgevol-vm".into()),
+    );
+    let file = std::fs::create_dir_all(&dir)
+        .and_then(|_| File::create(dir.join(".guest.lock")))
+        .and_then(|f| f.lock().map(|_| f))
+        .map_err(|e| eprintln!("no cross-process guest lock in {}: {e}", dir.display()))
+        .ok();
+    OneGuest {
+        _thread: thread,
+        _file: file,
+    }
 }
 
 // ----------------------------------------------------------------------
