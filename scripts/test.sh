@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit + property + integration
-# tests with real clients (qemu-img, qemu-io, nbdinfo, nbdcopy, nbdsh, fio).
-# Installs the test tools it needs with apt-get when they are missing.
+# tests with real clients (qemu-img, qemu-io, nbdinfo, nbdcopy, nbdsh, fio)
+# and real-guest tests (a Debian kernel under QEMU TCG on edgevol's
+# vhost-user-blk export, tests/vm). Installs the test tools it needs with
+# apt-get when they are missing.
 #
 #   scripts/test.sh              # what CI runs
+#   EDGEVOL_VM_TESTS=0 scripts/test.sh   # without the guest tests (~2-3 min less)
 #   PROPTEST_CASES=2000 CRASH_ROUNDS=50 scripts/test.sh   # longer campaigns
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,10 +28,24 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 fio --enghelp=nbd >/dev/null 2>&1 || { echo "this fio has no nbd engine (need Debian's fio >= 3.21)" >&2; exit 2; }
 
+# The guest tests (crates/edgevol/tests/vm_*.rs) are compiled in only when
+# EDGEVOL_VM_TESTS=1 at build time (crates/edgevol/build.rs); CI runs them.
+# Their packages (QEMU, the Debian kernel, busybox-static, ...) are
+# installed here, before anything runs, so that the whole suite sees one
+# set of tools (install-deps.sh may replace a newer qemu-utils with the
+# one matching qemu-system-x86).
+export EDGEVOL_VM_TESTS=${EDGEVOL_VM_TESTS:-1}
+if [ "$EDGEVOL_VM_TESTS" = 1 ]; then
+    tests/vm/install-deps.sh
+    tests/vm/build-initramfs.sh >/dev/null
+fi
+
 echo "== format and lints" >&2
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "== tests" >&2
+t0=$(date +%s)
 cargo test --workspace --quiet
+echo "== tests took $(( $(date +%s) - t0 )) s" >&2
 echo "== all tests passed" >&2

@@ -27,6 +27,9 @@
 //! | POST | /pools/{pool}/volumes/{vol}/snapshots/{snap}/rollback | | [`RollbackResult`] |
 //! | POST | /pools/{pool}/volumes/{vol}/snapshots/{snap}/clone | [`CloneVolume`] | `VolumeInfo` |
 //! | GET | /exports | | `[ExportInfo]` |
+//! | GET | /exports/vhost-user | | `[VhostUserExportInfo]` |
+//! | POST | /exports/vhost-user | [`AddVhostUserExport`] | `VhostUserExportInfo` |
+//! | DELETE | /exports/vhost-user?socket=PATH\|volume=POOL/VOL&force=BOOL | | `[VhostUserExportInfo]` (removed) |
 //!
 //! `docs/api.md` describes the same in prose; `docs/openapi.yaml` is the
 //! machine-readable form.
@@ -175,12 +178,72 @@ pub struct RollbackResult {
 pub struct ExportInfo {
     /// `POOL/VOL` or `POOL/VOL@SNAP`.
     pub name: String,
-    /// Transport (`nbd`).
+    /// Transport (`nbd` or `vhost-user`).
     pub transport: String,
     /// Connections attached now.
     pub connections: u64,
     /// Read-only.
     pub read_only: bool,
+}
+
+/// Export a volume (or a snapshot, read-only) to VMs over vhost-user-blk.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddVhostUserExport {
+    /// `POOL/VOL` or `POOL/VOL@SNAP`.
+    pub volume: String,
+    /// The vhost-user socket the daemon listens on (QEMU's `-chardev
+    /// socket,path=...`); made absolute against the daemon's directory.
+    pub socket: String,
+    /// Virtqueues (1..64) [default 1].
+    #[serde(default)]
+    pub queues: Option<u16>,
+    /// Read-only even if the volume is writable.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Let several frontends attach at once (each sees the same volume; the
+    /// guests must coordinate, as with a shared disk). Default: a second
+    /// frontend is refused while one is attached.
+    #[serde(default)]
+    pub shared: bool,
+    /// Queue worker threads: `per-queue` (default) or `shared`.
+    #[serde(default)]
+    pub workers: Option<String>,
+    /// Recorded in the data directory and re-created when the daemon
+    /// starts [default true].
+    #[serde(default)]
+    pub persistent: Option<bool>,
+}
+
+/// A vhost-user-blk export.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VhostUserExportInfo {
+    /// `POOL/VOL` or `POOL/VOL@SNAP`.
+    pub volume: String,
+    /// The socket.
+    pub socket: String,
+    /// Virtqueues offered.
+    pub queues: u16,
+    /// Exported read-only (asked for, or a snapshot).
+    pub read_only: bool,
+    /// Several frontends may attach at once.
+    pub shared: bool,
+    /// `per-queue` or `shared` queue worker threads.
+    pub workers: String,
+    /// Re-created when the daemon starts.
+    pub persistent: bool,
+    /// `listening` (no frontend), `attached`, or `error`.
+    pub state: String,
+    /// Frontends attached now.
+    pub connections: u64,
+    /// The guest-visible serial (virtio-blk GET_ID): the disk shows up as
+    /// `/dev/disk/by-id/virtio-SERIAL`.
+    pub serial: Option<String>,
+    /// `write-back` (the guest flushes) or `write-through` (every write
+    /// durable on completion), as the guest last set it.
+    pub write_cache: String,
+    /// Why the export is not serving (state `error`).
+    pub error: Option<String>,
 }
 
 /// An error reply.

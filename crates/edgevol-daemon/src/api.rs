@@ -17,19 +17,21 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRef, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use edgevol_api::{
-    ChangeKey, CloneVolume, CreatePool, CreateSnapshot, CreateVolume, ErrorBody, ErrorDetail,
-    ExportInfo, KeyRequest, Resize, RollbackResult, SetProperties,
+    AddVhostUserExport, ChangeKey, CloneVolume, CreatePool, CreateSnapshot, CreateVolume,
+    ErrorBody, ErrorDetail, ExportInfo, KeyRequest, Resize, RollbackResult, SetProperties,
+    VhostUserExportInfo,
 };
 use edgevol_engine::{Error, ErrorKind};
 use serde::{Deserialize, Serialize};
 
 use crate::registry::Registry;
+use crate::vhost::{VhostExports, VhostSpec};
 
 /// An API error response.
 pub struct ApiError(Error);
@@ -89,8 +91,27 @@ async fn blocking<T: Send + 'static>(
 
 type St = State<Arc<Registry>>;
 
+/// What the handlers share.
+#[derive(Clone)]
+struct AppState {
+    reg: Arc<Registry>,
+    vhost: Arc<VhostExports>,
+}
+
+impl FromRef<AppState> for Arc<Registry> {
+    fn from_ref(s: &AppState) -> Arc<Registry> {
+        s.reg.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<VhostExports> {
+    fn from_ref(s: &AppState) -> Arc<VhostExports> {
+        s.vhost.clone()
+    }
+}
+
 /// The router.
-pub fn router(reg: Arc<Registry>) -> Router {
+pub fn router(reg: Arc<Registry>, vhost: Arc<VhostExports>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/pools", get(list_pools).post(create_pool))
@@ -145,7 +166,11 @@ pub fn router(reg: Arc<Registry>) -> Router {
             post(clone_snapshot),
         )
         .route("/v1/exports", get(exports))
-        .with_state(reg)
+        .route(
+            "/v1/exports/vhost-user",
+            get(list_vhost).post(add_vhost).delete(remove_vhost),
+        )
+        .with_state(AppState { reg, vhost })
 }
 
 #[derive(Serialize)]
@@ -538,12 +563,59 @@ async fn exports(State(reg): St) -> ApiResult<Vec<ExportInfo>> {
     Ok(Json(
         reg.attachments()
             .into_iter()
-            .map(|(name, n)| ExportInfo {
+            .map(|(name, transport, n)| ExportInfo {
                 read_only: name.contains('@'),
                 name,
-                transport: "nbd".into(),
+                transport: transport.into(),
                 connections: n,
             })
             .collect(),
+    ))
+}
+
+type Vh = State<Arc<VhostExports>>;
+
+async fn list_vhost(State(vh): Vh) -> ApiResult<Vec<VhostUserExportInfo>> {
+    Ok(Json(vh.list()))
+}
+
+async fn add_vhost(
+    State(vh): Vh,
+    Json(req): Json<AddVhostUserExport>,
+) -> ApiResult<VhostUserExportInfo> {
+    Ok(Json(
+        blocking(move || {
+            let spec = VhostSpec::from_request(&req)?;
+            vh.add(spec, req.persistent.unwrap_or(true))
+        })
+        .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+struct RemoveQuery {
+    #[serde(default)]
+    socket: Option<String>,
+    #[serde(default)]
+    volume: Option<String>,
+    #[serde(default)]
+    force: bool,
+}
+
+async fn remove_vhost(
+    State(vh): Vh,
+    Query(q): Query<RemoveQuery>,
+) -> ApiResult<Vec<VhostUserExportInfo>> {
+    Ok(Json(
+        blocking(move || {
+            if q.socket.is_none() && q.volume.is_none() {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    "give socket=PATH or volume=POOL/VOL",
+                ));
+            }
+            vh.remove(q.socket.as_deref(), q.volume.as_deref(), q.force)
+        })
+        .await?,
     ))
 }

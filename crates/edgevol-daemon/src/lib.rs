@@ -1,11 +1,13 @@
 //! The edgevol daemon: imports the pools recorded in a data directory,
-//! serves the management API on a Unix socket and volumes over NBD (TCP and
-//! Unix), and shuts down cleanly on SIGINT/SIGTERM.
+//! serves the management API on a Unix socket, volumes over NBD (TCP and
+//! Unix) and to VMs over vhost-user-blk, and shuts down cleanly on
+//! SIGINT/SIGTERM.
 //!
 //! ```text
 //!   CLI / controller ──HTTP/JSON──▶ api.rs ─┐
 //!                                           ├─▶ Registry ─▶ engine Pools
-//!   qemu, nbdinfo, fio ──NBD──▶ edgevol-nbd ─▶ export.rs ─┘
+//!   qemu, nbdinfo, fio ──NBD──▶ edgevol-nbd ─▶ export.rs ─┤
+//!   VMs ──vhost-user-blk──▶ edgevol-vhost ──▶ vhost.rs ───┘
 //! ```
 #![deny(missing_docs)]
 
@@ -13,6 +15,7 @@ pub mod api;
 pub mod export;
 pub mod reactor;
 pub mod registry;
+pub mod vhost;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -38,6 +41,9 @@ pub struct ServeConfig {
     pub pool: PoolConfig,
     /// Data-plane threads (see [`reactor`]); 0 picks [`reactor::default_count`].
     pub reactors: usize,
+    /// vhost-user-blk exports given at start (not recorded in
+    /// `exports.json`; those recorded there start too).
+    pub vhost_user: Vec<vhost::VhostSpec>,
 }
 
 /// Why the daemon could not start or stopped.
@@ -73,6 +79,8 @@ pub struct Running {
     pub nbd_addr: Option<SocketAddr>,
     /// The NBD Unix socket.
     pub nbd_socket: Option<PathBuf>,
+    /// The vhost-user-blk exports.
+    pub vhost: Arc<vhost::VhostExports>,
 }
 
 /// Remove a stale socket file, refusing if something still answers on it.
@@ -152,8 +160,31 @@ pub async fn serve(
             },
         )?;
     }
+    // vhost-user-blk exports: those recorded, then those given at start.
+    let vhost = Arc::new(vhost::VhostExports::new(
+        registry.clone(),
+        reactors.clone(),
+        &cfg.data_dir,
+    ));
+    {
+        let v = vhost.clone();
+        let extra = cfg.vhost_user.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), DaemonError> {
+            v.load()?;
+            for spec in extra {
+                let socket = spec.socket.display().to_string();
+                v.add(spec, false).map_err(|e| DaemonError::Listen {
+                    what: format!("vhost-user {socket}"),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| DaemonError::Io(format!("startup task failed: {e}")))??;
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let app = api::router(registry.clone());
+    let app = api::router(registry.clone(), vhost.clone());
     let mut api_stop = stop_rx.clone();
     let api_task = tokio::spawn(async move {
         let r = axum::serve(api_listener, app)
@@ -205,6 +236,7 @@ pub async fn serve(
         api_socket: api_path.clone(),
         nbd_addr,
         nbd_socket: cfg.nbd_socket.clone(),
+        vhost: vhost.clone(),
     };
     ready(&running);
     tracing::info!(api = %api_path.display(), nbd = ?nbd_addr, reactors = reactors.count(), "edgevol daemon ready");
@@ -216,6 +248,11 @@ pub async fn serve(
         let _ = t.await;
     }
     let _ = api_task.await;
+    // VMs first: their running requests finish while pools and reactors
+    // are still up, then their connections close (QEMU waits and
+    // reconnects to the next daemon).
+    let v = vhost.clone();
+    let _ = tokio::task::spawn_blocking(move || v.shutdown()).await;
     let reg = registry.clone();
     let _ = tokio::task::spawn_blocking(move || reg.shutdown()).await;
     // Pools are closed: nothing runs on the reactors any more.

@@ -30,7 +30,8 @@ pub struct Registry {
     pools: RwLock<BTreeMap<String, Arc<Pool>>>,
     /// Pools listed in pools.json that failed to import, with the reason.
     failed: RwLock<BTreeMap<String, (Vec<String>, String)>>,
-    attached: Mutex<BTreeMap<String, u64>>,
+    /// Clients attached: (export, transport) -> connections.
+    attached: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Serialises pool creation/destruction and pools.json updates.
     admin: Mutex<()>,
 }
@@ -282,18 +283,33 @@ impl Registry {
             .collect()
     }
 
-    /// Count a client attaching to `export`.
+    /// Count an NBD client attaching to `export`.
     pub fn attach(&self, export: &str) {
-        *self.attached.lock().entry(export.to_string()).or_insert(0) += 1;
+        self.attach_via(export, "nbd");
     }
 
-    /// Count a client detaching.
+    /// Count an NBD client detaching.
     pub fn detach(&self, export: &str) {
+        self.detach_via(export, "nbd");
+    }
+
+    /// Count a client of `transport` (`nbd`, `vhost-user`) attaching.
+    pub fn attach_via(&self, export: &str, transport: &'static str) {
+        *self
+            .attached
+            .lock()
+            .entry((export.to_string(), transport))
+            .or_insert(0) += 1;
+    }
+
+    /// Count a client of `transport` detaching.
+    pub fn detach_via(&self, export: &str, transport: &'static str) {
         let mut g = self.attached.lock();
-        if let Some(n) = g.get_mut(export) {
+        let key = (export.to_string(), transport);
+        if let Some(n) = g.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
-                g.remove(export);
+                g.remove(&key);
             }
         }
     }
@@ -305,7 +321,7 @@ impl Registry {
         self.attached
             .lock()
             .iter()
-            .filter(|(k, _)| **k == exact || k.starts_with(&snaps))
+            .filter(|((k, _), _)| *k == exact || k.starts_with(&snaps))
             .map(|(_, n)| *n)
             .sum()
     }
@@ -314,17 +330,17 @@ impl Registry {
         self.attached
             .lock()
             .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
+            .filter(|((k, _), _)| k.starts_with(prefix))
             .map(|(_, n)| *n)
             .sum()
     }
 
-    /// Every attachment: (export, connections).
-    pub fn attachments(&self) -> Vec<(String, u64)> {
+    /// Every attachment: (export, transport, connections).
+    pub fn attachments(&self) -> Vec<(String, &'static str, u64)> {
         self.attached
             .lock()
             .iter()
-            .map(|(k, v)| (k.clone(), *v))
+            .map(|((k, t), v)| (k.clone(), *t, *v))
             .collect()
     }
 

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
 use edgevol_api::{
-    ChangeKey, CheckReport, Client, CloneVolume, CreatePool, CreateSnapshot, CreateVolume,
-    ExportInfo, KeyRequest, PoolStatus, Resize, RollbackResult, SetProperties, SnapshotInfo,
-    SpaceReport, VolumeInfo,
+    AddVhostUserExport, ChangeKey, CheckReport, Client, CloneVolume, CreatePool, CreateSnapshot,
+    CreateVolume, ExportInfo, KeyRequest, PoolStatus, Resize, RollbackResult, SetProperties,
+    SnapshotInfo, SpaceReport, VhostUserExportInfo, VolumeInfo,
 };
 use hyper::Method;
 use serde::de::DeserializeOwned;
@@ -1219,4 +1219,163 @@ pub fn exports(ctx: &Ctx) -> Result<()> {
     }
     t.print();
     Ok(())
+}
+
+// ----------------------------------------------------------------------
+// export (vhost-user-blk)
+
+#[derive(Subcommand)]
+pub enum ExportCmd {
+    /// Export POOL/VOL (or POOL/VOL@SNAP, read-only) to a VM over
+    /// vhost-user-blk: the daemon listens on SOCKET; QEMU attaches with
+    /// `-chardev socket,id=c,path=SOCKET,reconnect=1 -device
+    /// vhost-user-blk-pci,chardev=c,num-queues=N` and guest RAM shared
+    /// (`-object memory-backend-memfd,id=mem,size=...,share=on -numa
+    /// node,memdev=mem`). Recorded in the data directory: a restarted
+    /// daemon listens again and QEMU reconnects.
+    Add {
+        /// POOL/VOL or POOL/VOL@SNAP.
+        volume: String,
+        /// The vhost-user socket to create.
+        #[arg(long, value_name = "SOCKET")]
+        vhost_user: String,
+        /// Virtqueues (1..64; the guest uses at most one per vCPU).
+        #[arg(long, default_value_t = 1)]
+        queues: u16,
+        /// Export read-only.
+        #[arg(long)]
+        read_only: bool,
+        /// Let several VMs attach at once (a shared disk: the guests must
+        /// coordinate); by default a second VM is refused.
+        #[arg(long)]
+        shared: bool,
+        /// Queue worker threads: per-queue or shared.
+        #[arg(long, default_value = "per-queue")]
+        workers: String,
+        /// Only while this daemon runs (not recorded).
+        #[arg(long)]
+        temporary: bool,
+    },
+    /// vhost-user-blk exports and their state.
+    List,
+    /// Stop exporting (by socket path or POOL/VOL); refused while a VM is
+    /// attached unless --force.
+    Remove {
+        /// SOCKET or POOL/VOL.
+        what: String,
+        /// Disconnect an attached VM (its I/O then waits for a new export).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn print_vhost(v: &[VhostUserExportInfo]) {
+    let mut t = Table::new(&[
+        "VOLUME", "SOCKET", ">QUEUES", "MODE", "STATE", ">VMS", "SERIAL", "CACHE",
+    ]);
+    for e in v {
+        t.row(vec![
+            e.volume.clone(),
+            e.socket.clone(),
+            e.queues.to_string(),
+            if e.read_only { "ro" } else { "rw" }.to_string()
+                + if e.shared { ",shared" } else { "" }
+                + if e.persistent { "" } else { ",temporary" },
+            match &e.error {
+                Some(err) => format!("error: {err}"),
+                None => e.state.clone(),
+            },
+            e.connections.to_string(),
+            e.serial.clone().unwrap_or_else(|| "-".into()),
+            e.write_cache.clone(),
+        ]);
+    }
+    t.print();
+}
+
+pub fn export(ctx: &Ctx, cmd: ExportCmd) -> Result<()> {
+    match cmd {
+        ExportCmd::Add {
+            volume,
+            vhost_user,
+            queues,
+            read_only,
+            shared,
+            workers,
+            temporary,
+        } => {
+            // The daemon may run elsewhere: give it an absolute path.
+            let socket = edgevol_daemon::registry::absolute(std::path::Path::new(&vhost_user));
+            let info: VhostUserExportInfo = ctx.post(
+                "/exports/vhost-user",
+                &AddVhostUserExport {
+                    volume,
+                    socket: socket.display().to_string(),
+                    queues: Some(queues),
+                    read_only,
+                    shared,
+                    workers: Some(workers),
+                    persistent: Some(!temporary),
+                },
+            )?;
+            if ctx.json {
+                return ctx.print_json(&info);
+            }
+            println!(
+                "exporting {} on {} ({} queue{}, {}, serial {})",
+                info.volume,
+                info.socket,
+                info.queues,
+                if info.queues == 1 { "" } else { "s" },
+                if info.read_only {
+                    "read-only"
+                } else {
+                    "read-write"
+                },
+                info.serial.as_deref().unwrap_or("-")
+            );
+            Ok(())
+        }
+        ExportCmd::List => {
+            let v: Vec<VhostUserExportInfo> = ctx.get("/exports/vhost-user")?;
+            if ctx.json {
+                return ctx.print_json(&v);
+            }
+            print_vhost(&v);
+            Ok(())
+        }
+        ExportCmd::Remove { what, force } => {
+            // The daemon matches either: a socket path or a volume name.
+            let socket = edgevol_daemon::registry::absolute(std::path::Path::new(&what));
+            let key = format!(
+                "socket={}&volume={}",
+                seg_query(&socket.display().to_string()),
+                seg_query(&what)
+            );
+            let removed: Vec<VhostUserExportInfo> = ctx.call(
+                Method::DELETE,
+                &format!("/exports/vhost-user?{key}&force={force}"),
+                None::<&()>,
+            )?;
+            if ctx.json {
+                return ctx.print_json(&removed);
+            }
+            for e in removed {
+                println!("stopped exporting {} on {}", e.volume, e.socket);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Query-string escaping.
+fn seg_query(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -3,7 +3,7 @@
 //! ```text
 //! edgevol serve --data-dir DIR      the daemon
 //! edgevol up                        the daemon with a demo pool and volume (try it)
-//! edgevol pool|volume|snapshot|clone ...   talk to the daemon's API socket
+//! edgevol pool|volume|snapshot|clone|export ...   talk to the daemon's API socket
 //! edgevol bench                     compare with qemu-storage-daemon & co. (fio)
 //! ```
 
@@ -55,8 +55,11 @@ enum Cmd {
         /// New volume, POOL/NEWVOL.
         volume: String,
     },
-    /// Clients attached to exports.
+    /// Clients attached to exports (NBD and vhost-user).
     Exports,
+    /// vhost-user-blk exports for VMs: add, list, remove.
+    #[command(subcommand)]
+    Export(commands::ExportCmd),
     /// Benchmark edgevol against qemu-storage-daemon, qemu-nbd and the raw
     /// file on this machine (fio over NBD); see docs/benchmark.md.
     Bench(bench::BenchArgs),
@@ -99,6 +102,7 @@ fn main() {
                 Cmd::Snapshot(c) => commands::snapshot(&ctx, c),
                 Cmd::Clone { snapshot, volume } => commands::clone(&ctx, &snapshot, &volume),
                 Cmd::Exports => commands::exports(&ctx),
+                Cmd::Export(c) => commands::export(&ctx, c),
                 Cmd::Serve(_) | Cmd::Up(_) | Cmd::Bench(_) => Ok(()),
             }
         }

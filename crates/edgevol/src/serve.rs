@@ -58,8 +58,47 @@ pub struct ServeArgs {
     /// Export served to clients that ask for the empty name (POOL/VOLUME).
     #[arg(long, value_name = "POOL/VOLUME")]
     default_export: Option<String>,
+    /// Export a volume to a VM over vhost-user-blk on SOCKET while this
+    /// daemon runs (repeatable; options after commas: queues=N, read-only,
+    /// shared, workers=shared). `edgevol export add` records exports that
+    /// outlive the daemon.
+    #[arg(long, value_name = "POOL/VOL=SOCKET[,queues=N][,read-only][,shared]")]
+    vhost_user: Vec<String>,
     #[command(flatten)]
     tuning: Tuning,
+}
+
+/// `POOL/VOL=SOCKET[,queues=N][,read-only][,shared][,workers=M]`.
+fn vhost_arg(s: &str) -> Result<edgevol_daemon::vhost::VhostSpec> {
+    let (vol, rest) = s.split_once('=').with_context(|| {
+        format!("--vhost-user {s:?}: want POOL/VOL=SOCKET[,queues=N][,read-only][,shared]")
+    })?;
+    let mut parts = rest.split(',');
+    let socket = parts.next().unwrap_or_default().to_string();
+    let mut req = edgevol_api::AddVhostUserExport {
+        volume: vol.to_string(),
+        socket,
+        queues: None,
+        read_only: false,
+        shared: false,
+        workers: None,
+        persistent: Some(false),
+    };
+    for p in parts {
+        match p.split_once('=') {
+            Some(("queues", n)) => {
+                req.queues = Some(
+                    n.parse()
+                        .with_context(|| format!("--vhost-user {s:?}: queues={n}"))?,
+                )
+            }
+            Some(("workers", w)) => req.workers = Some(w.to_string()),
+            None if p == "read-only" || p == "ro" => req.read_only = true,
+            None if p == "shared" => req.shared = true,
+            _ => anyhow::bail!("--vhost-user {s:?}: unknown option {p:?}"),
+        }
+    }
+    Ok(edgevol_daemon::vhost::VhostSpec::from_request(&req)?)
 }
 
 fn listen_addr(s: &str) -> Result<Option<SocketAddr>> {
@@ -99,6 +138,11 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         default_export: a.default_export,
         pool: a.tuning.pool_config(),
         reactors: a.tuning.reactors(),
+        vhost_user: a
+            .vhost_user
+            .iter()
+            .map(|s| vhost_arg(s))
+            .collect::<Result<_>>()?,
     };
     runtime()?.block_on(edgevol_daemon::serve(cfg, |_| Ok(()), |_| {}))?;
     Ok(())
@@ -143,6 +187,7 @@ pub fn up(a: UpArgs) -> Result<()> {
         default_export: Some("demo/vol0".into()),
         pool: a.tuning.pool_config(),
         reactors: a.tuning.reactors(),
+        vhost_user: Vec::new(),
     };
     let (pool_size, vol_size) = (a.pool_size, a.volume_size);
     let img = match &a.pool_file {
