@@ -219,7 +219,7 @@ fn scrub(sh: &Shared) -> Result<bool> {
         }
         // A few spans at a time: the devices serve reads in parallel.
         let per = spans.len().div_ceil(SCRUB_THREADS).max(1);
-        let results: Vec<Result<(u64, u64, Vec<(SegId, u64, u64)>)>> = std::thread::scope(|sc| {
+        let results: Vec<Result<SpanTally>> = std::thread::scope(|sc| {
             let workers: Vec<_> = spans
                 .chunks(per)
                 .map(|chunk| sc.spawn(move || scrub_spans(sh, chunk)))
@@ -265,9 +265,12 @@ fn scrub(sh: &Shared) -> Result<bool> {
     Ok(true)
 }
 
+/// (bytes done, bytes repaired, suspect parity rows) of some spans.
+type SpanTally = (u64, u64, Vec<(SegId, u64, u64)>);
+
 /// Scrub `spans` (each a run of adjacent records); returns (bytes done,
 /// bytes repaired, suspect parity rows).
-fn scrub_spans(sh: &Shared, spans: &[&[Item]]) -> Result<(u64, u64, Vec<(SegId, u64, u64)>)> {
+fn scrub_spans(sh: &Shared, spans: &[&[Item]]) -> Result<SpanTally> {
     let (mut done, mut repaired, mut suspect) = (0u64, 0u64, Vec::new());
     for group in spans {
         let (seg, off) = (group[0].seg, group[0].off);
