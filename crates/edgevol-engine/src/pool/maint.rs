@@ -434,7 +434,10 @@ fn gc_pending(sh: &Shared) -> Result<()> {
             continue;
         }
         gc_lineage(sh, l)?;
-        let _ = sh.maint_tx.send_blocking(MaintOp::GcDone { lineage: l });
+        let _ = sh.maint_tx.send_blocking(MaintOp::GcDone {
+            lineage: l,
+            views: views.clone(),
+        });
         sh.maint_status.lock().gc_done.insert(l, views);
     }
     Ok(())

@@ -209,6 +209,9 @@ pub(crate) enum MaintOp {
     },
     GcDone {
         lineage: u32,
+        /// The views the collection kept (`Catalog::views`); a lineage
+        /// whose views changed since was scheduled again and is not done.
+        views: Vec<u64>,
     },
     Rotate(Done<Option<Arc<Memtable>>>),
     InstallFlush(Arc<Run>, Done<()>),
@@ -1468,8 +1471,18 @@ impl Writer {
                 let r = self.gc(lineage, &chunks);
                 complete(done, r);
             }
-            MaintOp::GcDone { lineage } => {
-                self.gc_done.push((lineage, self.rotations));
+            MaintOp::GcDone { lineage, views } => {
+                // A collection planned against an older catalog (the
+                // lineage was destroyed or lost a view meanwhile) does not
+                // count: maintenance collects it again.
+                let now = if self.cat.lineages.contains_key(&lineage) {
+                    self.cat.views(lineage)
+                } else {
+                    Vec::new()
+                };
+                if now == views {
+                    self.gc_done.push((lineage, self.rotations));
+                }
             }
             MaintOp::Rotate(done) => {
                 let r = Ok(self.rotate());
