@@ -22,38 +22,24 @@ fn fio_ok(d: &Daemon, name: &str, args: &[&str]) {
     assert!(o.status.success(), "fio {name} failed:\n{}", show(&o));
 }
 
-/// Write 32 MiB with crc32c verification headers (then read back, verified).
+/// The 32 MiB fio job: random 16 KiB writes with crc32c headers.
+const JOB: [&str; 6] = [
+    "--rw=randwrite",
+    "--bs=16k",
+    "--size=32m",
+    "--iodepth=8",
+    "--verify=crc32c",
+    "--randrepeat=1",
+];
+
+/// Write the job's data, then read it back verified.
 fn fio_write_verify(d: &Daemon, name: &str) {
-    fio_ok(
-        d,
-        name,
-        &[
-            "--rw=randwrite",
-            "--bs=16k",
-            "--size=32m",
-            "--iodepth=8",
-            "--verify=crc32c",
-            "--do_verify=1",
-            "--randrepeat=1",
-        ],
-    );
+    fio_ok(d, name, &[&JOB[..], &["--do_verify=1"]].concat());
 }
 
-/// Read the same 32 MiB back and verify it (fio's verify-only mode).
+/// Read the job's data back and verify it (fio's verify-only mode).
 fn fio_verify_only(d: &Daemon, name: &str) {
-    fio_ok(
-        d,
-        name,
-        &[
-            "--rw=randwrite",
-            "--bs=16k",
-            "--size=32m",
-            "--iodepth=8",
-            "--verify=crc32c",
-            "--verify_only=1",
-            "--randrepeat=1",
-        ],
-    );
+    fio_ok(d, name, &[&JOB[..], &["--verify_only=1"]].concat());
 }
 
 fn wait_scan(d: &Daemon, kind: &str) -> serde_json::Value {

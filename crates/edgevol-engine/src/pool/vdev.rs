@@ -751,19 +751,7 @@ impl Vdevs {
                 });
             }
             let data = buf.as_slice();
-            let writes = g.members.iter().map(|m| {
-                let dev = m.dev();
-                let go = m.writable();
-                let b = go.then(|| aligned(data));
-                async move {
-                    match b {
-                        Some(b) => Some(dev_write(&dev, at, b, ring).await.map(drop)),
-                        None => None,
-                    }
-                }
-            });
-            let got = futures::future::join_all(writes).await;
-            self.absorb(gi, &what, got)?;
+            self.write_members(gi, at, ring, &what, |_| data).await?;
             return Ok(buf);
         }
         let row = g.geo.row_bytes();
@@ -779,15 +767,31 @@ impl Vdevs {
         let refs: Vec<&[u8]> = cols.iter().map(Vec::as_slice).collect();
         let parity = raid::encode(&g.geo, &refs)?;
         let at = self.slot_offset(g, seg, r0);
-        let writes = (0..g.members.len()).map(|m| {
+        let column = |m: usize| {
             let c = g.geo.column_of(seg.index, m);
-            let mem = &g.members[m];
-            let src = if c < g.geo.k {
-                &cols[c]
+            if c < g.geo.k {
+                cols[c].as_slice()
             } else {
-                &parity[c - g.geo.k]
-            };
-            let b = mem.writable().then(|| aligned(src));
+                parity[c - g.geo.k].as_slice()
+            }
+        };
+        self.write_members(gi, at, ring, &what, column).await?;
+        Ok(buf)
+    }
+
+    /// Write `data(m)` at device offset `at` of every writable member `m`
+    /// of group `gi` at once; failures are absorbed as `absorb` says.
+    async fn write_members<'a>(
+        &self,
+        gi: usize,
+        at: u64,
+        ring: bool,
+        what: &str,
+        data: impl Fn(usize) -> &'a [u8],
+    ) -> Result<()> {
+        let g = &self.groups[gi];
+        let writes = g.members.iter().enumerate().map(|(m, mem)| {
+            let b = mem.writable().then(|| aligned(data(m)));
             let dev = mem.dev();
             async move {
                 match b {
@@ -797,8 +801,7 @@ impl Vdevs {
             }
         });
         let got = futures::future::join_all(writes).await;
-        self.absorb(gi, &what, got)?;
-        Ok(buf)
+        self.absorb(gi, what, got)
     }
 
     /// Count and absorb member write failures (see `member_failed`).
@@ -1076,7 +1079,12 @@ impl Vdevs {
             for (mi, m) in g.members.iter().enumerate() {
                 if m.state() != MemberState::Faulted && m.dev().is_gone() {
                     if g.geo.tolerance() == 0 {
-                        tracing::error!(pool = %self.name, device = %m.dev().describe(), "device removed; the pool has no redundancy for it");
+                        // Said once: the device keeps serving until its I/O fails.
+                        let mut why = m.reason.lock();
+                        if why.is_none() {
+                            *why = Some("the device was removed".into());
+                            tracing::error!(pool = %self.name, device = %m.dev().describe(), "device removed; the pool has no redundancy for it");
+                        }
                         continue;
                     }
                     self.fault(gi, mi, "the device was removed");
