@@ -146,11 +146,15 @@ impl Registry {
         let p = self.pool(pool)?;
         let new = absolute(Path::new(new));
         if new.exists() {
-            if let Ok((other, _)) = Pool::probe(&new) {
-                return Err(Error::new(
-                    ErrorKind::Busy,
-                    format!("{} already belongs to pool {other:?}", new.display()),
-                ));
+            // A device of this pool left over from an interrupted replace
+            // may be used again; one of another pool may not.
+            if let Ok((other, guid)) = Pool::probe(&new) {
+                if guid != p.guid() {
+                    return Err(Error::new(
+                        ErrorKind::Busy,
+                        format!("{} already belongs to pool {other:?}", new.display()),
+                    ));
+                }
             }
         }
         p.replace(old, &new)?;

@@ -167,8 +167,10 @@ fn fail_write_replace(kind: GroupKind, n: usize, fail: &[usize]) {
         assert_eq!(st.devices[f].state, "FAULTED", "{:?}", st.devices[f]);
     }
     // Replace, resilver, and the pool is whole again.
+    let mut news = Vec::new();
     for &f in fail {
         let new = Arc::new(MemDevice::new(format!("new{f}"), 40 * MIB));
+        news.push(new.clone());
         pool.replace_with(&format!("mem:d{f}"), new)
             .expect("replace");
         pool.wait_scans();
@@ -182,7 +184,22 @@ fn fail_write_replace(kind: GroupKind, n: usize, fail: &[usize]) {
     let other = (0..n).find(|i| !fail.contains(i)).expect("a survivor");
     devs[other].set_fail_reads(true);
     verify(&pool, &model);
+    assert_clean(&pool);
+    pool.close().expect("close");
+    drop(pool);
+    // The labels name the new devices: the pool imports from them (and
+    // the survivors) alone, ONLINE, with everything.
     devs[other].set_fail_reads(false);
+    let current: Vec<Arc<dyn Device>> = (0..n)
+        .filter(|i| !fail.contains(i))
+        .map(|i| devs[i].clone() as Arc<dyn Device>)
+        .chain(news.iter().map(|d| d.clone() as Arc<dyn Device>))
+        .collect();
+    let pool = Pool::open(current, cfg()).expect("import after replace");
+    pool.wait_scans();
+    let st = pool.status();
+    assert_eq!(st.state, "ONLINE", "{st:?}");
+    verify(&pool, &model);
     assert_clean(&pool);
 }
 
@@ -260,5 +277,43 @@ fn a_power_cut_leaves_mirror_copies_consistent() {
     pool.wait_scans();
     let s = pool.status().scrub.expect("scrub");
     assert_eq!((s.repaired_bytes, s.unrecoverable.len()), (0, 0), "{s:?}");
+    assert_clean(&pool);
+}
+
+#[test]
+fn a_device_that_missed_writes_is_resilvered_at_import() {
+    let (pool, devs) = group(GroupKind::Mirror, 2);
+    let mut model = fill(&pool, 6);
+    // d1 fails its writes: FAULTED; the pool goes on writing to d0.
+    devs[1].set_fail_writes(true);
+    let v = pool.open_volume("v").expect("open");
+    for b in (0..BLOCKS).step_by(2) {
+        model[b as usize] = 8_000_000 + b;
+        write(&v, b, &tagged(model[b as usize], b));
+    }
+    flush(&v);
+    drop(v);
+    assert_eq!(pool.status().devices[1].state, "FAULTED");
+    pool.close().expect("close");
+    drop(pool);
+    // The device comes back (a loose cable): it holds old data, and it
+    // missed the newest checkpoints, so import resilvers it.
+    devs[1].set_fail_writes(false);
+    let pool = Pool::open(
+        devs.iter().map(|d| d.clone() as Arc<dyn Device>).collect(),
+        cfg(),
+    )
+    .expect("import");
+    pool.wait_scans();
+    let st = pool.status();
+    assert_eq!(
+        st.resilver.as_ref().map(|r| r.state.as_str()),
+        Some("finished"),
+        "{st:?}"
+    );
+    assert_eq!(st.state, "ONLINE", "{st:?}");
+    // Now d1 alone holds everything.
+    devs[0].set_fail_reads(true);
+    verify(&pool, &model);
     assert_clean(&pool);
 }

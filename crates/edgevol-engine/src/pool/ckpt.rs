@@ -119,20 +119,41 @@ pub fn read_blob(vdevs: &Vdevs, r: &BlobRef) -> Result<Vec<u8>> {
     if total < r.len || r.len > 1 << 36 {
         return Err(Error::corrupt("blob reference shorter than its length"));
     }
-    let mut out = vec![0u8; r.len as usize];
-    let mut at = 0usize;
-    for e in &r.extents {
-        if at == out.len() {
-            break;
+    // The blob's one crc covers all its extents: read it from the usual
+    // copies, and if that fails the check, from each variant in turn (one
+    // mirror side, or a parity rebuild without one member).
+    let variants = vdevs
+        .groups
+        .iter()
+        .map(|g| g.members.len())
+        .max()
+        .unwrap_or(1);
+    let mut last = Error::corrupt("metadata blob checksum mismatch");
+    for variant in std::iter::once(None).chain((0..variants).map(Some)) {
+        let mut out = vec![0u8; r.len as usize];
+        let mut at = 0usize;
+        let mut read = Ok(());
+        for e in &r.extents {
+            if at == out.len() {
+                break;
+            }
+            let n = (e.len() as usize).min(out.len() - at);
+            read = match variant {
+                None => read_aligned(vdevs, e.seg, e.offset(), &mut out[at..at + n]),
+                Some(v) => vdevs.read_variant(e.seg, e.offset(), &mut out[at..at + n], v),
+            };
+            if read.is_err() {
+                break;
+            }
+            at += n;
         }
-        let n = (e.len() as usize).min(out.len() - at);
-        read_aligned(vdevs, e.seg, e.offset(), &mut out[at..at + n])?;
-        at += n;
+        match read {
+            Ok(()) if crc32c::crc32c(&out) == r.crc => return Ok(out),
+            Ok(()) => {}
+            Err(e) => last = e,
+        }
     }
-    if crc32c::crc32c(&out) != r.crc {
-        return Err(Error::corrupt("metadata blob checksum mismatch"));
-    }
-    Ok(out)
+    Err(last)
 }
 
 /// Read through an aligned bounce buffer (O_DIRECT needs aligned memory).

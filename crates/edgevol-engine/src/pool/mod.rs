@@ -907,26 +907,40 @@ impl Pool {
         dev.write_at(zero.as_slice(), crate::layout::UBERBLOCK_RING_OFFSET)
             .map_err(|e| Error::io(format!("cannot write {}", new.display()), e))?;
         let guid: u128 = rand::random();
-        {
-            let mut l = sh.vdevs.layout.lock();
-            l.0.groups[g].devices[m] = crate::format::label::DeviceLayout {
-                guid,
-                path: dev.describe(),
-                segments,
-            };
-            l.1 += 1;
-        }
+        let entry = crate::format::label::DeviceLayout {
+            guid,
+            path: dev.describe(),
+            segments,
+        };
         let old_desc = group.members[m].dev().describe();
         group.members[m].swap(
             vdev::MemberDev { dev, guid },
             vdev::MemberState::Resilvering,
         );
+        // The labels keep the old layout until the resilver completes (the
+        // new device's own label names it, but the layout does not): a
+        // restart before then imports without the new device, DEGRADED,
+        // and `replace` starts over.
         open::write_labels(&sh.vdevs, sh.guid, sh.created)?;
         // Every write issued before the swap is on the devices (and so in
         // what the resilver copies) once this returns.
         maint::flush_now(sh)?;
         tracing::info!(pool = %sh.name, old = %old_desc, new = %new.display(), "replacing device; resilvering");
-        let h = scrub::start_resilver(sh, g, m)?;
+        let h = scrub::start_resilver(sh, g, m, entry)?;
+        self.threads.lock().push(h);
+        Ok(())
+    }
+
+    /// Resilver members found stale at import, one after the other.
+    pub(crate) fn resilver_stale(&self, members: Vec<(usize, usize)>) -> Result<()> {
+        let jobs = members
+            .into_iter()
+            .map(|(g, m)| {
+                let l = self.sh.vdevs.layout.lock();
+                (g, m, l.0.groups[g].devices[m].clone())
+            })
+            .collect();
+        let h = scrub::start_resilvers(&self.sh, jobs)?;
         self.threads.lock().push(h);
         Ok(())
     }

@@ -546,13 +546,41 @@ pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<P
     if replayed > 0 {
         tracing::info!(pool = %sh.name, batches = replayed, "recovered from the log");
     }
-    Ok(start(sh, w, data_rx, maint_rx))
+    // A member of a redundant group that missed the newest checkpoint was
+    // not written for a while (it was FAULTED, or out of the machine): its
+    // data may be stale. It is resilvered before it is read again.
+    let stale: Vec<(usize, usize)> = sh
+        .vdevs
+        .groups
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| g.geo.tolerance() > 0)
+        .flat_map(|(gi, g)| {
+            g.members.iter().enumerate().filter_map(move |(mi, m)| {
+                (m.state() == super::vdev::MemberState::Online
+                    && m.newest_seq.load(std::sync::atomic::Ordering::SeqCst) < ub.seq)
+                    .then_some((gi, mi))
+            })
+        })
+        .collect();
+    let pool = start(sh.clone(), w, data_rx, maint_rx);
+    if !stale.is_empty() {
+        for &(g, m) in &stale {
+            tracing::warn!(pool = %sh.name, device = %sh.vdevs.groups[g].members[m].dev().describe(), "device missed recent writes; resilvering it");
+            sh.vdevs.groups[g].members[m].set_state(super::vdev::MemberState::Resilvering);
+        }
+        pool.resilver_stale(stale)?;
+    }
+    Ok(pool)
 }
 
 /// The newest uberblock whose checkpoint reads back intact.
 fn newest_checkpoint(vdevs: &Vdevs, guid: u128) -> Result<(Uberblock, Checkpoint)> {
     let mut ubs = Vec::new();
     for (_, m) in vdevs.devices() {
+        if m.state() == super::vdev::MemberState::Faulted {
+            continue;
+        }
         let dev = m.dev();
         let ring = match read_raw(
             &*dev,
@@ -565,21 +593,29 @@ fn newest_checkpoint(vdevs: &Vdevs, guid: u128) -> Result<(Uberblock, Checkpoint
                 continue;
             }
         };
+        let mut newest = 0;
         for slot in ring.chunks(BLOCK) {
             if let Ok(u) = Uberblock::decode(slot) {
                 if u.pool_guid == guid {
+                    newest = newest.max(u.seq);
                     ubs.push(u);
                 }
             }
         }
+        m.newest_seq
+            .store(newest, std::sync::atomic::Ordering::SeqCst);
     }
     ubs.sort_by_key(|u| std::cmp::Reverse(u.seq));
     ubs.dedup_by_key(|u| u.seq);
     let mut last_err = Error::corrupt("no valid uberblock found");
     for u in ubs {
         let r = (|| {
-            let mut buf = vec![0u8; u.ckpt_len as usize];
-            ckpt::read_aligned(vdevs, u.ckpt.seg, u64::from(u.ckpt.offset), &mut buf)?;
+            let mut b = AlignedBuf::zeroed((u.ckpt_len as usize).div_ceil(BLOCK) * BLOCK);
+            let n = u.ckpt_len as usize;
+            let ok = |x: &[u8]| crc32c::crc32c(&x[..n]) == u.ckpt_crc;
+            // A copy that verifies (a stale or bad one is healed on the way).
+            let _ = vdevs.read_checked(u.ckpt.seg, u64::from(u.ckpt.offset), b.as_mut_slice(), &ok);
+            let buf = b.as_slice()[..n].to_vec();
             if crc32c::crc32c(&buf) != u.ckpt_crc {
                 return Err(Error::corrupt(format!(
                     "checkpoint {} fails its checksum",
@@ -623,17 +659,47 @@ fn read_batch(
     prev_lsn: u64,
     prev_crc: u32,
 ) -> Option<Found> {
+    // The usual copy first; then each variant (one mirror side, or a
+    // parity rebuild without one member): a member that missed writes
+    // (stale, or torn before a flush) must not end the chain early.
+    let variants = vdevs
+        .groups
+        .get(seg.group as usize)
+        .map_or(0, |g| g.members.len());
+    let redundant = vdevs
+        .groups
+        .get(seg.group as usize)
+        .is_some_and(|g| g.geo.tolerance() > 0);
+    let tries = std::iter::once(None).chain((0..if redundant { variants } else { 0 }).map(Some));
+    for variant in tries {
+        let read = |at: u64, buf: &mut [u8]| match variant {
+            None => vdevs.read(seg, at, buf),
+            Some(v) => vdevs.read_variant(seg, at, buf, v),
+        };
+        if let Some(f) = read_batch_with(vdevs, guid, stream, seg, off, prev_lsn, prev_crc, read) {
+            return Some(f);
+        }
+    }
+    None
+}
+
+#[allow(clippy::too_many_arguments)]
+fn read_batch_with(
+    vdevs: &Vdevs,
+    guid: u128,
+    stream: u8,
+    seg: SegId,
+    off: u32,
+    prev_lsn: u64,
+    prev_crc: u32,
+    read: impl Fn(u64, &mut [u8]) -> Result<()>,
+) -> Option<Found> {
     let seg_size = vdevs.segment_size;
     if u64::from(off) + BLOCK_U64 > seg_size {
         return None;
     }
     let mut first = AlignedBuf::zeroed(BLOCK);
-    // Any copy that holds a batch header (a mirror side or a parity
-    // column may have missed an unflushed write).
-    let header_ok = |b: &[u8]| BatchHeader::peek_header_len(b).is_ok();
-    vdevs
-        .read_checked(seg, u64::from(off), first.as_mut_slice(), &header_ok)
-        .ok()?;
+    read(u64::from(off), first.as_mut_slice()).ok()?;
     let hlen = BatchHeader::peek_header_len(first.as_slice()).ok()?;
     let hbytes = hlen.div_ceil(BLOCK) * BLOCK;
     if u64::from(off) + hbytes as u64 > seg_size {
@@ -641,7 +707,7 @@ fn read_batch(
     }
     let buf = if hbytes > BLOCK {
         let mut b = AlignedBuf::zeroed(hbytes);
-        vdevs.read(seg, u64::from(off), b.as_mut_slice()).ok()?;
+        read(u64::from(off), b.as_mut_slice()).ok()?;
         b
     } else {
         first

@@ -395,6 +395,7 @@ pub(crate) fn start_resilver(
     sh: &Arc<Shared>,
     g: usize,
     m: usize,
+    entry: crate::format::label::DeviceLayout,
 ) -> Result<std::thread::JoinHandle<()>> {
     claim(sh)?;
     let total: u64 = {
@@ -414,7 +415,34 @@ pub(crate) fn start_resilver(
         .name(format!("ev-resilver-{}", sh.name))
         .spawn(move || {
             let _running = Running(&s);
-            let r = resilver(&s, g, m);
+            let r = resilver(&s, g, m, entry);
+            finish(&s, |x| x.resilver.as_mut(), r);
+        })
+        .map_err(|e| {
+            sh.scan_running.store(false, Ordering::SeqCst);
+            Error::io("cannot start the resilver thread", e)
+        })
+}
+
+/// Resilver several members, one after the other, in one thread.
+pub(crate) fn start_resilvers(
+    sh: &Arc<Shared>,
+    jobs: Vec<(usize, usize, crate::format::label::DeviceLayout)>,
+) -> Result<std::thread::JoinHandle<()>> {
+    claim(sh)?;
+    sh.scans.lock().resilver = Some(new_status("resilver", 0));
+    let s = sh.clone();
+    std::thread::Builder::new()
+        .name(format!("ev-resilver-{}", sh.name))
+        .spawn(move || {
+            let _running = Running(&s);
+            let mut r = Ok(true);
+            for (g, m, entry) in jobs {
+                r = resilver(&s, g, m, entry);
+                if !matches!(r, Ok(true)) {
+                    break;
+                }
+            }
             finish(&s, |x| x.resilver.as_mut(), r);
         })
         .map_err(|e| {
@@ -426,7 +454,12 @@ pub(crate) fn start_resilver(
 /// Rebuild member `m` of group `g`: only allocated segments, only what was
 /// written in them. Ok(false) if the pool closed first (the member stays
 /// RESILVERING and the resilver starts over at the next import).
-fn resilver(sh: &Shared, g: usize, m: usize) -> Result<bool> {
+fn resilver(
+    sh: &Shared,
+    g: usize,
+    m: usize,
+    entry: crate::format::label::DeviceLayout,
+) -> Result<bool> {
     let t0 = Instant::now();
     let n = sh.vdevs.groups[g].segments;
     let mut done = 0u64;
@@ -453,6 +486,13 @@ fn resilver(sh: &Shared, g: usize, m: usize) -> Result<bool> {
             st.total_bytes = st.total_bytes.max(done);
         }
     }
+    // Only now does the layout name the new device (generation + 1).
+    {
+        let mut l = sh.vdevs.layout.lock();
+        l.0.groups[g].devices[m] = entry;
+        l.1 += 1;
+    }
+    super::open::write_labels(&sh.vdevs, sh.guid, sh.created)?;
     sh.vdevs.groups[g].members[m].set_state(MemberState::Online);
     tracing::info!(pool = %sh.name, group = g, member = m, bytes = done, secs = t0.elapsed().as_secs_f64(), "resilver complete");
     Ok(true)

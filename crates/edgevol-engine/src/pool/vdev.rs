@@ -86,6 +86,8 @@ pub struct MemberDev {
 
 /// One member device.
 pub struct Member {
+    /// Newest uberblock sequence found on it at import.
+    pub newest_seq: AtomicU64,
     cur: RwLock<MemberDev>,
     state: AtomicU8,
     reason: Mutex<Option<String>>,
@@ -97,6 +99,7 @@ impl Member {
     /// A member in `state`.
     pub fn new(dev: Arc<dyn Device>, guid: u128, state: MemberState) -> Member {
         Member {
+            newest_seq: AtomicU64::new(0),
             cur: RwLock::new(MemberDev { dev, guid }),
             state: AtomicU8::new(state as u8),
             reason: Mutex::new(None),
@@ -709,6 +712,24 @@ impl Vdevs {
     ) -> Result<()> {
         let b = run_sync(self.read_verified(seg, off, buf.len(), false, verify))?;
         buf.copy_from_slice(b.as_slice());
+        Ok(())
+    }
+
+    /// Read `out.len()` bytes (any alignment) at `off` of `seg` from one
+    /// *variant* of the stored copies: mirror member `v` alone, or a parity
+    /// rebuild that leaves member `v` out (for data verified by a checksum
+    /// over several reads, such as metadata blobs). Blocking.
+    pub fn read_variant(&self, seg: SegId, off: u64, out: &mut [u8], v: usize) -> Result<()> {
+        let g = self.group(seg)?;
+        let len = out.len().div_ceil(BLOCK) * BLOCK;
+        self.check_span(seg, off, len)?;
+        let b = if g.geo.is_parity() {
+            run_sync(self.reconstruct_span(seg, off, len, false, &[v]))?
+        } else {
+            let avoid: Vec<usize> = (0..g.members.len()).filter(|&m| m != v).collect();
+            run_sync(self.read_primary(seg, off, len, false, &avoid))?.0
+        };
+        out.copy_from_slice(&b.as_slice()[..out.len()]);
         Ok(())
     }
 
