@@ -25,6 +25,12 @@ impl Table {
 
     /// Print to stdout.
     pub fn print(&self) {
+        print!("{}", self.render(false));
+    }
+
+    /// The table as lines of text; with `rule`, a line of dashes under the
+    /// header.
+    pub fn render(&self, rule: bool) -> String {
         let n = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..n)
             .map(|i| {
@@ -36,11 +42,12 @@ impl Table {
                     .unwrap_or(0)
             })
             .collect();
-        for r in &self.rows {
+        let mut out = String::new();
+        for (ri, r) in self.rows.iter().enumerate() {
             let mut line = String::new();
-            for (i, c) in r.iter().enumerate() {
-                let w = widths[i];
-                let pad = w - c.chars().count();
+            for (i, w) in widths.iter().enumerate() {
+                let c = r.get(i).map(String::as_str).unwrap_or("");
+                let pad = w.saturating_sub(c.chars().count());
                 if i > 0 {
                     line.push_str("  ");
                 }
@@ -49,12 +56,17 @@ impl Table {
                     line.push_str(c);
                 } else {
                     line.push_str(c);
-                    if i + 1 < r.len() {
-                        line.push_str(&" ".repeat(pad));
-                    }
+                    line.push_str(&" ".repeat(pad));
                 }
             }
-            println!("{}", line.trim_end());
+            out.push_str(line.trim_end());
+            out.push('\n');
+            if ri == 0 && rule {
+                let total = widths.iter().sum::<usize>() + 2 * n.saturating_sub(1);
+                out.push_str(&"-".repeat(total));
+                out.push('\n');
+            }
         }
+        out
     }
 }

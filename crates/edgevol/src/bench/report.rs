@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::stats::{Record, Row};
+use crate::table::Table;
 
 /// The JSON file `edgevol bench` writes (rewritten after every run, so an
 /// interrupted benchmark keeps what it measured).
@@ -32,70 +33,6 @@ impl Document {
             .with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, path)?;
         Ok(())
-    }
-}
-
-/// A plain text table; header cells starting with `>` are right-aligned.
-pub struct TextTable {
-    right: Vec<bool>,
-    rows: Vec<Vec<String>>,
-}
-
-impl TextTable {
-    /// A table with these columns.
-    pub fn new(header: &[&str]) -> TextTable {
-        TextTable {
-            right: header.iter().map(|h| h.starts_with('>')).collect(),
-            rows: vec![header
-                .iter()
-                .map(|h| h.trim_start_matches('>').to_string())
-                .collect()],
-        }
-    }
-
-    /// Add a row.
-    pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
-    }
-
-    /// The table as lines of text.
-    pub fn render(&self) -> String {
-        let n = self.right.len();
-        let width = |i: usize| {
-            self.rows
-                .iter()
-                .filter_map(|r| r.get(i))
-                .map(|c| c.chars().count())
-                .max()
-                .unwrap_or(0)
-        };
-        let widths: Vec<usize> = (0..n).map(width).collect();
-        let mut out = String::new();
-        for (ri, r) in self.rows.iter().enumerate() {
-            let mut line = String::new();
-            for (i, w) in widths.iter().enumerate() {
-                let c = r.get(i).map(String::as_str).unwrap_or("");
-                let pad = w.saturating_sub(c.chars().count());
-                if i > 0 {
-                    line.push_str("  ");
-                }
-                if self.right[i] {
-                    line.push_str(&" ".repeat(pad));
-                    line.push_str(c);
-                } else {
-                    line.push_str(c);
-                    line.push_str(&" ".repeat(pad));
-                }
-            }
-            out.push_str(line.trim_end());
-            out.push('\n');
-            if ri == 0 {
-                let total = widths.iter().sum::<usize>() + 2 * n.saturating_sub(1);
-                out.push_str(&"-".repeat(total));
-                out.push('\n');
-            }
-        }
-        out
     }
 }
 
@@ -141,7 +78,7 @@ fn mib(v: f64) -> String {
 
 /// The matrix (and fill) table: one block of rows per job.
 pub fn matrix_table(rows: &[Row]) -> String {
-    let mut t = TextTable::new(&[
+    let mut t = Table::new(&[
         "JOB",
         "TARGET",
         ">IOPS",
@@ -162,12 +99,12 @@ pub fn matrix_table(rows: &[Row]) -> String {
         last_job = &r.job;
         t.row(line(job, &r.target, r, &["qsd-raw", "native"]));
     }
-    t.render()
+    t.render(true)
 }
 
 /// The scenario table: variants of each scenario against its first one.
 pub fn scenario_table(rows: &[Row], notes: &dyn Fn(&Row) -> String) -> String {
-    let mut t = TextTable::new(&[
+    let mut t = Table::new(&[
         "SCENARIO",
         "VARIANT",
         ">IOPS",
@@ -191,7 +128,7 @@ pub fn scenario_table(rows: &[Row], notes: &dyn Fn(&Row) -> String) -> String {
         cells.push(notes(r));
         t.row(cells);
     }
-    t.render()
+    t.render(true)
 }
 
 fn line(first: &str, second: &str, r: &Row, ratios: &[&str]) -> Vec<String> {
@@ -274,10 +211,10 @@ mod tests {
 
     #[test]
     fn table_alignment() {
-        let mut t = TextTable::new(&["A", ">B"]);
+        let mut t = Table::new(&["A", ">B"]);
         t.row(vec!["xx".into(), "1".into()]);
         t.row(vec!["y".into(), "100".into()]);
-        assert_eq!(t.render(), "A     B\n-------\nxx    1\ny   100\n");
+        assert_eq!(t.render(true), "A     B\n-------\nxx    1\ny   100\n");
     }
 
     #[test]
