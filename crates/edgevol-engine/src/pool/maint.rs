@@ -528,6 +528,27 @@ fn clean_locked(sh: &Shared, max: usize, max_util: f64) -> Result<u64> {
     Ok(cleaned)
 }
 
+/// Bytes `[at, at + len)` of `seg` failed their check in the cleaner's
+/// segment read: read them again from a copy or parity rebuild that passes
+/// `ok` (the bad copy is healed on the way). None without such a copy.
+fn reread(
+    sh: &Shared,
+    seg: SegId,
+    at: usize,
+    len: usize,
+    ok: &(dyn Fn(&[u8]) -> bool + Sync),
+) -> Option<Vec<u8>> {
+    let start = at & !(BLOCK - 1);
+    let end = (at + len).next_multiple_of(BLOCK);
+    let lo = at - start;
+    let mut b = AlignedBuf::zeroed(end - start);
+    let check = |x: &[u8]| x.get(lo..lo + len).is_some_and(ok);
+    sh.vdevs
+        .read_checked(seg, start as u64, b.as_mut_slice(), &check)
+        .ok()?;
+    Some(b.as_slice()[lo..lo + len].to_vec())
+}
+
 /// Move every live fragment out of `seg`.
 fn clean_segment(sh: &Shared, seg: SegId) -> Result<()> {
     let written = match sh.segs.lock().get(seg) {
@@ -579,10 +600,23 @@ fn clean_segment(sh: &Shared, seg: SegId) -> Result<()> {
                 if live == 0 {
                     continue;
                 }
+                // A bad copy is replaced by a good one (healed) if there is one.
+                let want = e.csums.first().copied();
+                let good = |x: &[u8]| Some(crc32c::crc32c(x)) == want;
+                let healed;
+                let data = if good(data) {
+                    data
+                } else if let Some(h) = reread(sh, seg, s, data.len(), &good) {
+                    healed = h;
+                    &healed[..]
+                } else {
+                    data
+                };
                 // Partly dead: re-store only the live blocks (decompressed,
                 // then compressed and encrypted anew), so the dead part
-                // comes back. That needs the key of an encrypted record.
-                if live < u64::from(e.nblocks) {
+                // comes back. That needs the key of an encrypted record,
+                // and intact bytes.
+                if live < u64::from(e.nblocks) && good(data) {
                     if let Some(mut restored) = restore_fragments(sh, e, rec, data, &frags) {
                         pending += restored.iter().map(|it| it.data.len()).sum::<usize>();
                         items.append(&mut restored);
@@ -619,14 +653,19 @@ fn clean_segment(sh: &Shared, seg: SegId) -> Result<()> {
                 let Some(data) = b.get(s..s + len) else {
                     continue;
                 };
-                for (blk, want) in data.chunks(BLOCK).zip(d.csums.iter()) {
-                    if crc32c::crc32c(blk) != *want {
-                        sh.vdevs.note_checksum_error(seg);
-                        sh.stats.checksum_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(pool = %sh.name, segment = ?seg, "cleaner found a checksum mismatch; moving the record as is");
-                        break;
-                    }
-                }
+                let good = |x: &[u8]| super::read::blocks_match(x, &d.csums);
+                let healed;
+                let data = if good(data) {
+                    data
+                } else if let Some(h) = reread(sh, seg, s, len, &good) {
+                    healed = h;
+                    &healed[..]
+                } else {
+                    sh.vdevs.note_checksum_error(seg);
+                    sh.stats.checksum_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(pool = %sh.name, segment = ?seg, "cleaner found a checksum mismatch; moving the record as is");
+                    data
+                };
                 pending += len;
                 items.push(RelocItem {
                     key: k,

@@ -380,11 +380,12 @@ async fn read_part(sh: &Shared, p: &Part) -> Result<ReadSeg> {
     }
 }
 
-/// Verify and open a packed record's stored bytes, in place: checksum,
-/// then authentication and decryption (with `key`, if the record is
-/// encrypted), then decompression. Returns the decompressed record, or
-/// None if it was not compressed (the plaintext is then `stored`).
-/// Failures are counted as checksum errors on the record's device.
+/// Open a packed record's stored bytes, in place, once the caller has
+/// checked their crc (the read path in `Vdevs::read_verified`, the cleaner
+/// before it re-stores): authentication and decryption (with `key`, if the
+/// record is encrypted), then decompression. Returns the decompressed
+/// record, or None if it was not compressed (the plaintext is then
+/// `stored`). Failed authentication counts as a checksum error.
 pub(crate) fn open_record(
     sh: &Shared,
     lineage: u32,
@@ -394,9 +395,6 @@ pub(crate) fn open_record(
     key: Option<&crate::crypt::DataKey>,
     stored: &mut [u8],
 ) -> Result<Option<Vec<u8>>> {
-    if d.csums.first() != Some(&crc32c::crc32c(stored)) {
-        return Err(checksum_failure(sh, d.paddr));
-    }
     if let (Some(key), Some(seal)) = (key, &d.seal) {
         let place = crate::crypt::RecordPlace {
             lineage,
@@ -427,13 +425,6 @@ pub(crate) fn lineage_key(sh: &Shared, l: u32) -> Result<std::sync::Arc<crate::c
             "the data is encrypted and its key is not loaded (edgevol volume load-key)",
         )
     })
-}
-
-fn checksum_failure(sh: &Shared, at: Paddr) -> Error {
-    sh.vdevs.note_checksum_error(at.seg);
-    sh.stats.checksum_errors.fetch_add(1, Ordering::Relaxed);
-    tracing::error!(pool = %sh.name, record = ?at, "checksum mismatch on read");
-    Error::corrupt(format!("checksum mismatch in the record at {at:?}"))
 }
 
 /// Turn resolved pieces into reads, merging physically contiguous plain
