@@ -14,6 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use rand::Rng;
@@ -250,6 +251,50 @@ impl CutPolicy {
     };
 }
 
+/// A power supply shared by the [`MemDevice`]s of one simulated host: armed
+/// with a number of device operations (writes and flushes, counted across
+/// every attached device), it "cuts" after that many. From then on the
+/// devices keep answering, so the code under test runs on undisturbed, but
+/// nothing they are given reaches the media: later writes are lost and
+/// later flushes make nothing durable. [`MemDevice::power_cut`] and
+/// [`MemDevice::restore_power`] then resolve the writes that were still
+/// unflushed at the cut. This places a cut at any point of an operation
+/// (between a checkpoint and its uberblock, inside a batch) rather than
+/// only between operations.
+#[derive(Debug, Default)]
+pub struct PowerRail {
+    /// Operations left before the cut; negative once it happened.
+    left: std::sync::atomic::AtomicI64,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl PowerRail {
+    /// Cut the power after `ops` more device operations.
+    pub fn arm(&self, ops: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.left
+            .store(i64::try_from(ops).unwrap_or(i64::MAX), SeqCst);
+        self.armed.store(true, SeqCst);
+    }
+
+    /// Stop counting: power stays on.
+    pub fn disarm(&self) {
+        self.armed.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the armed cut has happened.
+    pub fn fired(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.armed.load(SeqCst) && self.left.load(SeqCst) < 0
+    }
+
+    /// Count one device operation; true if it happens after the cut.
+    fn tick(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.armed.load(SeqCst) && self.left.fetch_sub(1, SeqCst) <= 0
+    }
+}
+
 struct MemInner {
     /// What reads return now.
     current: Vec<u8>,
@@ -264,6 +309,7 @@ struct MemInner {
     corrupt: Vec<(u64, u64)>,
     writes: u64,
     flushes: u64,
+    rail: Option<Arc<PowerRail>>,
 }
 
 /// An in-memory device with a volatile write cache (for tests).
@@ -291,8 +337,20 @@ impl MemDevice {
                 corrupt: Vec::new(),
                 writes: 0,
                 flushes: 0,
+                rail: None,
             }),
         }
+    }
+
+    /// Take power from `rail` (shared with the other devices of a
+    /// simulated host).
+    pub fn attach_rail(&self, rail: Arc<PowerRail>) {
+        self.inner.lock().rail = Some(rail);
+    }
+
+    /// Whether this operation happens after the rail's cut.
+    fn after_cut(g: &MemInner) -> bool {
+        g.rail.as_ref().is_some_and(|r| r.tick())
     }
 
     /// Cut the power: every I/O fails until [`MemDevice::restore_power`].
@@ -415,7 +473,9 @@ impl Device for MemDevice {
             .filter(|&e| e <= self.len)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
         g.current[offset as usize..end as usize].copy_from_slice(buf);
-        g.pending.push((offset, buf.to_vec()));
+        if !Self::after_cut(&g) {
+            g.pending.push((offset, buf.to_vec()));
+        }
         g.writes += 1;
         Ok(())
     }
@@ -429,11 +489,14 @@ impl Device for MemDevice {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         let inner = &mut *g;
+        inner.flushes += 1;
+        if Self::after_cut(inner) {
+            return Ok(());
+        }
         for (off, data) in inner.pending.drain(..) {
             let off = off as usize;
             inner.durable[off..off + data.len()].copy_from_slice(&data);
         }
-        inner.flushes += 1;
         Ok(())
     }
 
@@ -475,6 +538,43 @@ mod tests {
         assert!(buf.as_slice().iter().all(|&b| b == 1));
         d.read_at(buf.as_mut_slice(), 4096).unwrap();
         assert!(buf.as_slice().iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_rail_cut_loses_later_writes_and_flushes() {
+        let rail = Arc::new(PowerRail::default());
+        let (a, b) = (
+            MemDevice::new("a", 64 * 1024),
+            MemDevice::new("b", 64 * 1024),
+        );
+        a.attach_rail(rail.clone());
+        b.attach_rail(rail.clone());
+        a.write_at(block(1).as_slice(), 0).unwrap();
+        rail.arm(2);
+        b.write_at(block(2).as_slice(), 0).unwrap(); // op 1: before the cut
+        a.flush().unwrap(); // op 2: before the cut, makes block 1 durable
+        assert!(!rail.fired());
+        a.write_at(block(3).as_slice(), 4096).unwrap(); // after the cut
+        b.flush().unwrap(); // after the cut: b's write stays volatile
+        assert!(rail.fired());
+        let mut buf = block(0);
+        a.read_at(buf.as_mut_slice(), 4096).unwrap();
+        assert!(
+            buf.as_slice().iter().all(|&x| x == 3),
+            "reads see the lost write"
+        );
+        rail.disarm();
+        let rng = &mut rand::rngs::StdRng::seed_from_u64(1);
+        for d in [&a, &b] {
+            d.power_cut();
+            d.restore_power(CutPolicy::DROP_ALL, rng);
+        }
+        a.read_at(buf.as_mut_slice(), 0).unwrap();
+        assert!(buf.as_slice().iter().all(|&x| x == 1));
+        a.read_at(buf.as_mut_slice(), 4096).unwrap();
+        assert!(buf.as_slice().iter().all(|&x| x == 0));
+        b.read_at(buf.as_mut_slice(), 0).unwrap();
+        assert!(buf.as_slice().iter().all(|&x| x == 0));
     }
 
     #[test]

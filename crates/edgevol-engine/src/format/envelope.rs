@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! 0   8  magic "EDGEVOL\0"
-//! 8   4  format version (1)
+//! 8   4  format version (FORMAT_VERSION)
 //! 12  4  kind (1 label, 2 checkpoint, 3 counters)
 //! 16  8  body length in bytes
 //! 24  4  crc32c of the body
@@ -22,7 +22,7 @@ use crate::layout::BLOCK;
 /// Magic at the start of every envelope.
 pub const MAGIC: [u8; 8] = *b"EDGEVOL\0";
 /// The metadata format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Header size.
 pub const HEADER_LEN: usize = 32;
 

@@ -77,6 +77,13 @@ pub struct Checkpoint {
     pub next_run_id: u64,
     /// Segment of the checkpoint log holding this checkpoint.
     pub log_segment: SegId,
+    /// Members of redundant groups that were not receiving writes when
+    /// this checkpoint was written (FAULTED, missing, or still
+    /// RESILVERING), by device guid: their data may be stale, and import
+    /// resilvers them. A member that merely lacks the newest uberblock
+    /// (the power failed between the uberblock writes of two members) is
+    /// not stale: the checkpoint it points to was flushed everywhere first.
+    pub stale_members: Vec<u128>,
 }
 
 /// Write `bytes` over `extents`, first to last.

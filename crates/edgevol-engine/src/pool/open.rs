@@ -546,9 +546,13 @@ pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<P
     if replayed > 0 {
         tracing::info!(pool = %sh.name, batches = replayed, "recovered from the log");
     }
-    // A member of a redundant group that missed the newest checkpoint was
-    // not written for a while (it was FAULTED, or out of the machine): its
-    // data may be stale. It is resilvered before it is read again.
+    // A member of a redundant group that the checkpoint names as not
+    // receiving writes (it was FAULTED, missing, or resilvering), or that
+    // missed more than the newest uberblock, may hold stale data: it is
+    // resilvered before it is read again. Lacking only the newest
+    // uberblock is what a power cut between two members' uberblock writes
+    // leaves, and harmless (the checkpoint was flushed on every member
+    // before its uberblocks were written).
     let stale: Vec<(usize, usize)> = sh
         .vdevs
         .groups
@@ -556,9 +560,11 @@ pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<P
         .enumerate()
         .filter(|(_, g)| g.geo.tolerance() > 0)
         .flat_map(|(gi, g)| {
+            let named = &ck.stale_members;
             g.members.iter().enumerate().filter_map(move |(mi, m)| {
+                let seq = m.newest_seq.load(std::sync::atomic::Ordering::SeqCst);
                 (m.state() == super::vdev::MemberState::Online
-                    && m.newest_seq.load(std::sync::atomic::Ordering::SeqCst) < ub.seq)
+                    && (named.contains(&m.guid()) || seq + 1 < ub.seq))
                     .then_some((gi, mi))
             })
         })

@@ -266,6 +266,18 @@ fn has_ring() -> bool {
 }
 
 impl Vdevs {
+    /// Guids of the members that are not receiving every write (FAULTED,
+    /// missing, RESILVERING): recorded in each checkpoint so that import
+    /// knows whose data may be stale.
+    pub fn stale_members(&self) -> Vec<u128> {
+        self.groups
+            .iter()
+            .flat_map(|g| &g.members)
+            .filter(|m| m.state() != MemberState::Online)
+            .map(Member::guid)
+            .collect()
+    }
+
     /// Build from a layout and devices matched to it (same order); a None
     /// device is missing and its member starts FAULTED.
     pub fn new(

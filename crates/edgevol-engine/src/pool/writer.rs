@@ -2009,6 +2009,7 @@ impl Writer {
             next_lsn: self.next_lsn,
             next_run_id: self.sh.next_run_id.load(Ordering::SeqCst),
             log_segment: self.ckpt_log.0,
+            stale_members: self.sh.vdevs.stale_members(),
         };
         let mut bytes = ckpt::encode_checkpoint(&ck);
         let (mut seg, mut off) = self.ckpt_log;
