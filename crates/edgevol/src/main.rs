@@ -5,6 +5,7 @@
 //! edgevol up                        the daemon with a demo pool and volume (try it)
 //! edgevol pool|volume|snapshot|clone|export ...   talk to the daemon's API socket
 //! edgevol bench                     compare with qemu-storage-daemon & co. (fio)
+//! edgevol test crash                power-cut campaign against the engine
 //! ```
 
 mod bench;
@@ -12,6 +13,7 @@ mod commands;
 mod secret;
 mod serve;
 mod table;
+mod torture;
 mod units;
 
 use std::path::PathBuf;
@@ -63,6 +65,10 @@ enum Cmd {
     /// Benchmark edgevol against qemu-storage-daemon, qemu-nbd and the raw
     /// file on this machine (fio over NBD); see docs/benchmark.md.
     Bench(bench::BenchArgs),
+    /// Reliability campaigns (power cuts on simulated devices); see
+    /// docs/reliability.md.
+    #[command(subcommand)]
+    Test(torture::TestCmd),
 }
 
 /// Client commands exit quietly when their output pipe closes (`| head`),
@@ -94,6 +100,7 @@ fn main() {
         Cmd::Serve(a) => serve::serve(a),
         Cmd::Up(a) => serve::up(a),
         Cmd::Bench(a) => bench::run(a, cli.json),
+        Cmd::Test(c) => torture::run(c, cli.json),
         cmd => {
             let ctx = commands::Ctx::new(cli.api_socket, cli.json);
             match cmd {
@@ -103,7 +110,7 @@ fn main() {
                 Cmd::Clone { snapshot, volume } => commands::clone(&ctx, &snapshot, &volume),
                 Cmd::Exports => commands::exports(&ctx),
                 Cmd::Export(c) => commands::export(&ctx, c),
-                Cmd::Serve(_) | Cmd::Up(_) | Cmd::Bench(_) => Ok(()),
+                Cmd::Serve(_) | Cmd::Up(_) | Cmd::Bench(_) | Cmd::Test(_) => Ok(()),
             }
         }
     };

@@ -1,0 +1,45 @@
+//! The CI-sized power-cut campaigns: ≥ 200 cuts on one device, plus
+//! mirror and parity layouts. `EDGEVOL_CRASH_SEED` picks another seed;
+//! the long run is `edgevol test crash --cuts 10000` (docs/reliability.md).
+
+use edgevol_torture::{run, Config, Layout};
+
+fn seed(default: u64) -> u64 {
+    std::env::var("EDGEVOL_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn campaign(layout: Layout, cuts: u64, default_seed: u64) {
+    let cfg = Config {
+        layout,
+        ..Config::new(seed(default_seed), cuts)
+    };
+    let r = run(&cfg, &mut |_| {}).unwrap_or_else(|f| panic!("{f}"));
+    eprintln!("{layout:?}: {r:?}");
+    assert_eq!(r.counts.cuts, cuts);
+    assert!(
+        r.counts.cuts_inside_ops * 2 > cuts,
+        "most cuts strike inside an operation: {r:?}"
+    );
+    assert!(
+        r.counts.blocks_written > cuts * 20,
+        "the workload wrote: {r:?}"
+    );
+}
+
+#[test]
+fn two_hundred_cuts_on_one_device() {
+    campaign(Layout::Single, 200, 1);
+}
+
+#[test]
+fn cuts_on_a_mirror() {
+    campaign(Layout::Mirror, 40, 2);
+}
+
+#[test]
+fn cuts_on_a_parity_group() {
+    campaign(Layout::Parity1, 40, 3);
+}

@@ -1,0 +1,57 @@
+//! Property test of the engine against the model: random operation
+//! sequences, power cuts between operations (`Op::Crash`) and, through the
+//! power rail, inside them. Failing sequences shrink to a minimal case.
+//! Run longer with `PROPTEST_CASES=2000 cargo test -p edgevol-torture --test model`.
+
+use edgevol_torture::{Harness, Layout, Op};
+use proptest::prelude::*;
+
+fn op() -> impl Strategy<Value = Op> {
+    let vol = 0usize..8;
+    let lba = 0u64..edgevol_torture::model::VOL_BLOCKS;
+    prop_oneof![
+        30 => (vol.clone(), lba.clone(), 1u64..48, any::<bool>()).prop_map(|(vol, lba, n, f)| Op::Write { vol, lba, n, fua: f && lba % 5 == 0 }),
+        5 => (vol.clone(), lba.clone(), 1u64..200).prop_map(|(vol, lba, n)| Op::Trim { vol, lba, n }),
+        3 => (vol.clone(), lba.clone(), 1u64..100, any::<bool>()).prop_map(|(vol, lba, n, no_hole)| Op::Zero { vol, lba, n, no_hole }),
+        6 => Just(Op::Flush),
+        6 => vol.clone().prop_map(|vol| Op::Snapshot { vol }),
+        3 => (vol.clone(), 0usize..8).prop_map(|(vol, snap)| Op::Rollback { vol, snap }),
+        2 => (vol.clone(), 0usize..8).prop_map(|(vol, snap)| Op::Clone { vol, snap }),
+        2 => (vol.clone(), 0usize..8).prop_map(|(vol, snap)| Op::DestroySnapshot { vol, snap }),
+        1 => vol.clone().prop_map(|vol| Op::DestroyVolume { vol }),
+        1 => (vol.clone(), 64u64..512).prop_map(|(vol, blocks)| Op::Resize { vol, blocks }),
+        1 => vol.clone().prop_map(|vol| Op::Promote { vol }),
+        2 => any::<bool>().prop_map(|clean| Op::Maintain { clean }),
+        3 => (0u8..3, any::<u64>()).prop_map(|(policy, seed)| Op::Crash { policy, seed }),
+        6 => (vol, lba, 1u64..64).prop_map(|(vol, lba, n)| Op::Read { vol, lba, n }),
+    ]
+}
+
+/// Run `ops`; a cut through the rail `arm_at` device operations in.
+fn run(ops: Vec<Op>, arm_at: Option<u64>) -> Result<(), TestCaseError> {
+    let mut h = Harness::new(Layout::Single).map_err(|e| TestCaseError::fail(e.0))?;
+    if let Some(n) = arm_at {
+        h.rail().arm(n);
+    }
+    for op in &ops {
+        h.step(op).map_err(|e| TestCaseError::fail(e.0))?;
+        if h.rail().fired() {
+            h.crash(2, 7).map_err(|e| TestCaseError::fail(e.0))?;
+        }
+    }
+    h.finish().map_err(|e| TestCaseError::fail(e.0))?;
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48),
+        max_shrink_iters: 2000,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn engine_matches_model(ops in proptest::collection::vec(op(), 1..120), arm in proptest::option::of(0u64..400)) {
+        run(ops, arm)?;
+    }
+}
