@@ -193,6 +193,11 @@ pub struct Catalog {
     pub gc_todo: BTreeSet<u32>,
     /// Removed lineages whose entries must all be deleted.
     pub purge_todo: BTreeSet<u32>,
+    /// Root lineages of volumes being flattened (`promote`): their copies
+    /// of the origin's data are invisible until the detach, and garbage
+    /// collection leaves them alone meanwhile. A flatten a crash or an
+    /// error interrupted is abandoned: its lineage goes to `gc_todo`.
+    pub flattening: BTreeSet<u32>,
 }
 
 /// What a catalog change requires of the map.
@@ -767,6 +772,34 @@ impl Catalog {
         Ok(Some(b))
     }
 
+    /// A flatten of `volume` starts: its root lineage is off limits to
+    /// garbage collection until [`Catalog::end_flatten`] or the detach.
+    pub fn begin_flatten(&mut self, volume: u64) -> Result<()> {
+        let root = self.root_lineage(volume)?;
+        self.flattening.insert(root);
+        Ok(())
+    }
+
+    /// A flatten of `volume` stopped without a detach: its copies are
+    /// garbage.
+    pub fn end_flatten(&mut self, volume: u64) -> Result<Effects> {
+        let root = self.root_lineage(volume)?;
+        let mut fx = Effects::default();
+        if self.flattening.remove(&root) {
+            fx.reap.insert(root);
+        }
+        Ok(fx)
+    }
+
+    /// At import: every flatten in progress was interrupted.
+    pub fn abandon_flattens(&mut self) {
+        for l in std::mem::take(&mut self.flattening) {
+            if self.lineages.contains_key(&l) {
+                self.gc_todo.insert(l);
+            }
+        }
+    }
+
     /// Start a new head epoch without a snapshot (used before a flatten, so
     /// that the copy's birth is strictly older than any new write).
     pub fn bump_epoch(&mut self, volume: u64) -> Result<u64> {
@@ -795,6 +828,7 @@ impl Catalog {
     /// [`Catalog::root_lineage`]).
     pub fn detach(&mut self, volume: u64) -> Result<Effects> {
         let root = self.root_lineage(volume)?;
+        self.flattening.remove(&root);
         let parent = self.lineages.get_mut(&root).and_then(|l| l.parent.take());
         self.volume_mut(volume)?.origin = None;
         let mut fx = Effects::default();

@@ -216,7 +216,10 @@ fn check_chunk(
     let l = first.lineage;
     let c = chunk_start(first.lba);
     let lin = cat.lineages.get(&l);
-    let pending = cat.gc_todo.contains(&l) || cat.purge_todo.contains(&l);
+    // Entries waiting for collection, or a flatten's copies before the
+    // detach, are not leaks.
+    let pending =
+        cat.gc_todo.contains(&l) || cat.purge_todo.contains(&l) || cat.flattening.contains(&l);
     if lin.is_none() && !pending {
         err(
             r,

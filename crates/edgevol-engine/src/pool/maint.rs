@@ -425,6 +425,10 @@ fn gc_pending(sh: &Shared) -> Result<()> {
         st.gc_done.retain(|l, _| todo.contains(l));
     }
     for l in todo {
+        if cat.flattening.contains(&l) {
+            // Its copies are invisible until the detach: not garbage yet.
+            continue;
+        }
         let views = if cat.lineages.contains_key(&l) {
             cat.views(l)
         } else {
@@ -775,6 +779,32 @@ pub(crate) fn flatten(sh: &Arc<Shared>, name: &str) -> Result<()> {
         sh.control(Control::Detach { vol: v.id })?;
         return Ok(());
     };
+    sh.control(Control::Flattening {
+        vol: v.id,
+        active: true,
+    })?;
+    let r = copy_origin(sh, name, &v, root_id, &root, (pl, pe));
+    if r.is_err() {
+        // The copies are garbage now; the volume stays a clone.
+        let _ = sh.control(Control::Flattening {
+            vol: v.id,
+            active: false,
+        });
+    }
+    r
+}
+
+/// The body of [`flatten`]: copy every block the clone reads from its
+/// origin into its root lineage, then detach.
+fn copy_origin(
+    sh: &Arc<Shared>,
+    name: &str,
+    v: &crate::catalog::VolumeRec,
+    root_id: u32,
+    root: &crate::catalog::LineageRec,
+    (pl, pe): (u32, u64),
+) -> Result<()> {
+    let cat = sh.catalog();
     if v.head == root_id && v.head_epoch == root.base_epoch {
         // New writes must be born strictly after the copies.
         sh.control(Control::BumpEpoch { vol: v.id })?;

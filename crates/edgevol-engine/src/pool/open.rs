@@ -481,7 +481,10 @@ pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<P
     }
     let vdevs = Arc::new(Vdevs::new(&newest.pool_name, &layout, groups)?);
     vdevs.layout.lock().1 = newest.txg;
-    let (ub, ck) = newest_checkpoint(&vdevs, guid)?;
+    let (ub, mut ck) = newest_checkpoint(&vdevs, guid)?;
+    // A promote the crash interrupted left invisible copies: collect them
+    // (the user runs `promote` again).
+    ck.catalog.abandon_flattens();
     tracing::info!(pool = %newest.pool_name, seq = ub.seq, "importing pool");
     let counters = ckpt::decode_counters(&ckpt::read_blob(&vdevs, &ck.counters)?)?;
     let sizes: Vec<u32> = vdevs.groups.iter().map(|g| g.segments).collect();

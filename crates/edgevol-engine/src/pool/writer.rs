@@ -157,6 +157,11 @@ pub(crate) enum Control {
     Detach {
         vol: u64,
     },
+    /// A flatten starts (`active`) or stops without a detach.
+    Flattening {
+        vol: u64,
+        active: bool,
+    },
 }
 
 /// What the cleaner moves.
@@ -750,6 +755,8 @@ impl Writer {
             .gc_todo
             .iter()
             .chain(self.cat.purge_todo.iter())
+            // A lineage being flattened is not collected until the detach.
+            .filter(|l| !self.cat.flattening.contains(l))
             .any(|l| !self.gc_done.iter().any(|(d, _)| d == l))
     }
 
@@ -1638,6 +1645,14 @@ impl Writer {
                 0
             }
             Control::BumpEpoch { vol } => cat.bump_epoch(vol)?,
+            Control::Flattening { vol, active } => {
+                if active {
+                    cat.begin_flatten(vol)?;
+                } else {
+                    fx = cat.end_flatten(vol)?;
+                }
+                0
+            }
             Control::Detach { vol } => {
                 // Replaying writes made before the detach with the detached
                 // catalog would account them differently, so the detach is
