@@ -1,0 +1,292 @@
+//! The swarm stress test (the seed's): 16 NBD clients, each running fio
+//! with verification on its own volume, two more sharing one volume, while
+//! every volume is snapshotted every 10 s and its older snapshots
+//! destroyed, the pool is held at 85-92% full of live data (a ballast
+//! volume is written and trimmed to keep it there), so the cleaner works
+//! all the time. At the end: zero verify errors, zero I/O errors, `pool
+//! check` clean, per-client p99.9 and maximum latency reported.
+//!
+//! CI runs it for 2 minutes; `EDGEVOL_SWARM_SECS=1800` runs the long
+//! version (scripts/long-campaigns.sh).
+
+mod support;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+const CLIENTS: usize = 16;
+const VOL: u64 = 12 * MIB;
+const SHARED: u64 = 16 * MIB;
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(10);
+/// Live data kept between these fractions of the usable space.
+const FILL_LOW: f64 = 0.86;
+const FILL_HIGH: f64 = 0.91;
+const BALLAST_STEP: u64 = 8 * MIB;
+
+fn seconds() -> u64 {
+    std::env::var("EDGEVOL_SWARM_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120)
+}
+
+/// What one client saw over all its passes.
+#[derive(Debug, Default, Clone)]
+struct ClientStats {
+    passes: u64,
+    bytes: u64,
+    /// Worst p99.9 completion latency of any pass (µs).
+    p999_us: f64,
+    /// Worst completion latency (µs).
+    max_us: f64,
+}
+
+/// One fio pass over `size` bytes of `export`: every block written once
+/// (random order, 4-64 KiB), then read back and verified. `jobs` > 1
+/// splits the volume between that many connections.
+fn fio_pass(d: &Daemon, export: &str, size: u64, jobs: u64, pass: u64) -> Result<Value, String> {
+    let out = d.path(&format!("{}-{pass}.json", export.replace('/', "-")));
+    let per_job = size / jobs;
+    let mut c = Command::new(fio());
+    c.current_dir(d.dir.path()).args([
+        "--name=swarm",
+        "--ioengine=nbd",
+        "--rw=randwrite",
+        "--bsrange=4k-64k",
+        "--iodepth=4",
+        "--verify=crc32c",
+        "--do_verify=1",
+        "--verify_fatal=1",
+        "--verify_state_save=0",
+        "--output-format=json",
+        "--eta=never",
+    ]);
+    c.arg(format!("--uri={}", d.uri(export)))
+        .arg(format!("--numjobs={jobs}"))
+        .arg(format!("--size={per_job}"))
+        .arg(format!("--offset_increment={per_job}"))
+        .arg(format!("--randseed={}", 1000 + pass))
+        .arg(format!("--output={}", out.display()));
+    let o = output(&mut c);
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    if !o.status.success() {
+        return Err(format!(
+            "fio on {export} pass {pass}:\n{}\n{text}",
+            show(&o)
+        ));
+    }
+    let start = text
+        .find('{')
+        .ok_or_else(|| format!("no JSON from fio:\n{text}"))?;
+    let v: Value = serde_json::from_str(&text[start..]).map_err(|e| format!("{e}: {text}"))?;
+    for j in v["jobs"].as_array().ok_or("no jobs")? {
+        if j["error"] != 0 {
+            return Err(format!("fio job on {export} reported an error: {j}"));
+        }
+    }
+    Ok(v)
+}
+
+fn add_pass(s: &mut ClientStats, v: &Value) {
+    s.passes += 1;
+    for j in v["jobs"].as_array().into_iter().flatten() {
+        for dir in ["write", "read"] {
+            let io = &j[dir];
+            s.bytes += io["io_bytes"].as_u64().unwrap_or(0);
+            let p = io["clat_ns"]["percentile"]["99.900000"]
+                .as_f64()
+                .unwrap_or(0.0);
+            s.p999_us = s.p999_us.max(p / 1000.0);
+            let m = io["clat_ns"]["max"].as_f64().unwrap_or(0.0);
+            s.max_us = s.max_us.max(m / 1000.0);
+        }
+    }
+}
+
+/// Run passes on `export` until `stop`; the first error stops everything.
+fn client(
+    d: &Daemon,
+    export: &str,
+    size: u64,
+    jobs: u64,
+    stop: &AtomicBool,
+    failed: &AtomicBool,
+) -> Result<ClientStats, String> {
+    let mut s = ClientStats::default();
+    let mut pass = 0;
+    while !stop.load(Ordering::SeqCst) {
+        pass += 1;
+        match fio_pass(d, export, size, jobs, pass) {
+            Ok(v) => add_pass(&mut s, &v),
+            Err(e) => {
+                failed.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+        }
+    }
+    Ok(s)
+}
+
+/// Live data as a fraction of the usable space.
+fn fill(d: &Daemon) -> f64 {
+    let st = d.pool_status("p");
+    let data = st["data"].as_u64().unwrap_or(0) as f64;
+    let usable = st["usable"].as_u64().unwrap_or(1) as f64;
+    data / usable
+}
+
+/// Keep the pool between FILL_LOW and FILL_HIGH by writing and trimming
+/// incompressible-to-the-pool ballast (compression is off for it).
+/// Returns the fill samples taken.
+fn space_pressure(d: &Daemon, stop: &AtomicBool, ballast_size: u64) -> Vec<f64> {
+    let uri = d.uri("p/ballast");
+    let (mut head, mut tail) = (0u64, 0u64); // written range [tail, head)
+    let mut samples = Vec::new();
+    let mut pattern = 1u8;
+    while !stop.load(Ordering::SeqCst) {
+        let f = fill(d);
+        samples.push(f);
+        if f < FILL_LOW && head - tail + BALLAST_STEP < ballast_size {
+            let off = head % ballast_size;
+            pattern = pattern.wrapping_add(1).max(1);
+            qemu_io_ok(&uri, &[&format!("write -P {pattern} {off} {BALLAST_STEP}")]);
+            head += BALLAST_STEP;
+        } else if f > FILL_HIGH && head > tail {
+            let off = tail % ballast_size;
+            qemu_io_ok(&uri, &[&format!("discard {off} {BALLAST_STEP}")]);
+            tail += BALLAST_STEP;
+        } else {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    samples
+}
+
+/// Snapshot every volume every SNAPSHOT_EVERY, keeping the newest two.
+fn snapshot_churn(d: &Daemon, vols: &[String], stop: &AtomicBool, taken: &AtomicU64) {
+    let mut round = 0;
+    let mut next = Instant::now() + SNAPSHOT_EVERY;
+    while !stop.load(Ordering::SeqCst) {
+        if Instant::now() < next {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        next += SNAPSHOT_EVERY;
+        round += 1;
+        for v in vols {
+            d.ok(&["snapshot", "create", &format!("{v}@t{round}")]);
+            taken.fetch_add(1, Ordering::SeqCst);
+            if round > 2 {
+                d.ok(&["snapshot", "destroy", &format!("{v}@t{}", round - 2)]);
+            }
+        }
+    }
+}
+
+#[test]
+fn swarm_of_clients_with_snapshots_on_a_nearly_full_pool() {
+    let secs = seconds();
+    let d = Daemon::start();
+    d.create_pool("p", "1G", Some("1M"));
+    // Incompressible fio data either way; off spares the CPU the attempt.
+    d.ok(&["pool", "set", "p", "compression=off"]);
+    let mut vols: Vec<String> = (0..CLIENTS).map(|i| format!("p/v{i:02}")).collect();
+    for v in &vols {
+        d.create_volume(v, VOL);
+    }
+    d.create_volume("p/shared", SHARED);
+    vols.push("p/shared".into());
+    let usable = d.pool_num("p", "usable") / MIB * MIB;
+    d.create_volume("p/ballast", usable);
+
+    let stop = AtomicBool::new(false);
+    let failed = AtomicBool::new(false);
+    let snaps = AtomicU64::new(0);
+    let t0 = Instant::now();
+    let (results, fills) = std::thread::scope(|s| {
+        let clients: Vec<_> = vols
+            .iter()
+            .map(|v| {
+                let (size, jobs) = if v == "p/shared" {
+                    (SHARED, 2)
+                } else {
+                    (VOL, 1)
+                };
+                let (d, stop, failed) = (&d, &stop, &failed);
+                s.spawn(move || client(d, &v[..], size, jobs, stop, failed))
+            })
+            .collect();
+        let pressure = s.spawn(|| space_pressure(&d, &stop, usable));
+        let churn = s.spawn(|| snapshot_churn(&d, &vols, &stop, &snaps));
+        while t0.elapsed() < Duration::from_secs(secs) && !failed.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        stop.store(true, Ordering::SeqCst);
+        churn.join().expect("snapshot thread");
+        let fills = pressure.join().expect("space thread");
+        let results: Vec<_> = clients
+            .into_iter()
+            .map(|c| c.join().expect("client thread"))
+            .collect();
+        (results, fills)
+    });
+    let peak = fills.iter().copied().fold(0.0, f64::max);
+    // Time at or above 85% once the ballast reached it.
+    let warm = fills.iter().position(|f| *f >= 0.85).unwrap_or(fills.len());
+    let above = fills[warm..].iter().filter(|f| **f >= 0.85).count();
+    let share = above as f64 / (fills.len() - warm).max(1) as f64;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let mut errors = Vec::new();
+    eprintln!(
+        "swarm: {elapsed:.0} s, {} snapshots, fill peak {:.1}%, >= 85% for {:.0}% of the samples after first reaching it",
+        snaps.load(Ordering::SeqCst),
+        peak * 100.0,
+        share * 100.0
+    );
+    eprintln!(
+        "{:<12} {:>6} {:>10} {:>12} {:>12}",
+        "client", "passes", "MiB", "p99.9 ms", "max ms"
+    );
+    for (v, r) in vols.iter().zip(&results) {
+        match r {
+            Ok(s) => eprintln!(
+                "{:<12} {:>6} {:>10} {:>12.1} {:>12.1}",
+                v,
+                s.passes,
+                s.bytes / MIB,
+                s.p999_us / 1000.0,
+                s.max_us / 1000.0
+            ),
+            Err(e) => errors.push(e.clone()),
+        }
+    }
+    assert!(errors.is_empty(), "clients failed:\n{}", errors.join("\n"));
+    for (v, r) in vols.iter().zip(&results) {
+        let s = r.as_ref().expect("checked");
+        assert!(s.passes >= 1, "{v} completed no verified pass");
+    }
+    assert!(
+        snaps.load(Ordering::SeqCst) >= vols.len() as u64 * (secs / 10 - 1).max(1),
+        "snapshots were taken every 10 s"
+    );
+    assert!(
+        peak >= 0.85,
+        "the pool reached {:.1}% full, not 85%",
+        peak * 100.0
+    );
+    let st = d.pool_status("p");
+    let c = &st["counters"];
+    eprintln!(
+        "cleaner: {} segments cleaned, {} fragments relocated",
+        c["cleaned_segments"], c["relocated_fragments"]
+    );
+    assert!(
+        c["cleaned_segments"].as_u64().unwrap_or(0) > 0,
+        "the cleaner ran: {c}"
+    );
+    d.finish(1);
+}
