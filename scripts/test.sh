@@ -8,6 +8,7 @@
 #   scripts/test.sh              # what CI runs
 #   EDGEVOL_VM_TESTS=0 scripts/test.sh   # without the guest tests (~2-3 min less)
 #   PROPTEST_CASES=2000 CRASH_ROUNDS=50 scripts/test.sh   # longer campaigns
+#   scripts/long-campaigns.sh    # the long reliability campaigns (hours)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

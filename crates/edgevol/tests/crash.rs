@@ -220,7 +220,7 @@ fn rounds() -> u32 {
     std::env::var("CRASH_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(5)
+        .unwrap_or(7)
 }
 
 /// Check every block of `data` against the writer's log `r` and the state
