@@ -183,7 +183,8 @@ fn clean_close_and_crash_recovery() {
 fn a_corrupt_label_copy_is_survived_and_two_are_refused() {
     use edgevol_engine::layout::{LABEL_A_OFFSET, LABEL_B_OFFSET};
     let (pool, dev) = mem_pool(64 * MIB);
-    pool.create_volume("v", 4 * MIB, no_props()).expect("create");
+    pool.create_volume("v", 4 * MIB, no_props())
+        .expect("create");
     let v = pool.open_volume("v").expect("open");
     write(&v, 3, &block(0x33));
     flush(&v);
@@ -193,7 +194,10 @@ fn a_corrupt_label_copy_is_survived_and_two_are_refused() {
     // label's 16 KiB is padding): the other one imports the pool.
     dev.corrupt(LABEL_A_OFFSET + 16, 48);
     let pool = reopen(&dev);
-    assert_eq!(read(&pool.open_volume("v").expect("open"), 3, 1), block(0x33));
+    assert_eq!(
+        read(&pool.open_volume("v").expect("open"), 3, 1),
+        block(0x33)
+    );
     pool.close().expect("close");
 
     // Both rotten: a clear error, not a panic or an empty pool. (Import
