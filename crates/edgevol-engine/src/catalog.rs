@@ -198,6 +198,9 @@ pub struct Catalog {
     /// collection leaves them alone meanwhile. A flatten a crash or an
     /// error interrupted is abandoned: its lineage goes to `gc_todo`.
     pub flattening: BTreeSet<u32>,
+    /// A scrub in progress: the map key (lineage, lba, birth) it continues
+    /// from when the pool is imported again.
+    pub scrub_at: Option<(u32, u64, u64)>,
 }
 
 /// What a catalog change requires of the map.

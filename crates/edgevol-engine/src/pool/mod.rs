@@ -73,6 +73,9 @@ pub struct PoolConfig {
     pub background: bool,
     /// Bound on queued client ops (back-pressure). Default 1024.
     pub queue_depth: usize,
+    /// Threads a scrub reads with. Default 4; 1 makes a scrub's device
+    /// operations come in a fixed order (power-cut campaigns).
+    pub scan_threads: usize,
 }
 
 impl Default for PoolConfig {
@@ -86,6 +89,7 @@ impl Default for PoolConfig {
             replay_budget: 512 << 20,
             background: true,
             queue_depth: 1024,
+            scan_threads: 4,
         }
     }
 }
@@ -917,10 +921,15 @@ impl Pool {
             vdev::MemberDev { dev, guid },
             vdev::MemberState::Resilvering,
         );
-        // The labels keep the old layout until the resilver completes (the
-        // new device's own label names it, but the layout does not): a
-        // restart before then imports without the new device, DEGRADED,
-        // and `replace` starts over.
+        // The layout names the new device at once: it is RESILVERING, so
+        // every checkpoint lists it among the members whose data may be
+        // stale, and an import before the resilver completes resilvers it
+        // again (from the start) instead of reading it.
+        {
+            let mut l = sh.vdevs.layout.lock();
+            l.0.groups[g].devices[m] = entry.clone();
+            l.1 += 1;
+        }
         open::write_labels(&sh.vdevs, sh.guid, sh.created)?;
         // Every write issued before the swap is on the devices (and so in
         // what the resilver copies) once this returns.
@@ -932,7 +941,11 @@ impl Pool {
     }
 
     /// Resilver members found stale at import, one after the other.
-    pub(crate) fn resilver_stale(&self, members: Vec<(usize, usize)>) -> Result<()> {
+    pub(crate) fn resilver_stale(
+        &self,
+        members: Vec<(usize, usize)>,
+        then_scrub: Option<crate::map::Key>,
+    ) -> Result<()> {
         let jobs = members
             .into_iter()
             .map(|(g, m)| {
@@ -940,7 +953,14 @@ impl Pool {
                 (g, m, l.0.groups[g].devices[m].clone())
             })
             .collect();
-        let h = scrub::start_resilvers(&self.sh, jobs)?;
+        let h = scrub::start_resilvers(&self.sh, jobs, then_scrub)?;
+        self.threads.lock().push(h);
+        Ok(())
+    }
+
+    /// Continue the scrub a restart interrupted.
+    pub(crate) fn resume_scrub(&self, from: crate::map::Key) -> Result<()> {
+        let h = scrub::resume_scrub(&self.sh, from)?;
         self.threads.lock().push(h);
         Ok(())
     }

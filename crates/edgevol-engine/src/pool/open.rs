@@ -364,10 +364,16 @@ fn read_label(dev: &dyn Device) -> Result<Label> {
 /// writable member (each with its own device guid), then flush.
 pub(crate) fn write_labels(vdevs: &Vdevs, pool_guid: u128, created: u64) -> Result<()> {
     let (layout, txg) = vdevs.layout.lock().clone();
-    for (_, m) in vdevs.devices() {
-        if m.state() == super::vdev::MemberState::Faulted {
-            continue;
-        }
+    // Resilvering members (a replacement) first, each flushed before the
+    // next: a label on an old member never names a device that has none
+    // of its own.
+    let mut members: Vec<_> = vdevs
+        .devices()
+        .map(|(_, m)| m)
+        .filter(|m| m.state() != super::vdev::MemberState::Faulted)
+        .collect();
+    members.sort_by_key(|m| m.state() != super::vdev::MemberState::Resilvering);
+    for m in members {
         let label = Label {
             pool_guid,
             pool_name: vdevs.name.clone(),
@@ -416,10 +422,28 @@ pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<P
     if devices.is_empty() {
         return Err(Error::invalid("no devices given"));
     }
+    // A device without a valid label is left out, like a missing one (a
+    // replacement whose label never became durable, a wiped disk): the
+    // layout in the other labels says whether the pool can do without it.
     let mut labels = Vec::new();
-    for d in &devices {
-        labels.push(read_label(&**d)?);
+    let mut devices_ok = Vec::new();
+    let mut first_err = None;
+    for d in devices {
+        match read_label(&*d) {
+            Ok(l) => {
+                labels.push(l);
+                devices_ok.push(d);
+            }
+            Err(e) => {
+                tracing::warn!(device = %d.describe(), error = %e, "leaving out a device without a valid label");
+                first_err.get_or_insert(e);
+            }
+        }
     }
+    if let (true, Some(e)) = (labels.is_empty(), first_err) {
+        return Err(e);
+    }
+    let devices = devices_ok;
     let guid = labels[0].pool_guid;
     if let Some(i) = labels.iter().position(|l| l.pool_guid != guid) {
         return Err(Error::invalid(format!(
@@ -485,6 +509,33 @@ pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<P
     // A promote the crash interrupted left invisible copies: collect them
     // (the user runs `promote` again).
     ck.catalog.abandon_flattens();
+    // A member of a redundant group that the checkpoint names as not
+    // receiving writes (it was FAULTED, missing, or resilvering), or that
+    // missed more than the newest uberblock, may hold stale data: it is
+    // RESILVERING from here on (written, not read; replay included) and
+    // resilvered once the pool runs. Lacking only the newest
+    // uberblock is what a power cut between two members' uberblock writes
+    // leaves, and harmless (the checkpoint was flushed on every member
+    // before its uberblocks were written).
+    let stale: Vec<(usize, usize)> = vdevs
+        .groups
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| g.geo.tolerance() > 0)
+        .flat_map(|(gi, g)| {
+            let named = &ck.stale_members;
+            g.members.iter().enumerate().filter_map(move |(mi, m)| {
+                let seq = m.newest_seq.load(std::sync::atomic::Ordering::SeqCst);
+                (m.state() == super::vdev::MemberState::Online
+                    && (named.contains(&m.guid()) || seq + 1 < ub.seq))
+                    .then_some((gi, mi))
+            })
+        })
+        .collect();
+    for &(g, m) in &stale {
+        tracing::warn!(pool = %newest.pool_name, device = %vdevs.groups[g].members[m].dev().describe(), "device missed recent writes; resilvering it");
+        vdevs.groups[g].members[m].set_state(super::vdev::MemberState::Resilvering);
+    }
     tracing::info!(pool = %newest.pool_name, seq = ub.seq, "importing pool");
     let counters = ckpt::decode_counters(&ckpt::read_blob(&vdevs, &ck.counters)?)?;
     let sizes: Vec<u32> = vdevs.groups.iter().map(|g| g.segments).collect();
@@ -549,36 +600,16 @@ pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<P
     if replayed > 0 {
         tracing::info!(pool = %sh.name, batches = replayed, "recovered from the log");
     }
-    // A member of a redundant group that the checkpoint names as not
-    // receiving writes (it was FAULTED, missing, or resilvering), or that
-    // missed more than the newest uberblock, may hold stale data: it is
-    // resilvered before it is read again. Lacking only the newest
-    // uberblock is what a power cut between two members' uberblock writes
-    // leaves, and harmless (the checkpoint was flushed on every member
-    // before its uberblocks were written).
-    let stale: Vec<(usize, usize)> = sh
-        .vdevs
-        .groups
-        .iter()
-        .enumerate()
-        .filter(|(_, g)| g.geo.tolerance() > 0)
-        .flat_map(|(gi, g)| {
-            let named = &ck.stale_members;
-            g.members.iter().enumerate().filter_map(move |(mi, m)| {
-                let seq = m.newest_seq.load(std::sync::atomic::Ordering::SeqCst);
-                (m.state() == super::vdev::MemberState::Online
-                    && (named.contains(&m.guid()) || seq + 1 < ub.seq))
-                    .then_some((gi, mi))
-            })
-        })
-        .collect();
     let pool = start(sh.clone(), w, data_rx, maint_rx);
+    // A scrub a restart interrupted continues (after any resilver).
+    let scrub_at = sh
+        .catalog()
+        .scrub_at
+        .map(|(l, a, b)| crate::map::Key::new(l, a, b));
     if !stale.is_empty() {
-        for &(g, m) in &stale {
-            tracing::warn!(pool = %sh.name, device = %sh.vdevs.groups[g].members[m].dev().describe(), "device missed recent writes; resilvering it");
-            sh.vdevs.groups[g].members[m].set_state(super::vdev::MemberState::Resilvering);
-        }
-        pool.resilver_stale(stale)?;
+        pool.resilver_stale(stale, scrub_at)?;
+    } else if let Some(from) = scrub_at {
+        pool.resume_scrub(from)?;
     }
     Ok(pool)
 }

@@ -32,9 +32,6 @@ pub const SCRUB_MAX_RATE: u64 = 256 << 20;
 /// Map entries looked at per reuse-gate ticket.
 const PAGE: usize = 4096;
 
-/// Threads a scrub reads with.
-const SCRUB_THREADS: usize = 4;
-
 /// Most bytes scrubbed with one read per copy.
 const MAX_SPAN: u64 = 1 << 20;
 
@@ -98,20 +95,62 @@ fn new_status(kind: &str, total: u64) -> ScanStatus {
 /// Start a scrub in a thread of its own.
 pub(crate) fn start_scrub(sh: &Arc<Shared>) -> Result<std::thread::JoinHandle<()>> {
     claim(sh)?;
-    let total = sh.segs.lock().live_total();
-    sh.scans.lock().scrub = Some(new_status("scrub", total));
+    spawn_scan(sh, "scrub", move |s| {
+        let r = run_scrub(s, Key::new(0, 0, 0));
+        finish(s, |x| x.scrub.as_mut(), r);
+    })
+}
+
+/// Continue a scrub a restart interrupted, from `from`.
+pub(crate) fn resume_scrub(sh: &Arc<Shared>, from: Key) -> Result<std::thread::JoinHandle<()>> {
+    claim(sh)?;
+    tracing::info!(pool = %sh.name, "resuming the scrub a restart interrupted");
+    spawn_scan(sh, "scrub", move |s| {
+        let r = run_scrub(s, from);
+        finish(s, |x| x.scrub.as_mut(), r);
+    })
+}
+
+/// Run `body` in a scan thread (the slot is claimed).
+fn spawn_scan(
+    sh: &Arc<Shared>,
+    kind: &str,
+    body: impl FnOnce(&Arc<Shared>) + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>> {
     let s = sh.clone();
     std::thread::Builder::new()
-        .name(format!("ev-scrub-{}", sh.name))
+        .name(format!("ev-{kind}-{}", sh.name))
         .spawn(move || {
             let _running = Running(&s);
-            let r = scrub(&s);
-            finish(&s, |x| x.scrub.as_mut(), r);
+            body(&s);
         })
         .map_err(|e| {
             sh.scan_running.store(false, Ordering::SeqCst);
-            Error::io("cannot start the scrub thread", e)
+            Error::io(format!("cannot start the {kind} thread"), e)
         })
+}
+
+/// Record where the scrub continues after a restart (best effort: a
+/// failure only means it starts over from an older mark).
+fn mark(sh: &Shared, at: Option<Key>) {
+    let at = at.map(|k| (k.lineage, k.lba, k.birth));
+    if let Err(e) = sh.control(super::writer::Control::ScrubAt { at }) {
+        tracing::debug!(pool = %sh.name, error = %e, "cannot record the scrub position");
+    }
+}
+
+/// A scrub pass from `from` with its status; the restart mark is kept
+/// while it runs and cleared when it finishes or is stopped (not when the
+/// pool closes under it: then it resumes at the next import).
+fn run_scrub(sh: &Shared, from: Key) -> Result<bool> {
+    let total = sh.segs.lock().live_total();
+    sh.scans.lock().scrub = Some(new_status("scrub", total));
+    mark(sh, Some(from));
+    let r = scrub(sh, from);
+    if !sh.closing.load(Ordering::SeqCst) {
+        mark(sh, None);
+    }
+    r
 }
 
 /// Ask a running scrub to stop.
@@ -130,6 +169,12 @@ pub(crate) fn stop_scrub(sh: &Shared) -> Result<()> {
 }
 
 fn finish(sh: &Shared, pick: impl Fn(&mut Scans) -> Option<&mut ScanStatus>, r: Result<bool>) {
+    record_end(sh, pick, r);
+    sh.scan_running.store(false, Ordering::SeqCst);
+}
+
+/// Record how a scan ended in its status.
+fn record_end(sh: &Shared, pick: impl Fn(&mut Scans) -> Option<&mut ScanStatus>, r: Result<bool>) {
     {
         let mut scans = sh.scans.lock();
         if let Some(st) = pick(&mut scans) {
@@ -146,7 +191,6 @@ fn finish(sh: &Shared, pick: impl Fn(&mut Scans) -> Option<&mut ScanStatus>, r: 
             tracing::info!(pool = %sh.name, kind = %st.kind, state = %st.state, bytes = st.done_bytes, repaired = st.repaired_bytes, unrecoverable = st.unrecoverable.len(), "scan ended");
         }
     }
-    sh.scan_running.store(false, Ordering::SeqCst);
 }
 
 fn stopping(sh: &Shared) -> bool {
@@ -177,12 +221,16 @@ fn throttle(done: u64, t0: Instant, rate: u64) {
     }
 }
 
-/// The scrub pass. Ok(false) if stopped.
-fn scrub(sh: &Shared) -> Result<bool> {
+/// Between two records of the restart position.
+const MARK_EVERY: Duration = Duration::from_secs(5);
+
+/// The scrub pass from map key `from`. Ok(false) if stopped.
+fn scrub(sh: &Shared, from: Key) -> Result<bool> {
     let t0 = Instant::now();
+    let mut marked = Instant::now();
     let (mut done, mut repaired) = (0u64, 0u64);
     let mut suspect: Vec<(SegId, u64, u64)> = Vec::new();
-    let mut lo = Key::new(0, 0, 0);
+    let mut lo = from;
     let hi = Key::new(u32::MAX, u64::MAX, u64::MAX);
     loop {
         if stopping(sh) {
@@ -218,7 +266,7 @@ fn scrub(sh: &Shared) -> Result<bool> {
             at = end;
         }
         // A few spans at a time: the devices serve reads in parallel.
-        let per = spans.len().div_ceil(SCRUB_THREADS).max(1);
+        let per = spans.len().div_ceil(sh.cfg.scan_threads.max(1)).max(1);
         let results: Vec<Result<SpanTally>> = std::thread::scope(|sc| {
             let workers: Vec<_> = spans
                 .chunks(per)
@@ -244,6 +292,10 @@ fn scrub(sh: &Shared) -> Result<bool> {
         match page.resume {
             Some(r) => lo = r,
             None => break,
+        }
+        if marked.elapsed() >= MARK_EVERY {
+            mark(sh, Some(lo));
+            marked = Instant::now();
         }
     }
     // Parity that disagreed with verified data: every record in those rows
@@ -410,45 +462,38 @@ pub(crate) fn start_resilver(
             .sum()
     };
     sh.scans.lock().resilver = Some(new_status("resilver", total));
-    let s = sh.clone();
-    std::thread::Builder::new()
-        .name(format!("ev-resilver-{}", sh.name))
-        .spawn(move || {
-            let _running = Running(&s);
-            let r = resilver(&s, g, m, entry);
-            finish(&s, |x| x.resilver.as_mut(), r);
-        })
-        .map_err(|e| {
-            sh.scan_running.store(false, Ordering::SeqCst);
-            Error::io("cannot start the resilver thread", e)
-        })
+    spawn_scan(sh, "resilver", move |s| {
+        let r = resilver(s, g, m, entry);
+        finish(s, |x| x.resilver.as_mut(), r);
+    })
 }
 
-/// Resilver several members, one after the other, in one thread.
+/// Resilver several members, one after the other, in one thread; then
+/// continue the scrub a restart interrupted, if any.
 pub(crate) fn start_resilvers(
     sh: &Arc<Shared>,
     jobs: Vec<(usize, usize, crate::format::label::DeviceLayout)>,
+    then_scrub: Option<Key>,
 ) -> Result<std::thread::JoinHandle<()>> {
     claim(sh)?;
     sh.scans.lock().resilver = Some(new_status("resilver", 0));
-    let s = sh.clone();
-    std::thread::Builder::new()
-        .name(format!("ev-resilver-{}", sh.name))
-        .spawn(move || {
-            let _running = Running(&s);
-            let mut r = Ok(true);
-            for (g, m, entry) in jobs {
-                r = resilver(&s, g, m, entry);
-                if !matches!(r, Ok(true)) {
-                    break;
-                }
+    spawn_scan(sh, "resilver", move |s| {
+        let mut r = Ok(true);
+        for (g, m, entry) in jobs {
+            r = resilver(s, g, m, entry);
+            if !matches!(r, Ok(true)) {
+                break;
             }
-            finish(&s, |x| x.resilver.as_mut(), r);
-        })
-        .map_err(|e| {
-            sh.scan_running.store(false, Ordering::SeqCst);
-            Error::io("cannot start the resilver thread", e)
-        })
+        }
+        let resilvered = matches!(r, Ok(true));
+        record_end(s, |x| x.resilver.as_mut(), r);
+        if let (true, Some(from)) = (resilvered, then_scrub) {
+            tracing::info!(pool = %s.name, "resuming the scrub a restart interrupted");
+            let r = run_scrub(s, from);
+            record_end(s, |x| x.scrub.as_mut(), r);
+        }
+        s.scan_running.store(false, Ordering::SeqCst);
+    })
 }
 
 /// Rebuild member `m` of group `g`: only allocated segments, only what was
@@ -486,14 +531,15 @@ fn resilver(
             st.total_bytes = st.total_bytes.max(done);
         }
     }
-    // Only now does the layout name the new device (generation + 1).
-    {
-        let mut l = sh.vdevs.layout.lock();
-        l.0.groups[g].devices[m] = entry;
-        l.1 += 1;
-    }
-    super::open::write_labels(&sh.vdevs, sh.guid, sh.created)?;
+    // The layout already names the device (since `replace`, or it was
+    // found stale at import); it is readable from now on, and the next
+    // checkpoint no longer lists it as stale.
+    debug_assert_eq!(
+        sh.vdevs.layout.lock().0.groups[g].devices[m].guid,
+        entry.guid
+    );
     sh.vdevs.groups[g].members[m].set_state(MemberState::Online);
+    super::maint::flush_now(sh)?;
     tracing::info!(pool = %sh.name, group = g, member = m, bytes = done, secs = t0.elapsed().as_secs_f64(), "resilver complete");
     Ok(true)
 }

@@ -162,6 +162,10 @@ pub(crate) enum Control {
         vol: u64,
         active: bool,
     },
+    /// Where a running scrub continues after a restart (None: it ended).
+    ScrubAt {
+        at: Option<(u32, u64, u64)>,
+    },
 }
 
 /// What the cleaner moves.
@@ -1645,6 +1649,10 @@ impl Writer {
                 0
             }
             Control::BumpEpoch { vol } => cat.bump_epoch(vol)?,
+            Control::ScrubAt { at } => {
+                cat.scrub_at = at;
+                0
+            }
             Control::Flattening { vol, active } => {
                 if active {
                     cat.begin_flatten(vol)?;
