@@ -185,5 +185,8 @@ fn add(total: &mut Counts, c: &Counts) {
     total.blocks_written += c.blocks_written;
     total.cuts += c.cuts;
     total.cuts_inside_ops += c.cuts_inside_ops;
+    for (k, n) in &c.cuts_inside {
+        *total.cuts_inside.entry(k.clone()).or_default() += n;
+    }
     total.undone += c.undone;
 }

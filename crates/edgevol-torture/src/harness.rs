@@ -57,6 +57,9 @@ pub struct Counts {
     pub cuts: u64,
     /// Cuts that struck inside an operation (through the rail).
     pub cuts_inside_ops: u64,
+    /// Those cuts by the kind of operation they struck (`Write`,
+    /// `Snapshot`, `Replace`, ...).
+    pub cuts_inside: std::collections::BTreeMap<String, u64>,
     /// Interrupted operations the pool recovered as not having happened.
     pub undone: u64,
 }
@@ -70,7 +73,15 @@ pub struct Harness {
     /// The model before the operation during which the rail cut the power:
     /// after recovery the pool must match this or `model` (atomicity).
     before_cut: Option<Model>,
+    /// The operation the rail cut inside.
+    cut_op: Option<String>,
     counts: Counts,
+    /// Devices made so far (names of replacements).
+    made: usize,
+    /// A replacement in progress: the old device's name and the position
+    /// of the new one in `devs`. If a cut makes the pool forget it, the
+    /// replacement is issued again after recovery, as an operator would.
+    replacing: Option<(String, usize)>,
 }
 
 fn config() -> PoolConfig {
@@ -80,6 +91,7 @@ fn config() -> PoolConfig {
         // Maintenance runs only when the workload asks (`Op::Maintain`), so
         // a seed replays the same device operations.
         background: false,
+        scan_threads: 1,
         ..PoolConfig::default()
     }
 }
@@ -160,7 +172,10 @@ impl Harness {
             pool: Some(pool),
             model,
             before_cut: None,
+            cut_op: None,
             counts: Counts::default(),
+            made: n,
+            replacing: None,
         })
     }
 
@@ -172,6 +187,11 @@ impl Harness {
     /// What the harness did so far.
     pub fn counts(&self) -> &Counts {
         &self.counts
+    }
+
+    /// The pool's status (health, scans, counters).
+    pub fn status(&self) -> edgevol_engine::PoolStatus {
+        self.pool().status()
     }
 
     /// The model as it stands.
@@ -212,6 +232,9 @@ impl Harness {
         self.counts.ops += 1;
         if self.rail.fired() {
             self.before_cut = Some(before);
+            let kind = format!("{op:?}");
+            let kind = kind.split([' ', '{']).next().unwrap_or("?").to_string();
+            self.cut_op = Some(kind);
         }
         Ok(())
     }
@@ -331,8 +354,66 @@ impl Harness {
                 self.settle();
             }
             Op::Read { vol, lba, n } => self.read(vol, lba, n)?,
+            Op::Scrub => {
+                self.pool().scrub_start().ctx("scrub")?;
+                self.pool().wait_scans();
+                self.scans_succeeded("scrub")?;
+            }
+            Op::Replace { member } => self.replace(member)?,
+            Op::Corrupt { at } => {
+                // Only the first device: with one bad member in a group,
+                // every block still has a good copy or can be rebuilt.
+                if self.devs.len() > 1 {
+                    let d = &self.devs[0];
+                    let start = edgevol_engine::layout::DATA_START;
+                    let sectors = (d.len() - start) / 512;
+                    d.corrupt(start + at % sectors * 512, 512);
+                }
+            }
             Op::Crash { .. } => unreachable!("handled by step"),
         }
+        Ok(())
+    }
+
+    fn replace(&mut self, member: usize) -> Result<(), Failure> {
+        if self.devs.len() < 2 {
+            return Ok(());
+        }
+        let i = member % self.devs.len();
+        let old = self.devs[i].clone();
+        let dev = Arc::new(MemDevice::new(format!("d{}", self.made), old.len()));
+        self.made += 1;
+        dev.attach_rail(self.rail.clone());
+        self.devs[i] = dev.clone();
+        self.replacing = Some((old.describe(), i));
+        self.pool()
+            .replace_with(&old.describe(), dev)
+            .ctx(format!("replace {}", old.describe()))?;
+        self.pool().wait_scans();
+        self.scans_succeeded("resilver")?;
+        if !self.rail.fired() {
+            self.replacing = None;
+        }
+        Ok(())
+    }
+
+    /// The last scrub and resilver did not fail, and every device is
+    /// ONLINE again.
+    fn scans_succeeded(&self, what: &str) -> Result<(), Failure> {
+        let st = self.pool().status();
+        for s in [&st.scrub, &st.resilver].into_iter().flatten() {
+            ensure!(
+                s.state != "failed",
+                "{what}: the {} failed: {:?}",
+                s.kind,
+                s.error
+            );
+        }
+        ensure!(
+            st.state == "ONLINE",
+            "{what}: pool is {} afterwards",
+            st.state
+        );
         Ok(())
     }
 
@@ -481,6 +562,8 @@ impl Harness {
         pool.abandon();
         if self.rail.fired() {
             self.counts.cuts_inside_ops += 1;
+            let kind = self.cut_op.take().unwrap_or_else(|| "between".into());
+            *self.counts.cuts_inside.entry(kind).or_default() += 1;
         }
         self.rail.disarm();
         let policy = match policy {
@@ -494,6 +577,20 @@ impl Harness {
         }
         self.pool = Some(self.reopen()?);
         self.counts.cuts += 1;
+        // A resilver the cut interrupted (or one a stale member needs)
+        // starts again at import and completes. A replacement whose new
+        // label never became durable is forgotten: the pool is DEGRADED
+        // without the old device, and the operator replaces it again.
+        self.pool().wait_scans();
+        if let Some((old, i)) = self.replacing.take() {
+            if self.pool().status().state == "DEGRADED" {
+                self.pool()
+                    .replace_with(&old, self.devs[i].clone())
+                    .ctx(format!("replace {old} again after the cut"))?;
+                self.pool().wait_scans();
+            }
+        }
+        self.scans_succeeded("recovery")?;
 
         // The interrupted operation took effect whole, or not at all.
         let after = self.model.clone();

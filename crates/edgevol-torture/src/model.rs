@@ -70,6 +70,15 @@ pub enum Op {
     Crash { policy: u8, seed: u64 },
     /// Read and compare.
     Read { vol: usize, lba: u64, n: u64 },
+    /// Scrub the pool (verify and repair every copy) and wait for it.
+    Scrub,
+    /// Replace member `member` of a redundant pool with a blank device and
+    /// wait for the resilver (nothing on a single device).
+    Replace { member: usize },
+    /// Silent corruption: flip 512 bytes at `at` (modulo the data area) of
+    /// the first device of a redundant pool; reads must heal it (nothing
+    /// on a single device).
+    Corrupt { at: u64 },
 }
 
 impl Op {
@@ -119,6 +128,11 @@ impl Op {
             74..78 => Op::Maintain {
                 clean: rng.random(),
             },
+            78..79 => Op::Scrub,
+            79..80 => Op::Replace {
+                member: rng.random_range(0..3),
+            },
+            80..82 => Op::Corrupt { at: rng.random() },
             _ => Op::Read {
                 vol,
                 lba,
@@ -331,7 +345,7 @@ mod tests {
             .iter()
             .map(|o| format!("{o:?}").split([' ', '{']).next().map(str::to_owned))
             .collect();
-        assert_eq!(kinds.len(), 13, "{kinds:?}");
+        assert_eq!(kinds.len(), 16, "{kinds:?}");
         assert!(!ops.iter().any(|o| matches!(o, Op::Crash { .. })));
     }
 }

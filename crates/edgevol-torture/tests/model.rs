@@ -105,3 +105,64 @@ fn promote_cut_at_every_device_operation() {
         "the promote did device I/O ({cut_inside} cuts)"
     );
 }
+
+/// A scrub cut by the power resumes at the next import and finishes,
+/// repairing what it had not reached; a replacement cut mid-resilver is
+/// resilvered again and comes back ONLINE.
+#[test]
+fn scrub_and_resilver_cut_by_the_power_resume_and_complete() {
+    let fill = |h: &mut Harness| {
+        for i in 0..8 {
+            h.step(&Op::Write {
+                vol: i % 2,
+                lba: i as u64 * 48,
+                n: 48,
+                fua: false,
+            })
+            .expect("write");
+        }
+        h.step(&Op::Maintain { clean: false }).expect("maintain");
+        // Rot many sectors of the first device: the scrub has work.
+        for at in 0..64u64 {
+            h.step(&Op::Corrupt {
+                at: at * 7919 * 8 + 3,
+            })
+            .expect("corrupt");
+        }
+    };
+    let mut resumed = 0;
+    for after in (5..400u64).step_by(15) {
+        let mut h = Harness::new(Layout::Mirror).expect("harness");
+        fill(&mut h);
+        h.rail().arm(after);
+        h.step(&Op::Scrub).expect("scrub");
+        if !h.rail().fired() {
+            break;
+        }
+        h.crash(2, after)
+            .expect("recovery after a cut inside a scrub");
+        if h.status().scrub.is_some_and(|s| s.state == "finished") {
+            resumed += 1;
+        }
+        h.finish().expect("finish");
+    }
+    assert!(resumed > 0, "no interrupted scrub resumed");
+
+    let mut resilvered = 0;
+    for after in (5..2000u64).step_by(97) {
+        let mut h = Harness::new(Layout::Parity1).expect("harness");
+        fill(&mut h);
+        h.rail().arm(after);
+        h.step(&Op::Replace { member: 1 }).expect("replace");
+        if !h.rail().fired() {
+            break;
+        }
+        h.crash(2, after)
+            .expect("recovery after a cut inside a resilver");
+        let st = h.status();
+        assert_eq!(st.state, "ONLINE", "cut after {after}: {st:?}");
+        resilvered += usize::from(st.resilver.is_some());
+        h.finish().expect("finish");
+    }
+    assert!(resilvered > 0, "no interrupted resilver ran again");
+}

@@ -79,6 +79,7 @@ pub fn run(cmd: TestCmd, json: bool) -> Result<()> {
             serde_json::json!({
                 "seed": seed, "layout": a.layout, "cuts": c.cuts,
                 "cuts_inside_operations": c.cuts_inside_ops,
+                "cuts_inside_by_operation": c.cuts_inside,
                 "interrupted_operations_undone": c.undone, "operations": c.ops,
                 "blocks_written": c.blocks_written, "pools": r.pools,
                 "seconds": r.elapsed.as_secs_f64(), "failures": 0,
@@ -95,6 +96,12 @@ pub fn run(cmd: TestCmd, json: bool) -> Result<()> {
             r.pools,
             r.elapsed.as_secs_f64()
         );
+        let by: Vec<String> = c
+            .cuts_inside
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        println!("cuts inside: {}", by.join(", "));
     }
     Ok(())
 }
