@@ -115,7 +115,9 @@ def qemu_command(args, kernel, initrd, serial_log):
         cmdline.append("ev.write_cache=" + args.write_cache)
     if args.append:
         cmdline += args.append.split()
-    cmd = [args.qemu, "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+    if args.reboot:
+        cmdline.append("ev.reboot=1")
+    cmd = [args.qemu, "-nodefaults", "-no-user-config", "-nographic"] + ([] if args.reboot else ["-no-reboot"]) + [
            "-machine", "q35", "-accel", args.accel, "-cpu", "max" if args.accel == "tcg" else "host",
            "-smp", str(args.smp), "-m", mem,
            # a vhost-user backend maps guest RAM, so RAM must be a shareable fd;
@@ -174,6 +176,7 @@ class Console:
     def __init__(self, out_dir):
         self.out_dir = out_dir
         self.init = None
+        self.boots = 0
         self.device = None
         self.serial = None
         self.jobs = []  # in the order they ran
@@ -218,6 +221,7 @@ class Console:
         f = parse_fields(tail.split())
         if event == "init":
             self.init = f
+            self.boots += 1
             note("guest /init running (guest uptime %ss)" % f.get("t"))
         elif event == "device":
             self.device = f
@@ -405,7 +409,7 @@ def run(args):
     summary["host_times_s"] = host_t
     summary["qemu_rc"] = proc.returncode
 
-    summary.update({"guest": console.init, "device": console.device, "serial": console.serial,
+    summary.update({"guest": console.init, "boots": console.boots, "device": console.device, "serial": console.serial,
                     "jobs": console.jobs, "checks": console.checks, "infos": console.infos,
                     "errors": console.errors, "all_done": console.all_done})
     if timed_out:
@@ -499,6 +503,8 @@ def main():
     ap.add_argument("--append", default="", help="extra kernel command line")
     ap.add_argument("--qemu-arg", action="append", default=[], help="extra QEMU argument (repeatable)")
     ap.add_argument("--verbose", action="store_true", help="keep kernel boot messages on the console")
+    ap.add_argument("--reboot", action="store_true",
+                    help="reboot the guest once (ev.reboot=1): jobs, reboot (device reset), jobs again verify-only")
     args = ap.parse_args()
     args.jobs = [j for j in args.jobs.split(",") if j and j != "none"]
     args.smp = args.smp or max(args.queues, 1)

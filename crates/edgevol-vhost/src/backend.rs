@@ -414,6 +414,10 @@ impl<D: BlockDevice> VhostUserBackend for BlkBackend<D> {
                 "requests still running 60 s after the frontend stopped the ring"
             );
         }
+        tracing::info!(
+            queue = queue_index,
+            "ring stopped by the frontend (device reset or stop)"
+        );
         Ok(())
     }
 

@@ -292,6 +292,54 @@ fn guest_survives_daemon_kill_and_restart() {
     d.check_pool("p");
 }
 
+#[test]
+#[cfg_attr(
+    not(edgevol_vm_tests),
+    ignore = "boots a TCG guest: build with EDGEVOL_VM_TESTS=1"
+)]
+fn guest_reboot_resets_the_queues_and_keeps_the_data() {
+    let _one_guest = exclusive();
+    let d = Daemon::start();
+    d.create_pool("p", "1G", None);
+    d.create_volume("p/vm", DISK);
+    let sock = d.path("vm.sock");
+    export_add(&d, "p/vm", &sock, 2);
+    let out = d.path("boot");
+    // First boot: write and verify, leave a marker, reboot (QEMU resets the
+    // machine: the vhost-user-blk device stops its rings and the guest
+    // driver sets them up again). Second boot: verify what the first wrote.
+    let opts = BootOptions::vhost_user(&sock, &out)
+        .jobs(&["verify"])
+        .queues(2)
+        .reboot()
+        .timeout(Duration::from_secs(300));
+    let o = boot(&opts);
+    report("edgevol: verify, guest reboot, verify again", &o);
+    assert!(o.ok, "guest run failed:\n{}\n{}", o.describe(), d.log());
+    assert_eq!(o.boots, 2, "the guest rebooted once:\n{}", o.describe());
+    let runs: Vec<_> = o.jobs.iter().filter(|j| j.name == "verify").collect();
+    assert_eq!(runs.len(), 2, "verify ran in both boots: {:?}", o.jobs);
+    assert!(runs[1].verify_only, "the second boot only verifies");
+    assert_eq!(runs[1].fio_errors(), 0, "{:?}", runs[1].fio);
+    assert_eq!(
+        runs[1].total("read", "io_bytes") as u64,
+        32 * MIB,
+        "the second boot read back all the first wrote"
+    );
+    // The reset stopped both rings (drained) and the guest set them up
+    // again on the same connection: no second attachment, none refused.
+    let log = d.log();
+    let stops = log.matches("ring stopped by the frontend").count();
+    let attached = log.matches("frontend attached").count();
+    eprintln!("rings stopped {stops} times, frontend attached {attached} times");
+    // Two rings stopped at the reset, two more when QEMU exits.
+    assert!(stops >= 4, "the reboot stopped the rings:\n{log}");
+    assert_eq!(attached, 1, "one connection throughout:\n{log}");
+    assert!(!log.contains("refused"), "{log}");
+    assert_fio_block(&d, "p/vm", 0);
+    d.check_pool("p");
+}
+
 /// Not a test of correctness: guest fio 4 KiB random read and write rates
 /// through edgevol's vhost-user-blk export (per-queue and shared workers),
 /// through edgevol's NBD export (QEMU's NBD client), and through

@@ -258,6 +258,13 @@ impl BootOptions {
     }
 
     /// Seconds of the time-based rate jobs.
+    /// Reboot the guest once between two runs of the jobs (the second
+    /// verify-only): QEMU resets the virtio device under the backend.
+    pub fn reboot(mut self) -> Self {
+        self.extra_args.push("--reboot".into());
+        self
+    }
+
     pub fn runtime(mut self, s: u32) -> Self {
         self.runtime_s = s;
         self
@@ -417,6 +424,8 @@ pub struct VmOutcome {
     /// "ok", or what went wrong.
     pub reason: String,
     pub wall_s: f64,
+    /// Times the guest's /init started (2 after a reboot).
+    pub boots: u32,
     pub host_times_s: HostTimes,
     pub device: Option<GuestDisk>,
     /// The virtio-blk serial (VIRTIO_BLK_T_GET_ID) as the guest read it.
