@@ -1,7 +1,7 @@
 //! The swarm stress test (the seed's): 16 NBD clients, each running fio
 //! with verification on its own volume, two more sharing one volume, while
-//! every volume is snapshotted every 10 s and its older snapshots
-//! destroyed, the pool is held at 85-92% full of live data (a ballast
+//! every volume is snapshotted every 10 s and its previous snapshot
+//! destroyed, the pool is held at 85-88% full of live data (a ballast
 //! volume is written and trimmed to keep it there), so the cleaner works
 //! all the time. At the end: zero verify errors, zero I/O errors, `pool
 //! check` clean, per-client p99.9 and maximum latency reported.
@@ -22,10 +22,14 @@ const CLIENTS: usize = 16;
 const VOL: u64 = 12 * MIB;
 const SHARED: u64 = 16 * MIB;
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(10);
-/// Live data kept between these fractions of the usable space.
-const FILL_LOW: f64 = 0.86;
-const FILL_HIGH: f64 = 0.91;
-const BALLAST_STEP: u64 = 8 * MIB;
+/// Live data is steered into [FILL_LOW, FILL_HIGH] of the usable space.
+const FILL_LOW: f64 = 0.85;
+const FILL_HIGH: f64 = 0.88;
+/// Free space below this fraction of the usable space: trim at once,
+/// whatever the live data (the cleaner may lag behind the churn).
+const MIN_FREE: f64 = 0.05;
+/// Largest ballast step (written or trimmed at once).
+const MAX_STEP: u64 = 64 * MIB;
 
 fn seconds() -> u64 {
     std::env::var("EDGEVOL_SWARM_SECS")
@@ -131,42 +135,53 @@ fn client(
     Ok(s)
 }
 
-/// Live data as a fraction of the usable space.
-fn fill(d: &Daemon) -> f64 {
+/// Live data and free space as fractions of the usable space.
+fn fill(d: &Daemon) -> (f64, f64) {
     let st = d.pool_status("p");
-    let data = st["data"].as_u64().unwrap_or(0) as f64;
     let usable = st["usable"].as_u64().unwrap_or(1) as f64;
-    data / usable
+    let data = st["data"].as_u64().unwrap_or(0) as f64;
+    let free = st["free"].as_u64().unwrap_or(0) as f64;
+    (data / usable, free / usable)
 }
 
-/// Keep the pool between FILL_LOW and FILL_HIGH by writing and trimming
-/// incompressible-to-the-pool ballast (compression is off for it).
-/// Returns the fill samples taken.
+/// Keep live data between FILL_LOW and FILL_HIGH (and free space above
+/// MIN_FREE) by writing and trimming ballast (compression is off), in
+/// steps proportional to the distance from the band's middle: snapshot
+/// destruction frees a lot at once and overwrites under fresh snapshots
+/// take it back fast. Returns the fill samples taken.
 fn space_pressure(d: &Daemon, stop: &AtomicBool, ballast_size: u64) -> Vec<f64> {
     let uri = d.uri("p/ballast");
     let (mut head, mut tail) = (0u64, 0u64); // written range [tail, head)
     let mut samples = Vec::new();
     let mut pattern = 1u8;
+    let mid = (FILL_LOW + FILL_HIGH) / 2.0;
+    let step = |x: f64| ((x * ballast_size as f64) as u64 / MIB * MIB).clamp(MIB, MAX_STEP);
     while !stop.load(Ordering::SeqCst) {
-        let f = fill(d);
+        let (f, free) = fill(d);
         samples.push(f);
-        if f < FILL_LOW && head - tail + BALLAST_STEP < ballast_size {
-            let off = head % ballast_size;
-            pattern = pattern.wrapping_add(1).max(1);
-            qemu_io_ok(&uri, &[&format!("write -P {pattern} {off} {BALLAST_STEP}")]);
-            head += BALLAST_STEP;
-        } else if f > FILL_HIGH && head > tail {
+        if (f > FILL_HIGH || free < MIN_FREE) && head > tail {
+            let n = step(f - mid).min(head - tail);
             let off = tail % ballast_size;
-            qemu_io_ok(&uri, &[&format!("discard {off} {BALLAST_STEP}")]);
-            tail += BALLAST_STEP;
+            let n = n.min(ballast_size - off);
+            qemu_io_ok(&uri, &[&format!("discard {off} {n}")]);
+            tail += n;
+        } else if f < FILL_LOW && free > 2.0 * MIN_FREE && head - tail + MIB <= ballast_size {
+            let off = head % ballast_size;
+            let n = step(mid - f)
+                .min(ballast_size - off)
+                .min(ballast_size - (head - tail));
+            pattern = pattern.wrapping_add(1).max(1);
+            qemu_io_ok(&uri, &[&format!("write -P {pattern} {off} {n}")]);
+            head += n;
         } else {
-            std::thread::sleep(Duration::from_millis(250));
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
     samples
 }
 
-/// Snapshot every volume every SNAPSHOT_EVERY, keeping the newest two.
+/// Snapshot every volume every SNAPSHOT_EVERY; the previous snapshot is
+/// destroyed (each volume keeps its newest one).
 fn snapshot_churn(d: &Daemon, vols: &[String], stop: &AtomicBool, taken: &AtomicU64) {
     let mut round = 0;
     let mut next = Instant::now() + SNAPSHOT_EVERY;
@@ -180,8 +195,8 @@ fn snapshot_churn(d: &Daemon, vols: &[String], stop: &AtomicBool, taken: &Atomic
         for v in vols {
             d.ok(&["snapshot", "create", &format!("{v}@t{round}")]);
             taken.fetch_add(1, Ordering::SeqCst);
-            if round > 2 {
-                d.ok(&["snapshot", "destroy", &format!("{v}@t{}", round - 2)]);
+            if round > 1 {
+                d.ok(&["snapshot", "destroy", &format!("{v}@t{}", round - 1)]);
             }
         }
     }
@@ -236,8 +251,11 @@ fn swarm_of_clients_with_snapshots_on_a_nearly_full_pool() {
     });
     let peak = fills.iter().copied().fold(0.0, f64::max);
     // Time at or above 85% once the ballast reached it.
-    let warm = fills.iter().position(|f| *f >= 0.85).unwrap_or(fills.len());
-    let above = fills[warm..].iter().filter(|f| **f >= 0.85).count();
+    let warm = fills
+        .iter()
+        .position(|f| *f >= FILL_LOW)
+        .unwrap_or(fills.len());
+    let above = fills[warm..].iter().filter(|f| **f >= FILL_LOW).count();
     let share = above as f64 / (fills.len() - warm).max(1) as f64;
     let elapsed = t0.elapsed().as_secs_f64();
     let mut errors = Vec::new();
