@@ -181,6 +181,9 @@ pub(crate) struct Shared {
     pub scan_stop: AtomicBool,
     /// A scrub or resilver thread is running.
     pub scan_running: AtomicBool,
+    /// Client operations so far (reads, writes, flushes, discards): a
+    /// scrub slows down while this moves.
+    pub client_ops: AtomicU64,
 }
 
 impl Shared {

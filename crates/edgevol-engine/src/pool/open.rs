@@ -285,6 +285,7 @@ fn shared(
         scans: Mutex::new(super::scrub::Scans::default()),
         scan_stop: AtomicBool::new(false),
         scan_running: AtomicBool::new(false),
+        client_ops: std::sync::atomic::AtomicU64::new(0),
     });
     (sh, data_rx, maint_rx)
 }

@@ -165,6 +165,8 @@ impl Volume {
         let (lba, n) = self.check_range(offset, len)?;
         let chain = self.chain()?;
         let sh = &*self.sh;
+        sh.client_ops
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Held from before the map lookup until the last device read: the
         // segments we read cannot be reused under us.
         let _ticket = sh.gate.enter();
@@ -196,6 +198,9 @@ impl Volume {
     }
 
     async fn submit(&self, make: impl FnOnce(super::writer::Done<()>) -> DataOp) -> Result<()> {
+        self.sh
+            .client_ops
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = futures::channel::oneshot::channel();
         self.sh
             .data_tx

@@ -8,7 +8,8 @@
 //! data is rewritten at the end of the pass, after every record in its
 //! rows has been healed. The scan holds a reuse-gate ticket while it looks
 //! at a page of entries, so no segment it reads is reused under it, and
-//! it is rate limited ([`SCRUB_MAX_RATE`]) so clients keep their latency.
+//! it is paced: [`SCRUB_MAX_RATE`] on an idle pool, [`SCRUB_BUSY_RATE`]
+//! while clients do I/O, so clients keep their latency.
 //!
 //! **Resilver** (after `replace`) rebuilds the new member's share of every
 //! allocated segment from the other members while new writes already go
@@ -26,8 +27,15 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{Paddr, SegId, BLOCK, BLOCK_U64};
 use crate::map::Key;
 
-/// Most bytes a scrub reads per second.
+/// Most bytes a scrub reads per second while clients are idle.
 pub const SCRUB_MAX_RATE: u64 = 256 << 20;
+
+/// Most bytes a scrub reads per second while clients do I/O (any client
+/// operation within [`BUSY_WINDOW`]): a scrub yields to clients.
+pub const SCRUB_BUSY_RATE: u64 = 16 << 20;
+
+/// How recent a client operation makes the pool busy.
+const BUSY_WINDOW: Duration = Duration::from_millis(200);
 
 /// Map entries looked at per reuse-gate ticket.
 const PAGE: usize = 4096;
@@ -213,11 +221,53 @@ fn progress(
     }
 }
 
-/// Sleep as needed to keep `done` bytes since `t0` under `rate` per second.
-fn throttle(done: u64, t0: Instant, rate: u64) {
-    let due = Duration::from_secs_f64(done as f64 / rate as f64);
-    if let Some(wait) = due.checked_sub(t0.elapsed()) {
-        std::thread::sleep(wait.min(Duration::from_millis(200)));
+/// Paces a scrub's reads, across all its worker threads, by a leaky
+/// bucket: [`SCRUB_MAX_RATE`] while clients are idle, [`SCRUB_BUSY_RATE`]
+/// while they do I/O. Charged after every span, so reads never come in
+/// bursts larger than one span per thread.
+struct Pacer {
+    /// When the next span may start.
+    next: parking_lot::Mutex<Instant>,
+    /// Client operations seen at the last look, and until when the pool
+    /// counts as busy.
+    seen: parking_lot::Mutex<(u64, Instant)>,
+}
+
+impl Pacer {
+    fn new() -> Pacer {
+        let now = Instant::now();
+        Pacer {
+            next: parking_lot::Mutex::new(now),
+            seen: parking_lot::Mutex::new((0, now)),
+        }
+    }
+
+    fn busy(&self, sh: &Shared, now: Instant) -> bool {
+        let ops = sh.client_ops.load(Ordering::Relaxed);
+        let mut seen = self.seen.lock();
+        if ops != seen.0 {
+            *seen = (ops, now + BUSY_WINDOW);
+        }
+        now < seen.1
+    }
+
+    /// Account for `bytes` just read; sleep until the bucket allows more.
+    fn pace(&self, sh: &Shared, bytes: u64) {
+        let now = Instant::now();
+        let rate = if self.busy(sh, now) {
+            SCRUB_BUSY_RATE
+        } else {
+            SCRUB_MAX_RATE
+        };
+        let wait = {
+            let mut next = self.next.lock();
+            let start = (*next).max(now);
+            *next = start + Duration::from_secs_f64(bytes as f64 / rate as f64);
+            start.saturating_duration_since(now)
+        };
+        if !wait.is_zero() {
+            std::thread::sleep(wait.min(Duration::from_millis(200)));
+        }
     }
 }
 
@@ -231,6 +281,7 @@ fn scrub(sh: &Shared, from: Key) -> Result<bool> {
     let (mut done, mut repaired) = (0u64, 0u64);
     let mut suspect: Vec<(SegId, u64, u64)> = Vec::new();
     let mut lo = from;
+    let pacer = Pacer::new();
     let hi = Key::new(u32::MAX, u64::MAX, u64::MAX);
     loop {
         if stopping(sh) {
@@ -270,7 +321,10 @@ fn scrub(sh: &Shared, from: Key) -> Result<bool> {
         let results: Vec<Result<SpanTally>> = std::thread::scope(|sc| {
             let workers: Vec<_> = spans
                 .chunks(per)
-                .map(|chunk| sc.spawn(move || scrub_spans(sh, chunk)))
+                .map(|chunk| {
+                    let pacer = &pacer;
+                    sc.spawn(move || scrub_spans(sh, chunk, pacer))
+                })
                 .collect();
             workers
                 .into_iter()
@@ -288,7 +342,6 @@ fn scrub(sh: &Shared, from: Key) -> Result<bool> {
         }
         drop(ticket);
         progress(sh, |x| x.scrub.as_mut(), done, repaired, t0);
-        throttle(done, t0, SCRUB_MAX_RATE);
         match page.resume {
             Some(r) => lo = r,
             None => break,
@@ -322,7 +375,7 @@ type SpanTally = (u64, u64, Vec<(SegId, u64, u64)>);
 
 /// Scrub `spans` (each a run of adjacent records); returns (bytes done,
 /// bytes repaired, suspect parity rows).
-fn scrub_spans(sh: &Shared, spans: &[&[Item]]) -> Result<SpanTally> {
+fn scrub_spans(sh: &Shared, spans: &[&[Item]], pacer: &Pacer) -> Result<SpanTally> {
     let (mut done, mut repaired, mut suspect) = (0u64, 0u64, Vec::new());
     for group in spans {
         let (seg, off) = (group[0].seg, group[0].off);
@@ -352,6 +405,7 @@ fn scrub_spans(sh: &Shared, spans: &[&[Item]]) -> Result<SpanTally> {
             }
         }
         done += len as u64;
+        pacer.pace(sh, len as u64);
     }
     Ok((done, repaired, suspect))
 }
