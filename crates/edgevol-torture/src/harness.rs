@@ -101,20 +101,9 @@ fn key() -> edgevol_engine::crypt::Secret {
     edgevol_engine::crypt::Secret::new(vec![0x5c; 32])
 }
 
-fn flatten(segs: Vec<ReadSeg>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for s in segs {
-        match s {
-            ReadSeg::Data(b) => out.extend_from_slice(&b),
-            ReadSeg::Zero(n) => out.resize(out.len() + n as usize, 0),
-        }
-    }
-    out
-}
-
 fn read_all(v: &Volume, what: &str) -> Result<Vec<u8>, Failure> {
     block_on(v.read(0, v.size()))
-        .map(flatten)
+        .map(ReadSeg::concat)
         .ctx(format!("read {what}"))
 }
 
@@ -452,7 +441,7 @@ impl Harness {
         let m = &self.model.vols[&name];
         let lba = lba % m.blocks;
         let n = n.min(m.blocks - lba);
-        let got = flatten(
+        let got = ReadSeg::concat(
             block_on(self.open(&name)?.read(lba * BS, n * BS)).ctx(format!("read {name}"))?,
         );
         for i in 0..n {

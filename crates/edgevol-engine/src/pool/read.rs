@@ -29,6 +29,21 @@ pub enum ReadSeg {
     Zero(u64),
 }
 
+impl ReadSeg {
+    /// A read's segments as one buffer, holes filled with zeroes (tools and
+    /// tests; the exports send the segments as they are).
+    pub fn concat(segs: Vec<ReadSeg>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for s in segs {
+            match s {
+                ReadSeg::Data(b) => out.extend_from_slice(&b),
+                ReadSeg::Zero(n) => out.resize(out.len() + n as usize, 0),
+            }
+        }
+        out
+    }
+}
+
 /// Allocation state of a range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {

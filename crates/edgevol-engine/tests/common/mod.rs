@@ -62,14 +62,7 @@ pub fn read(v: &Volume, lba: u64, nblocks: u64) -> Vec<u8> {
 }
 
 pub fn flatten(segs: Vec<ReadSeg>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for s in segs {
-        match s {
-            ReadSeg::Data(b) => out.extend_from_slice(&b),
-            ReadSeg::Zero(n) => out.resize(out.len() + n as usize, 0),
-        }
-    }
-    out
+    ReadSeg::concat(segs)
 }
 
 pub fn flush(v: &Volume) {
