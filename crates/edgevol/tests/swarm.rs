@@ -6,6 +6,13 @@
 //! all the time. At the end: zero verify errors, zero I/O errors, `pool
 //! check` clean, per-client p99.9 and maximum latency reported.
 //!
+//! With `EDGEVOL_SWARM_GUEST=1` (and the real-guest harness installed) a
+//! Debian guest under QEMU (TCG) joins the swarm on a vhost-user-blk
+//! export, writing and re-verifying its disk with fio again and again. One
+//! guest: a TCG guest takes a whole core of these 2-core machines. Not in
+//! CI yet: on an overloaded machine one guest I/O was seen to take minutes
+//! (under investigation; see docs/reliability.md).
+//!
 //! CI runs it for 2 minutes; `EDGEVOL_SWARM_SECS=1800` runs the long
 //! version (scripts/long-campaigns.sh).
 
@@ -21,6 +28,8 @@ use support::*;
 const CLIENTS: usize = 16;
 const VOL: u64 = 12 * MIB;
 const SHARED: u64 = 16 * MIB;
+/// The guest's disk (its verify jobs use the first 32 MiB).
+const GUEST_DISK: u64 = 48 * MIB;
 const SNAPSHOT_EVERY: Duration = Duration::from_secs(10);
 /// Live data is steered into [FILL_LOW, FILL_HIGH] of the usable space.
 const FILL_LOW: f64 = 0.85;
@@ -135,6 +144,44 @@ fn client(
     Ok(s)
 }
 
+/// The guest client: boots once and runs verify (write, flush, read back,
+/// check) and reverify (check again) in turns until about `secs` passed.
+fn guest_client(d: &Daemon, secs: u64) -> Result<ClientStats, String> {
+    use support::vm::*;
+    let _one_guest = exclusive();
+    let sock = d.path("guest.sock");
+    d.ok(&[
+        "export",
+        "add",
+        "p/guest",
+        "--vhost-user",
+        sock.to_str().expect("utf-8 path"),
+        "--queues",
+        "1",
+    ]);
+    // A verify + reverify round takes 6-30 s of TCG time.
+    let rounds = (secs / 30).clamp(1, 100) as usize;
+    let jobs: Vec<&str> = ["verify", "reverify"].repeat(rounds);
+    let opts = BootOptions::vhost_user(&sock, &d.path("guest"))
+        .jobs(&jobs)
+        .queues(1)
+        .timeout(Duration::from_secs(secs * 3 + 300));
+    let o = boot(&opts);
+    if !o.ok {
+        return Err(format!("the guest failed:\n{}", o.describe()));
+    }
+    let mut st = ClientStats::default();
+    for j in &o.jobs {
+        if j.fio_errors() > 0 || j.rc != Some(0) {
+            return Err(format!("guest job {} failed: {:?}", j.name, j.fio));
+        }
+        if let Some(doc) = &j.fio {
+            add_pass(&mut st, doc);
+        }
+    }
+    Ok(st)
+}
+
 /// Live data and free space as fractions of the usable space.
 fn fill(d: &Daemon) -> (f64, f64) {
     let st = d.pool_status("p");
@@ -215,6 +262,10 @@ fn swarm_of_clients_with_snapshots_on_a_nearly_full_pool() {
     }
     d.create_volume("p/shared", SHARED);
     vols.push("p/shared".into());
+    let guest = std::env::var("EDGEVOL_SWARM_GUEST").as_deref() == Ok("1");
+    if guest {
+        d.create_volume("p/guest", GUEST_DISK);
+    }
     let usable = d.pool_num("p", "usable") / MIB * MIB;
     d.create_volume("p/ballast", usable);
 
@@ -222,7 +273,7 @@ fn swarm_of_clients_with_snapshots_on_a_nearly_full_pool() {
     let failed = AtomicBool::new(false);
     let snaps = AtomicU64::new(0);
     let t0 = Instant::now();
-    let (results, fills) = std::thread::scope(|s| {
+    let (mut results, fills, guest_result) = std::thread::scope(|s| {
         let clients: Vec<_> = vols
             .iter()
             .map(|v| {
@@ -235,11 +286,21 @@ fn swarm_of_clients_with_snapshots_on_a_nearly_full_pool() {
                 s.spawn(move || client(d, &v[..], size, jobs, stop, failed))
             })
             .collect();
+        let guest_run = guest.then(|| s.spawn(|| guest_client(&d, secs)));
         let pressure = s.spawn(|| space_pressure(&d, &stop, usable));
-        let churn = s.spawn(|| snapshot_churn(&d, &vols, &stop, &snaps));
+        let churned: Vec<String> = vols
+            .iter()
+            .cloned()
+            .chain(guest.then(|| "p/guest".to_string()))
+            .collect();
+        let (d, stop, snaps) = (&d, &stop, &snaps);
+        let churn = s.spawn(move || snapshot_churn(d, &churned, stop, snaps));
         while t0.elapsed() < Duration::from_secs(secs) && !failed.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(500));
         }
+        // The guest runs its rounds to the end; the others keep the
+        // pressure on meanwhile.
+        let guest_result = guest_run.map(|g| g.join().expect("guest thread"));
         stop.store(true, Ordering::SeqCst);
         churn.join().expect("snapshot thread");
         let fills = pressure.join().expect("space thread");
@@ -247,8 +308,12 @@ fn swarm_of_clients_with_snapshots_on_a_nearly_full_pool() {
             .into_iter()
             .map(|c| c.join().expect("client thread"))
             .collect();
-        (results, fills)
+        (results, fills, guest_result)
     });
+    if let Some(g) = guest_result {
+        vols.push("p/guest (vm)".into());
+        results.push(g);
+    }
     let peak = fills.iter().copied().fold(0.0, f64::max);
     // Time at or above 85% once the ballast reached it.
     let warm = fills
@@ -266,13 +331,13 @@ fn swarm_of_clients_with_snapshots_on_a_nearly_full_pool() {
         share * 100.0
     );
     eprintln!(
-        "{:<12} {:>6} {:>10} {:>12} {:>12}",
+        "{:<14} {:>6} {:>10} {:>12} {:>12}",
         "client", "passes", "MiB", "p99.9 ms", "max ms"
     );
     for (v, r) in vols.iter().zip(&results) {
         match r {
             Ok(s) => eprintln!(
-                "{:<12} {:>6} {:>10} {:>12.1} {:>12.1}",
+                "{:<14} {:>6} {:>10} {:>12.1} {:>12.1}",
                 v,
                 s.passes,
                 s.bytes / MIB,
