@@ -38,7 +38,13 @@ const FILL_HIGH: f64 = 0.88;
 /// whatever the live data (the cleaner may lag behind the churn).
 const MIN_FREE: f64 = 0.05;
 /// Largest ballast step (written or trimmed at once).
-const MAX_STEP: u64 = 64 * MIB;
+const MAX_STEP: u64 = 128 * MIB;
+/// The pool: large beside the clients' volumes, so that a snapshot's
+/// retention (up to a whole copy of every client volume within 10 s)
+/// moves the fill by about 11%, which the ballast can follow.
+const POOL: &str = "2G";
+/// The ballast starts after the clients wrote their volumes once.
+const BALLAST_AFTER: Duration = Duration::from_secs(3);
 
 fn seconds() -> u64 {
     std::env::var("EDGEVOL_SWARM_SECS")
@@ -202,6 +208,7 @@ fn space_pressure(d: &Daemon, stop: &AtomicBool, ballast_size: u64) -> Vec<f64> 
     let mut samples = Vec::new();
     let mut pattern = 1u8;
     let mid = (FILL_LOW + FILL_HIGH) / 2.0;
+    std::thread::sleep(BALLAST_AFTER);
     let step = |x: f64| ((x * ballast_size as f64) as u64 / MIB * MIB).clamp(MIB, MAX_STEP);
     while !stop.load(Ordering::SeqCst) {
         let (f, free) = fill(d);
@@ -253,7 +260,7 @@ fn snapshot_churn(d: &Daemon, vols: &[String], stop: &AtomicBool, taken: &Atomic
 fn swarm_of_clients_with_snapshots_on_a_nearly_full_pool() {
     let secs = seconds();
     let d = Daemon::start();
-    d.create_pool("p", "1G", Some("1M"));
+    d.create_pool("p", POOL, Some("1M"));
     // Incompressible fio data either way; off spares the CPU the attempt.
     d.ok(&["pool", "set", "p", "compression=off"]);
     let mut vols: Vec<String> = (0..CLIENTS).map(|i| format!("p/v{i:02}")).collect();
