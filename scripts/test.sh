@@ -49,4 +49,8 @@ echo "== tests" >&2
 t0=$(date +%s)
 cargo test --workspace --quiet
 echo "== tests took $(( $(date +%s) - t0 )) s" >&2
+if [ "${EDGEVOL_FUZZ_SECONDS:-0}" -gt 0 ]; then
+    echo "== fuzzing every target for $EDGEVOL_FUZZ_SECONDS s" >&2
+    scripts/fuzz.sh "$EDGEVOL_FUZZ_SECONDS"
+fi
 echo "== all tests passed" >&2

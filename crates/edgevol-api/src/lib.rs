@@ -118,14 +118,16 @@ pub fn hex_encode(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Decode an API hex string.
+/// Decode an API hex string (pairs of hex digits, either case, nothing
+/// else: `u8::from_str_radix` would also take a sign, as in `+f`).
 pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
+    let digit = |b: u8| char::from(b).to_digit(16);
+    let b = s.as_bytes();
+    if !b.len().is_multiple_of(2) {
         return None;
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+    b.chunks_exact(2)
+        .map(|p| Some(((digit(p[0])? << 4) | digit(p[1])?) as u8))
         .collect()
 }
 
@@ -279,4 +281,20 @@ pub struct ReplaceDevice {
     /// The new file (created sparse at the old one's size if missing) or
     /// block device.
     pub new: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip_and_rejects_signs() {
+        let b = hex_decode("00ffA5").unwrap();
+        assert_eq!(b, [0, 0xff, 0xa5]);
+        assert_eq!(hex_encode(&b), "00ffa5");
+        // Found by the api_body fuzzer: a sign is not a hex digit.
+        for bad in ["+f", "-0", "0x", " 1", "é1", "abc"] {
+            assert_eq!(hex_decode(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -15,6 +15,8 @@ pub mod crypt;
 pub mod device;
 pub mod error;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod layout;
 pub mod map;
 

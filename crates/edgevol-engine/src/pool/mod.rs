@@ -8,9 +8,9 @@
 //! ```
 
 mod check;
-mod ckpt;
+pub(crate) mod ckpt;
 mod gate;
-mod info;
+pub(crate) mod info;
 mod maint;
 mod open;
 pub mod raid;
