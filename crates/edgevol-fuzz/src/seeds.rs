@@ -489,6 +489,7 @@ fn checkpoint() -> Vec<Vec<u8>> {
         next_lsn: 1001,
         next_run_id: 9,
         log_segment: SegId::new(0, 1),
+        stale_members: vec![0x1234_5678_9abc_def0],
     };
     let counters = Counters {
         segs: vec![vec![
