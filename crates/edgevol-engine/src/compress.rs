@@ -31,7 +31,11 @@ impl Compression {
             "off" => Compression::Off,
             "lz4" | "on" => Compression::Lz4,
             "zstd" => Compression::Zstd(3),
-            _ => match s.strip_prefix("zstd-").and_then(|n| n.parse::<i32>().ok()) {
+            _ => match s
+                .strip_prefix("zstd-")
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|n| n.parse::<i32>().ok())
+            {
                 Some(n) if (1..=19).contains(&n) => Compression::Zstd(n),
                 _ => {
                     return Err(Error::invalid(format!(
@@ -80,6 +84,8 @@ mod tests {
     fn parse_and_round_trip() {
         assert_eq!(Compression::parse("zstd-7").unwrap(), Compression::Zstd(7));
         assert!(Compression::parse("zstd-20").is_err());
+        assert!(Compression::parse("zstd-+3").is_err(), "digits only");
+        assert!(Compression::parse("zstd- 3").is_err());
         assert!(Compression::parse("gzip").is_err());
         let text: Vec<u8> = (0..65536u32)
             .map(|i| b"edgevol "[(i % 8) as usize])
