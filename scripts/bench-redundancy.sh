@@ -13,7 +13,7 @@ fioj() { # name uri args...
 }
 bw() { python3 -c "import json,sys;t=open('$1').read();j=json.loads(t[t.index('{'):])['jobs'][0]['write'];print(f\"{j['bw']/1024:.0f} MiB/s {j['iops']:.0f} IOPS p99 {j['clat_ns']['percentile']['99.000000']/1000:.0f}us\")"; }
 rd() { python3 -c "import json,sys;t=open('$1').read();j=json.loads(t[t.index('{'):])['jobs'][0]['read'];print(f\"{j['iops']:.0f} IOPS p50 {j['clat_ns']['percentile']['50.000000']/1000:.0f}us p99 {j['clat_ns']['percentile']['99.000000']/1000:.0f}us p99.9 {j['clat_ns']['percentile']['99.900000']/1000:.0f}us\")"; }
-for L in single mirror parity1; do
+for L in ${LAYOUTS:-single mirror parity1}; do  # LAYOUTS=parity1: only what the scrub and resilver measurements need
   case $L in single) DEV="$D/$L-0.img";; mirror) DEV="mirror $D/$L-0.img $D/$L-1.img";; parity1) DEV="parity1 $D/$L-0.img $D/$L-1.img $D/$L-2.img";; esac
   $A pool create $L $DEV --size 3G >/dev/null || exit 1
   $A volume create $L/v --size 2G -o compression=off >/dev/null
