@@ -282,6 +282,11 @@ impl PowerRail {
         self.armed.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Whether a cut is armed (or has happened).
+    pub fn is_armed(&self) -> bool {
+        self.armed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Whether the armed cut has happened.
     pub fn fired(&self) -> bool {
         use std::sync::atomic::Ordering::SeqCst;

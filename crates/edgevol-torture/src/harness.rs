@@ -216,14 +216,13 @@ impl Harness {
             !self.rail.fired(),
             "step after the power was cut (call crash first)"
         );
-        let before = self.model.clone();
+        // Only a cut inside this operation needs the model from before it.
+        let before = self.rail.is_armed().then(|| self.model.clone());
         self.apply(op)?;
         self.counts.ops += 1;
         if self.rail.fired() {
-            self.before_cut = Some(before);
-            let kind = format!("{op:?}");
-            let kind = kind.split([' ', '{']).next().unwrap_or("?").to_string();
-            self.cut_op = Some(kind);
+            self.before_cut = before;
+            self.cut_op = Some(op.kind().to_string());
         }
         Ok(())
     }
