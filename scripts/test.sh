@@ -20,6 +20,7 @@ command -v nbdsh >/dev/null || need+=(libnbd-bin)
 command -v nbdkit >/dev/null || need+=(nbdkit)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v qemu-io >/dev/null || need+=(qemu-utils)
+[ -x /usr/sbin/smartctl ] || command -v smartctl >/dev/null || need+=(smartmontools)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing test tools: ${need[*]}" >&2
     SUDO=""

@@ -266,6 +266,7 @@ pub struct ErrorDetail {
 
 /// `POST /v1/pools/{pool}/scrub`: start (or, with `stop`, stop) a scrub.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ScrubRequest {
     /// Stop the running scrub instead of starting one.
     #[serde(default)]
@@ -275,12 +276,43 @@ pub struct ScrubRequest {
 /// `POST /v1/pools/{pool}/replace`: replace device `old` by `new` and
 /// resilver.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ReplaceDevice {
     /// The device to replace: its path as `pool status` shows it, or its guid.
     pub old: String,
     /// The new file (created sparse at the old one's size if missing) or
     /// block device.
     pub new: String,
+}
+
+/// `POST /v1/pools/{pool}/add`: add a group of devices while the pool
+/// serves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddDevices {
+    /// One group: a device, or a keyword (`mirror`, `parity1`, `parity2`)
+    /// and its devices.
+    pub devices: Vec<String>,
+    /// Size for files that do not exist yet, bytes (default: the size of
+    /// the pool's first device).
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// Add a group with less redundancy than the pool's groups.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /v1/pools/{pool}/online`: bring devices' new space online.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnlineDevices {
+    /// Only the group of this device (its path or guid); default: every
+    /// group whose devices all grew.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Take in the space the devices gained. (The only action so far.)
+    #[serde(default)]
+    pub expand: bool,
 }
 
 #[cfg(test)]

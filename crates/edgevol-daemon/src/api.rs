@@ -124,6 +124,8 @@ pub fn router(reg: Arc<Registry>, vhost: Arc<VhostExports>) -> Router {
         .route("/v1/pools/{pool}/check", post(check_pool))
         .route("/v1/pools/{pool}/scrub", post(scrub_pool))
         .route("/v1/pools/{pool}/replace", post(replace_device))
+        .route("/v1/pools/{pool}/add", post(add_devices))
+        .route("/v1/pools/{pool}/online", post(online_devices))
         .route(
             "/v1/pools/{pool}/volumes",
             get(list_volumes).post(create_volume),
@@ -243,7 +245,7 @@ async fn pool_status(
     State(reg): St,
     Path(pool): Path<String>,
 ) -> ApiResult<edgevol_engine::PoolStatus> {
-    Ok(Json(blocking(move || Ok(reg.pool(&pool)?.status())).await?))
+    Ok(Json(blocking(move || reg.pool_status(&pool)).await?))
 }
 
 async fn set_pool_properties(
@@ -313,6 +315,51 @@ async fn replace_device(
         blocking(move || {
             reg.replace_device(&pool, &req.old, &req.new)?;
             Ok(reg.pool(&pool)?.status())
+        })
+        .await?,
+    ))
+}
+
+async fn add_devices(
+    State(reg): St,
+    Path(pool): Path<String>,
+    Json(req): Json<edgevol_api::AddDevices>,
+) -> ApiResult<edgevol_engine::PoolStatus> {
+    Ok(Json(
+        blocking(move || {
+            reg.add_devices(&pool, &req.devices, req.size, req.force)?;
+            Ok(reg.pool(&pool)?.status())
+        })
+        .await?,
+    ))
+}
+
+/// The groups that grew, and the pool's status after.
+#[derive(serde::Serialize)]
+struct OnlineReply {
+    expanded: Vec<edgevol_engine::pool::Expanded>,
+    status: edgevol_engine::PoolStatus,
+}
+
+async fn online_devices(
+    State(reg): St,
+    Path(pool): Path<String>,
+    Json(req): Json<edgevol_api::OnlineDevices>,
+) -> ApiResult<OnlineReply> {
+    Ok(Json(
+        blocking(move || {
+            if !req.expand {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    "nothing to do: give expand (a faulted device comes back with `pool replace`)",
+                ));
+            }
+            let p = reg.pool(&pool)?;
+            let expanded = p.expand(req.device.as_deref())?;
+            Ok(OnlineReply {
+                expanded,
+                status: p.status(),
+            })
         })
         .await?,
     ))

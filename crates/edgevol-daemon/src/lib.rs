@@ -15,6 +15,7 @@ pub mod api;
 pub mod export;
 pub mod reactor;
 pub mod registry;
+pub mod smart;
 pub mod vhost;
 
 use std::net::SocketAddr;

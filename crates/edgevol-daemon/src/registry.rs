@@ -34,6 +34,8 @@ pub struct Registry {
     attached: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Serialises pool creation/destruction and pools.json updates.
     admin: Mutex<()>,
+    /// SMART reports of the pools' block devices.
+    smart: crate::smart::SmartCache,
 }
 
 impl Registry {
@@ -52,6 +54,7 @@ impl Registry {
             failed: RwLock::new(BTreeMap::new()),
             attached: Mutex::new(BTreeMap::new()),
             admin: Mutex::new(()),
+            smart: crate::smart::SmartCache::default(),
         };
         let file = reg.load()?;
         for e in file.pools {
@@ -104,11 +107,20 @@ impl Registry {
     }
 
     fn save(&self) -> Result<()> {
+        self.save_with("", &[])
+    }
+
+    /// Save pools.json, with `devices` for pool `name` instead of its own.
+    fn save_with(&self, name: &str, devices: &[String]) -> Result<()> {
         let mut file = PoolsFile::default();
-        for (name, p) in self.pools.read().iter() {
+        for (n, p) in self.pools.read().iter() {
             file.pools.push(PoolEntry {
-                name: name.clone(),
-                devices: p.paths(),
+                name: n.clone(),
+                devices: if n == name {
+                    devices.to_vec()
+                } else {
+                    p.paths()
+                },
             });
         }
         for (name, (devices, _)) in self.failed.read().iter() {
@@ -135,6 +147,13 @@ impl Registry {
         Ok(())
     }
 
+    /// A pool's status with the SMART health of its block devices.
+    pub fn pool_status(&self, pool: &str) -> Result<edgevol_engine::PoolStatus> {
+        let mut st = self.pool(pool)?.status();
+        self.smart.annotate(&mut st);
+        Ok(st)
+    }
+
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -159,6 +178,69 @@ impl Registry {
         }
         p.replace(old, &new)?;
         self.save()
+    }
+
+    /// Add a group of devices to a pool and record the new device list.
+    /// pools.json names the new devices before their labels are written:
+    /// a crash in between leaves devices without a label, which import
+    /// leaves out; the opposite order could leave labels naming devices
+    /// the restarted daemon would not open.
+    pub fn add_devices(
+        &self,
+        pool: &str,
+        devices: &[String],
+        size: Option<u64>,
+        force: bool,
+    ) -> Result<usize> {
+        let _g = self.admin.lock();
+        let p = self.pool(pool)?;
+        let spec: Vec<String> = devices
+            .iter()
+            .map(|d| match d.as_str() {
+                "mirror" | "parity1" | "parity2" | "raidz" | "raidz1" | "raidz2" => d.clone(),
+                _ => absolute(Path::new(d)).display().to_string(),
+            })
+            .collect();
+        let paths: Vec<PathBuf> = edgevol_engine::parse_layout(&spec)?
+            .into_iter()
+            .flat_map(|(_, d)| d)
+            .map(PathBuf::from)
+            .collect();
+        let before = p.paths();
+        for path in &paths {
+            let name = path.display().to_string();
+            if before.contains(&name) {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("{name} is already in pool {pool}"),
+                ));
+            }
+            // A device left over from an add a crash undid may be used
+            // again; one of another pool may not.
+            if path.exists() {
+                if let Ok((other, guid)) = Pool::probe(path) {
+                    if guid != p.guid() {
+                        return Err(Error::new(
+                            ErrorKind::Busy,
+                            format!("{} already belongs to pool {other:?}", path.display()),
+                        ));
+                    }
+                }
+            }
+        }
+        let mut with_new = before;
+        with_new.extend(paths.iter().map(|p| p.display().to_string()));
+        self.save_with(pool, &with_new)?;
+        match p.add_on_paths(&spec, size, force) {
+            Ok(g) => {
+                self.save()?;
+                Ok(g)
+            }
+            Err(e) => {
+                let _ = self.save();
+                Err(e)
+            }
+        }
     }
 
     /// Create a pool and record it.

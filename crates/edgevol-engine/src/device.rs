@@ -24,8 +24,14 @@ use crate::layout::BLOCK_U64;
 
 /// Blocking, positioned, aligned I/O on one device.
 pub trait Device: Send + Sync + 'static {
-    /// Size in bytes.
+    /// Size in bytes (as of opening, or of the last [`Device::refresh_len`]).
     fn len(&self) -> u64;
+    /// Look at the device's size again (a file or block device grown
+    /// under the pool) and return it; [`Device::len`] reports it from then
+    /// on. A device never shrinks this way.
+    fn refresh_len(&self) -> io::Result<u64> {
+        Ok(self.len())
+    }
     /// True for a device of no bytes (never a usable pool device).
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -62,7 +68,7 @@ pub trait Device: Send + Sync + 'static {
 pub struct FileDevice {
     file: File,
     path: PathBuf,
-    len: u64,
+    len: std::sync::atomic::AtomicU64,
     block_device: bool,
     direct: bool,
 }
@@ -88,6 +94,16 @@ fn lock_exclusive(file: &File) -> std::result::Result<(), std::fs::TryLockError>
     }
 }
 
+/// Usable bytes of an open file or block device: whole blocks only.
+fn size_of(mut file: &File, block_device: bool) -> io::Result<u64> {
+    let len = if block_device {
+        file.seek(SeekFrom::End(0))?
+    } else {
+        file.metadata()?.len()
+    };
+    Ok(len - len % BLOCK_U64)
+}
+
 impl FileDevice {
     /// Open an existing file or block device, exclusively.
     pub fn open(path: &Path) -> Result<FileDevice> {
@@ -108,7 +124,7 @@ impl FileDevice {
             }
             o.open(path)
         };
-        let (mut file, direct) = match open(true) {
+        let (file, direct) = match open(true) {
             Ok(f) => (f, true),
             // tmpfs and some network file systems refuse O_DIRECT: fall back to
             // buffered I/O; flush() still issues fdatasync, so durability holds.
@@ -137,18 +153,12 @@ impl FileDevice {
                 return Err(Error::io(format!("cannot lock {}", path.display()), e))
             }
         }
-        let len = if block_device {
-            file.seek(SeekFrom::End(0))
-                .map_err(|e| Error::io(format!("cannot size {}", path.display()), e))?
-        } else {
-            meta.len()
-        };
-        // Only whole blocks are usable.
-        let len = len - len % BLOCK_U64;
+        let len = size_of(&file, block_device)
+            .map_err(|e| Error::io(format!("cannot size {}", path.display()), e))?;
         Ok(FileDevice {
             file,
             path: path.to_path_buf(),
-            len,
+            len: len.into(),
             block_device,
             direct,
         })
@@ -187,7 +197,15 @@ impl FileDevice {
 
 impl Device for FileDevice {
     fn len(&self) -> u64 {
-        self.len
+        self.len.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn refresh_len(&self) -> io::Result<u64> {
+        let now = size_of(&self.file, self.block_device)?;
+        Ok(self
+            .len
+            .fetch_max(now, std::sync::atomic::Ordering::AcqRel)
+            .max(now))
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
@@ -320,7 +338,7 @@ struct MemInner {
 /// An in-memory device with a volatile write cache (for tests).
 pub struct MemDevice {
     name: String,
-    len: u64,
+    len: std::sync::atomic::AtomicU64,
     inner: Mutex<MemInner>,
 }
 
@@ -331,7 +349,7 @@ impl MemDevice {
         let size = usize::try_from(len).unwrap_or(usize::MAX);
         MemDevice {
             name: name.into(),
-            len,
+            len: len.into(),
             inner: Mutex::new(MemInner {
                 current: vec![0; size],
                 durable: vec![0; size],
@@ -344,6 +362,19 @@ impl MemDevice {
                 flushes: 0,
                 rail: None,
             }),
+        }
+    }
+
+    /// Grow the device to `len` bytes (zeroes, durable at once: a resized
+    /// disk). Never shrinks.
+    pub fn grow(&self, len: u64) {
+        let len = len - len % BLOCK_U64;
+        let mut g = self.inner.lock();
+        let size = usize::try_from(len).unwrap_or(usize::MAX);
+        if size > g.current.len() {
+            g.current.resize(size, 0);
+            g.durable.resize(size, 0);
+            self.len.fetch_max(len, std::sync::atomic::Ordering::AcqRel);
         }
     }
 
@@ -444,7 +475,7 @@ impl MemDevice {
 
 impl Device for MemDevice {
     fn len(&self) -> u64 {
-        self.len
+        self.len.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
@@ -458,7 +489,7 @@ impl Device for MemDevice {
         }
         let end = offset
             .checked_add(buf.len() as u64)
-            .filter(|&e| e <= self.len)
+            .filter(|&e| e <= self.len())
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
         buf.copy_from_slice(&g.current[offset as usize..end as usize]);
         Ok(())
@@ -475,7 +506,7 @@ impl Device for MemDevice {
         }
         let end = offset
             .checked_add(buf.len() as u64)
-            .filter(|&e| e <= self.len)
+            .filter(|&e| e <= self.len())
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
         g.current[offset as usize..end as usize].copy_from_slice(buf);
         if !Self::after_cut(&g) {

@@ -14,6 +14,13 @@ use rand::SeedableRng;
 use crate::model::{block_data, ensure, Ctx, Failure, MVol, Model, Op, BS, MAX_SNAPS, MAX_VOLS};
 
 const MIB: u64 = 1 << 20;
+/// Size of the devices of an added group.
+const ADDED_DEVICE: u64 = 24 * MIB;
+/// Groups a pool grows to at most (memory: every device is two images).
+const MAX_GROUPS: usize = 3;
+/// Bytes a device grows by per expand, and at most in all.
+const GROW_STEP: u64 = 4 * MIB;
+const GROW_MAX: u64 = 16 * MIB;
 
 /// The devices of the simulated pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +44,8 @@ impl Layout {
         }
     }
 
+    /// Kind, devices and device size of the first group (groups added
+    /// later have the kind and count, and `ADDED_DEVICE` bytes each).
     fn group(self) -> (GroupKind, usize, u64) {
         match self {
             Layout::Single => (GroupKind::Single, 1, 96 * MIB),
@@ -82,6 +91,8 @@ pub struct Harness {
     /// of the new one in `devs`. If a cut makes the pool forget it, the
     /// replacement is issued again after recovery, as an operator would.
     replacing: Option<(String, usize)>,
+    /// The pool's layout.
+    layout: Layout,
 }
 
 fn config() -> PoolConfig {
@@ -165,6 +176,7 @@ impl Harness {
             counts: Counts::default(),
             made: n,
             replacing: None,
+            layout,
         })
     }
 
@@ -351,20 +363,22 @@ impl Harness {
             Op::Corrupt { at } => {
                 // Only the first device: with one bad member in a group,
                 // every block still has a good copy or can be rebuilt.
-                if self.devs.len() > 1 {
+                if self.layout != Layout::Single {
                     let d = &self.devs[0];
                     let start = edgevol_engine::layout::DATA_START;
                     let sectors = (d.len() - start) / 512;
                     d.corrupt(start + at % sectors * 512, 512);
                 }
             }
+            Op::Grow { add: true } => self.add_group()?,
+            Op::Grow { add: false } => self.expand()?,
             Op::Crash { .. } => unreachable!("handled by step"),
         }
         Ok(())
     }
 
     fn replace(&mut self, member: usize) -> Result<(), Failure> {
-        if self.devs.len() < 2 {
+        if self.layout == Layout::Single {
             return Ok(());
         }
         let i = member % self.devs.len();
@@ -382,6 +396,54 @@ impl Harness {
         if !self.rail.fired() {
             self.replacing = None;
         }
+        Ok(())
+    }
+
+    /// Add a group like the first one (up to `MAX_GROUPS`).
+    fn add_group(&mut self) -> Result<(), Failure> {
+        let (kind, n, _) = self.layout.group();
+        if self.pool().status().groups.len() >= MAX_GROUPS {
+            return Ok(());
+        }
+        let mut group: Vec<Arc<dyn Device>> = Vec::new();
+        for _ in 0..n {
+            let d = Arc::new(MemDevice::new(format!("d{}", self.made), ADDED_DEVICE));
+            self.made += 1;
+            d.attach_rail(self.rail.clone());
+            self.devs.push(d.clone());
+            group.push(d);
+        }
+        self.pool()
+            .add_group(kind, group, false)
+            .ctx("add a group")?;
+        // A mirror or parity group that got no uberblock before a cut is
+        // resilvered at import; otherwise nothing runs.
+        self.pool().wait_scans();
+        Ok(())
+    }
+
+    /// Grow every device by `GROW_STEP` (up to `GROW_MAX` past its first
+    /// size) and expand the pool into it.
+    fn expand(&mut self) -> Result<(), Failure> {
+        let (_, _, first) = self.layout.group();
+        for d in &self.devs {
+            let base = if d.len() >= first {
+                first
+            } else {
+                ADDED_DEVICE
+            };
+            if d.len() + GROW_STEP <= base + GROW_MAX {
+                d.grow(d.len() + GROW_STEP);
+            }
+        }
+        let before = self.pool().status().size;
+        let grown = self.pool().expand(None).ctx("expand")?;
+        let after = self.pool().status().size;
+        let added: u64 = grown.iter().map(|g| g.bytes).sum();
+        ensure!(
+            after == before + added,
+            "expand reported {added} bytes more, the pool grew from {before} to {after}"
+        );
         Ok(())
     }
 
@@ -579,6 +641,9 @@ impl Harness {
             }
         }
         self.scans_succeeded("recovery")?;
+        // Devices of an add the cut undid are not the pool's.
+        let members = self.pool().paths();
+        self.devs.retain(|d| members.contains(&d.describe()));
 
         // The interrupted operation took effect whole, or not at all.
         let after = self.model.clone();

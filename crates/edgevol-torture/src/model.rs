@@ -79,6 +79,9 @@ pub enum Op {
     /// the first device of a redundant pool; reads must heal it (nothing
     /// on a single device).
     Corrupt { at: u64 },
+    /// Grow the pool while it serves: add a group like the first (`add`,
+    /// up to a few) or grow every device and expand into the new space.
+    Grow { add: bool },
 }
 
 impl Op {
@@ -102,6 +105,8 @@ impl Op {
             Op::Scrub => "Scrub",
             Op::Replace { .. } => "Replace",
             Op::Corrupt { .. } => "Corrupt",
+            Op::Grow { add: true } => "AddGroup",
+            Op::Grow { add: false } => "Expand",
         }
     }
 
@@ -156,6 +161,7 @@ impl Op {
                 member: rng.random_range(0..3),
             },
             80..82 => Op::Corrupt { at: rng.random() },
+            82..83 => Op::Grow { add: rng.random() },
             _ => Op::Read {
                 vol,
                 lba,
@@ -365,7 +371,7 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let ops: Vec<Op> = (0..5000).map(|_| Op::random(&mut rng)).collect();
         let kinds: std::collections::BTreeSet<_> = ops.iter().map(Op::kind).collect();
-        assert_eq!(kinds.len(), 16, "{kinds:?}");
+        assert_eq!(kinds.len(), 18, "{kinds:?}");
         assert!(!ops.iter().any(|o| matches!(o, Op::Crash { .. })));
     }
 }

@@ -166,3 +166,69 @@ fn scrub_and_resilver_cut_by_the_power_resume_and_complete() {
     }
     assert!(resilvered > 0, "no interrupted resilver ran again");
 }
+
+/// `pool add` and `pool online --expand` cut at every device operation in
+/// turn, on every layout: the pool comes back ONLINE with the old size or
+/// the new one (never a checkpoint naming segments its labels lack, never
+/// an added group whose devices it cannot find), its data intact; the
+/// operation then runs again and the pool keeps working.
+#[test]
+fn growing_cut_at_every_device_operation() {
+    for layout in [Layout::Single, Layout::Mirror, Layout::Parity1] {
+        for add in [true, false] {
+            let mut cut_inside = 0;
+            for after in 0..200u64 {
+                let what = format!("{layout:?} add={add}: cut after {after} device operations");
+                let mut h = Harness::new(layout).expect("harness");
+                for i in 0..6u64 {
+                    h.step(&Op::Write {
+                        vol: (i % 2) as usize,
+                        lba: i * 40,
+                        n: 40,
+                        fua: i == 5,
+                    })
+                    .expect("setup");
+                }
+                let (groups, size) = (h.status().groups.len(), h.status().size);
+                h.rail().arm(after);
+                h.step(&Op::Grow { add }).expect("grow");
+                if !h.rail().fired() {
+                    let st = h.status();
+                    assert!(
+                        st.groups.len() > groups || st.size > size,
+                        "{what}: did not grow"
+                    );
+                    break;
+                }
+                cut_inside += 1;
+                h.crash((after % 3) as u8, after)
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                let st = h.status();
+                assert_eq!(st.state, "ONLINE", "{what}");
+                // Again, uninterrupted, then more writes (into the new space
+                // too: the allocator stripes across groups).
+                h.step(&Op::Grow { add }).expect("grow again");
+                assert!(
+                    h.status().groups.len() > groups || h.status().size > size,
+                    "{what}: the second attempt did not grow"
+                );
+                for i in 0..6u64 {
+                    h.step(&Op::Write {
+                        vol: (i % 2) as usize,
+                        lba: 300 + i * 40,
+                        n: 40,
+                        fua: false,
+                    })
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                }
+                h.step(&Op::Maintain { clean: true })
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                h.finish().unwrap_or_else(|e| panic!("{what}: {e}"));
+            }
+            assert!(
+                cut_inside > 3,
+                "{layout:?} add={add}: the operation did device I/O ({cut_inside} cuts)"
+            );
+        }
+    }
+}

@@ -270,6 +270,34 @@ pub enum PoolCmd {
         /// The new file (created sparse if missing) or block device.
         new: PathBuf,
     },
+    /// Add a group of devices while the pool serves: one device, or
+    /// `mirror A B`, `parity1 A B C`, `parity2 A B C D`.
+    Add {
+        /// Pool name.
+        pool: String,
+        /// The group (files are created sparse at --size if missing).
+        #[arg(required = true)]
+        devices: Vec<PathBuf>,
+        /// Size of files that do not exist yet (default: the size of the
+        /// pool's first device).
+        #[arg(long, value_parser = size_arg)]
+        size: Option<u64>,
+        /// Add a group with less redundancy than the pool's groups.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Bring devices' new space online after they grew (a file made
+    /// longer, a block device resized).
+    Online {
+        /// Pool name.
+        pool: String,
+        /// Only the group of this device (default: every group whose
+        /// devices all grew).
+        device: Option<String>,
+        /// Take in the space the devices gained.
+        #[arg(long, short = 'e', required = true)]
+        expand: bool,
+    },
     /// Destroy a pool (its devices are wiped of edgevol labels, files are kept).
     Destroy {
         /// Pool name.
@@ -278,6 +306,60 @@ pub enum PoolCmd {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// One line of a drive's SMART report: verdict, then what is known.
+fn smart_line(h: &edgevol_engine::SmartHealth) -> String {
+    let mut parts = vec![match h.passed {
+        Some(true) => "PASSED".to_string(),
+        Some(false) => "FAILING".to_string(),
+        None => "unknown".to_string(),
+    }];
+    let mut num = |what: &str, v: Option<u64>| {
+        if let Some(v) = v {
+            parts.push(format!("{what} {v}"));
+        }
+    };
+    num("reallocated", h.reallocated_sectors);
+    num("pending", h.pending_sectors);
+    num("uncorrectable", h.offline_uncorrectable);
+    num("reported-uncorrect", h.reported_uncorrectable);
+    num("critical-warning", h.critical_warning);
+    num("wear%", h.percentage_used);
+    num("spare%", h.available_spare);
+    num("media-errors", h.media_errors);
+    num("power-on-hours", h.power_on_hours);
+    if let Some(t) = h.temperature_c {
+        parts.push(format!("{t}°C"));
+    }
+    if let Some(m) = &h.model {
+        parts.push(format!("({m})"));
+    }
+    if let Some(e) = &h.error {
+        parts.push(format!("— {e}"));
+    }
+    parts.join(", ")
+}
+
+/// Device arguments as absolute paths (group keywords kept), since the
+/// daemon may run in another directory.
+fn absolute_devices(devices: &[PathBuf]) -> Result<Vec<String>> {
+    let cwd = std::env::current_dir().context("current directory")?;
+    Ok(devices
+        .iter()
+        .map(|d| {
+            let keyword = matches!(
+                d.to_str(),
+                Some("mirror" | "parity1" | "parity2" | "raidz" | "raidz1" | "raidz2")
+            );
+            if d.is_absolute() || keyword {
+                d.clone()
+            } else {
+                cwd.join(d)
+            }
+        })
+        .map(|d| d.display().to_string())
+        .collect())
 }
 
 pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
@@ -293,22 +375,7 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
                 .remove("segment_size")
                 .map(|v| parse_size(&v).map_err(|e| anyhow!(e)))
                 .transpose()?;
-            let cwd = std::env::current_dir().context("current directory")?;
-            let devices = devices
-                .iter()
-                .map(|d| {
-                    let keyword = matches!(
-                        d.to_str(),
-                        Some("mirror" | "parity1" | "parity2" | "raidz" | "raidz1" | "raidz2")
-                    );
-                    if d.is_absolute() || keyword {
-                        d.clone()
-                    } else {
-                        cwd.join(d)
-                    }
-                })
-                .map(|d| d.display().to_string())
-                .collect();
+            let devices = absolute_devices(&devices)?;
             let st: PoolStatus = ctx.post(
                 "/pools",
                 &CreatePool {
@@ -531,6 +598,21 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
                 }
             }
             t.print();
+            let smart: Vec<String> = s
+                .devices
+                .iter()
+                .filter_map(|d| {
+                    d.smart
+                        .as_ref()
+                        .map(|h| format!("  {}: {}", d.path, smart_line(h)))
+                })
+                .collect();
+            if !smart.is_empty() {
+                println!("health (SMART):");
+                for l in smart {
+                    println!("{l}");
+                }
+            }
             let errs: u64 = s
                 .devices
                 .iter()
@@ -582,6 +664,65 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
                 "replacing {} by {} in pool {pool}; resilvering",
                 body.old, body.new
             );
+            Ok(())
+        }
+        PoolCmd::Add {
+            pool,
+            devices,
+            size,
+            force,
+        } => {
+            let body = edgevol_api::AddDevices {
+                devices: absolute_devices(&devices)?,
+                size,
+                force,
+            };
+            let before: PoolStatus = ctx.get(&format!("/pools/{}", seg(&pool)))?;
+            let s: PoolStatus = ctx.call(
+                Method::POST,
+                &format!("/pools/{}/add", seg(&pool)),
+                Some(&body),
+            )?;
+            if ctx.json {
+                return ctx.print_json(&s);
+            }
+            println!(
+                "added {} to pool {pool}: {} usable (was {})",
+                body.devices.join(" "),
+                human(s.size),
+                human(before.size)
+            );
+            Ok(())
+        }
+        PoolCmd::Online {
+            pool,
+            device,
+            expand,
+        } => {
+            let r: serde_json::Value = ctx.call(
+                Method::POST,
+                &format!("/pools/{}/online", seg(&pool)),
+                Some(&edgevol_api::OnlineDevices { device, expand }),
+            )?;
+            if ctx.json {
+                return ctx.print_json(&r);
+            }
+            let grown = r["expanded"].as_array().cloned().unwrap_or_default();
+            if grown.is_empty() {
+                println!("pool {pool}: no group's devices grew; nothing to expand");
+            }
+            for g in grown {
+                println!(
+                    "pool {pool}: group {} grew by {} ({} -> {} segments)",
+                    g["group"],
+                    human(g["bytes"].as_u64().unwrap_or(0)),
+                    g["from"],
+                    g["to"]
+                );
+            }
+            if let Some(size) = r["status"]["size"].as_u64() {
+                println!("pool {pool}: {} usable", human(size));
+            }
             Ok(())
         }
         PoolCmd::Check { pool } => {

@@ -131,6 +131,68 @@ pub struct DeviceStatus {
     /// Bytes rewritten with good data on this device (self-healing, scrub).
     #[serde(default)]
     pub repaired_bytes: u64,
+    /// A real block device (not a file).
+    #[serde(default)]
+    pub block_device: bool,
+    /// The drive's own health report (SMART), for block devices when the
+    /// daemon can read it (`smartctl` installed); filled in by the daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smart: Option<SmartHealth>,
+}
+
+/// A drive's SMART health, as `smartctl` reports it: the verdict and the
+/// attributes that predict failure. Fields the drive does not report are
+/// absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SmartHealth {
+    /// The drive's overall self-assessment (false: failing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passed: Option<bool>,
+    /// Model name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Serial number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// `ATA`, `NVMe`, `SCSI`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// Current temperature, °C.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature_c: Option<i64>,
+    /// Power-on hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_on_hours: Option<u64>,
+    /// ATA 5: sectors remapped to spares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reallocated_sectors: Option<u64>,
+    /// ATA 197: sectors waiting to be remapped (unreadable now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_sectors: Option<u64>,
+    /// ATA 198: sectors found unreadable offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_uncorrectable: Option<u64>,
+    /// ATA 187: errors the drive could not correct.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_uncorrectable: Option<u64>,
+    /// NVMe: critical warning bits (0: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critical_warning: Option<u64>,
+    /// NVMe: share of the rated endurance used, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentage_used: Option<u64>,
+    /// NVMe: spare capacity left, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_spare: Option<u64>,
+    /// NVMe: unrecovered data integrity errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_errors: Option<u64>,
+    /// Why no (or only part of a) report could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When it was read (seconds since the epoch).
+    #[serde(default)]
+    pub checked_at: u64,
 }
 
 /// One top-level group.
@@ -385,6 +447,8 @@ pub(crate) fn pool_status(sh: &Shared) -> PoolStatus {
             write_errors: m.stats.write_errors.load(Ordering::Relaxed),
             checksum_errors: m.stats.checksum_errors.load(Ordering::Relaxed),
             repaired_bytes: m.stats.repaired_bytes.load(Ordering::Relaxed),
+            block_device: m.dev().is_block_device(),
+            smart: None,
         })
         .collect();
     let groups = sh

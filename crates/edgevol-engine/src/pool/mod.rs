@@ -10,7 +10,9 @@
 mod check;
 pub(crate) mod ckpt;
 mod gate;
+mod grow;
 pub(crate) mod info;
+pub use grow::Expanded;
 mod maint;
 mod open;
 pub mod raid;
@@ -38,8 +40,8 @@ use crate::map::Map;
 
 pub use check::CheckReport;
 pub use info::{
-    check_pool_property, DeviceStatus, GroupStatus, PoolStatus, ScanStatus, SnapshotInfo,
-    SpaceReport, VolumeInfo,
+    check_pool_property, DeviceStatus, GroupStatus, PoolStatus, ScanStatus, SmartHealth,
+    SnapshotInfo, SpaceReport, VolumeInfo,
 };
 pub use read::{ReadSeg, Volume};
 
@@ -218,6 +220,8 @@ impl Shared {
 pub struct Pool {
     sh: Arc<Shared>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Serialises layout changes (replace, add, expand).
+    admin: Mutex<()>,
     /// Disconnected when the writer (a thread or a data-plane task) ends.
     writer_done: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
@@ -459,6 +463,7 @@ impl Pool {
         Pool {
             sh,
             threads: Mutex::new(threads),
+            admin: Mutex::new(()),
             writer_done: Mutex::new(Some(writer_done)),
         }
     }
@@ -855,7 +860,7 @@ impl Pool {
     pub fn replace(&self, old: &str, new: &Path) -> Result<()> {
         let (g, m) = self.find_member(old)?;
         let group = &self.sh.vdevs.groups[g];
-        let need = crate::layout::DATA_START + u64::from(group.segments) * group.geo.slot_bytes();
+        let need = crate::layout::DATA_START + u64::from(group.segments()) * group.geo.slot_bytes();
         let size = group.members[m].dev().len().max(need);
         let dev: Arc<dyn Device> = Arc::new(FileDevice::create_sparse(new, size)?);
         self.replace_with(old, dev)
@@ -878,6 +883,7 @@ impl Pool {
 
     /// [`Pool::replace`] with an opened device.
     pub fn replace_with(&self, old: &str, dev: Arc<dyn Device>) -> Result<()> {
+        let _admin = self.admin.lock();
         let sh = &self.sh;
         let new = PathBuf::from(dev.describe());
         let (g, m) = self.find_member(old)?;
@@ -899,20 +905,16 @@ impl Pool {
             )));
         }
         let segments = crate::format::label::Label::segments_for(dev.len(), group.geo.slot_bytes());
-        if segments < group.segments {
+        if segments < group.segments() {
             let need =
-                crate::layout::DATA_START + u64::from(group.segments) * group.geo.slot_bytes();
+                crate::layout::DATA_START + u64::from(group.segments()) * group.geo.slot_bytes();
             return Err(Error::invalid(format!(
                 "{} is too small: it needs at least {need} bytes",
                 new.display()
             )));
         }
         // A device that held another pool must not look like one.
-        let zero = crate::buf::AlignedBuf::zeroed(
-            crate::layout::UBERBLOCK_SLOTS as usize * crate::layout::BLOCK,
-        );
-        dev.write_at(zero.as_slice(), crate::layout::UBERBLOCK_RING_OFFSET)
-            .map_err(|e| Error::io(format!("cannot write {}", new.display()), e))?;
+        open::erase_uberblocks(&*dev)?;
         let guid: u128 = rand::random();
         let entry = crate::format::label::DeviceLayout {
             guid,
@@ -941,6 +943,69 @@ impl Pool {
         let h = scrub::start_resilver(sh, g, m, entry)?;
         self.threads.lock().push(h);
         Ok(())
+    }
+
+    /// Add a group of devices while the pool serves (`zpool add`); its
+    /// index. See [`grow`] for the order that keeps it crash-safe. A group
+    /// with less redundancy than the pool's other groups needs `force`.
+    pub fn add_group(
+        &self,
+        kind: GroupKind,
+        devices: Vec<Arc<dyn Device>>,
+        force: bool,
+    ) -> Result<usize> {
+        let _admin = self.admin.lock();
+        grow::add_group(&self.sh, kind, devices, force)
+    }
+
+    /// [`Pool::add_group`] on files or block devices, in `zpool add` form
+    /// (`mirror A B`, `parity1 A B C`, or one plain path); missing files
+    /// are created sparse at `size` bytes (default: the size of the
+    /// pool's first device).
+    pub fn add_on_paths(&self, spec: &[String], size: Option<u64>, force: bool) -> Result<usize> {
+        let mut layout = parse_layout(spec)?;
+        if layout.len() != 1 {
+            return Err(Error::invalid(
+                "add one group at a time: one device, or a keyword (mirror, parity1, parity2) and its devices",
+            ));
+        }
+        let (kind, paths) = layout.remove(0);
+        let size = size.unwrap_or_else(|| {
+            self.sh
+                .vdevs
+                .groups
+                .get(0)
+                .and_then(|g| g.members.first())
+                .map_or(0, |m| m.dev().len())
+        });
+        let mut devs: Vec<Arc<dyn Device>> = Vec::new();
+        let mut created = Vec::new();
+        let mut opened = || -> Result<()> {
+            for p in &paths {
+                let p = PathBuf::from(p);
+                let existed = p.exists();
+                devs.push(Arc::new(FileDevice::create_sparse(&p, size)?));
+                if !existed {
+                    created.push(p);
+                }
+            }
+            Ok(())
+        };
+        let r = opened().and_then(|()| self.add_group(kind, devs, force));
+        if r.is_err() {
+            for c in &created {
+                let _ = std::fs::remove_file(c);
+            }
+        }
+        r
+    }
+
+    /// Take in the space of devices that grew (a file made longer, a
+    /// block device resized): every group whose members all grew, or
+    /// only the group of device `only`. What grew (empty: nothing did).
+    pub fn expand(&self, only: Option<&str>) -> Result<Vec<Expanded>> {
+        let _admin = self.admin.lock();
+        grow::expand(&self.sh, only)
     }
 
     /// Resilver members found stale at import, one after the other.
@@ -1099,6 +1164,7 @@ impl Drop for Pool {
                     let p = Pool {
                         sh,
                         threads: Mutex::new(threads),
+                        admin: Mutex::new(()),
                         writer_done: Mutex::new(done),
                     };
                     let _ = p.shutdown(true);

@@ -148,18 +148,8 @@ pub(crate) fn create(
                 created,
                 layout: layout.clone(),
             };
-            let b = label.encode()?;
-            // Erase any old uberblocks first so a previous pool on this
-            // device can never be picked up.
-            write_raw(
-                &**d,
-                UBERBLOCK_RING_OFFSET,
-                &vec![0u8; (UBERBLOCK_SLOTS as usize) * BLOCK],
-            )?;
-            write_raw(&**d, LABEL_A_OFFSET, &b)?;
-            write_raw(&**d, LABEL_B_OFFSET, &b)?;
-            d.flush()
-                .map_err(|e| Error::io(format!("flush of {} failed", d.describe()), e))?;
+            erase_uberblocks(&**d)?;
+            write_label(&**d, &label)?;
         }
     }
     let vdevs = Arc::new(Vdevs::new(
@@ -169,7 +159,7 @@ pub(crate) fn create(
             .map(|(_, d)| d.iter().cloned().map(Some).collect())
             .collect(),
     )?);
-    let sizes: Vec<u32> = vdevs.groups.iter().map(|g| g.segments).collect();
+    let sizes: Vec<u32> = vdevs.groups.iter().map(|g| g.segments()).collect();
     let mut segs = SegmentTable::new(&sizes, seg);
     segs.set_row_blocks(
         (0..vdevs.groups.len())
@@ -362,7 +352,8 @@ fn read_label(dev: &dyn Device) -> Result<Label> {
 }
 
 /// Write the current layout, generation `txg`, to the labels of every
-/// writable member (each with its own device guid), then flush.
+/// writable member (each with its own device guid), one device after the
+/// other.
 pub(crate) fn write_labels(vdevs: &Vdevs, pool_guid: u128, created: u64) -> Result<()> {
     let (layout, txg) = vdevs.layout.lock().clone();
     // Resilvering members (a replacement) first, each flushed before the
@@ -383,14 +374,31 @@ pub(crate) fn write_labels(vdevs: &Vdevs, pool_guid: u128, created: u64) -> Resu
             created,
             layout: layout.clone(),
         };
-        let b = label.encode()?;
-        let dev = m.dev();
-        write_raw(&*dev, LABEL_A_OFFSET, &b)?;
-        write_raw(&*dev, LABEL_B_OFFSET, &b)?;
+        write_label(&*m.dev(), &label)?;
+    }
+    Ok(())
+}
+
+/// Write both copies of a device's label, each made durable before the
+/// next is touched: a power cut tears at most one of them.
+pub(crate) fn write_label(dev: &dyn Device, label: &Label) -> Result<()> {
+    let b = label.encode()?;
+    for off in [LABEL_A_OFFSET, LABEL_B_OFFSET] {
+        write_raw(dev, off, &b)?;
         dev.flush()
             .map_err(|e| Error::io(format!("flush of {} failed", dev.describe()), e))?;
     }
     Ok(())
+}
+
+/// Make a device that joins a pool unable to look like any pool's device
+/// (an old pool's uberblocks on it must never be picked up).
+pub(crate) fn erase_uberblocks(dev: &dyn Device) -> Result<()> {
+    write_raw(
+        dev,
+        UBERBLOCK_RING_OFFSET,
+        &vec![0u8; (UBERBLOCK_SLOTS as usize) * BLOCK],
+    )
 }
 
 pub(crate) fn probe(path: &Path) -> Result<(String, u128)> {
@@ -417,6 +425,34 @@ pub(crate) fn wipe_labels(vdevs: &Vdevs) -> Result<()> {
             .map_err(|e| Error::io(format!("flush of {} failed", dev.describe()), e))?;
     }
     Ok(())
+}
+
+/// The label whose layout import uses: the newest — unless only devices
+/// of the groups it adds carry it. That is a `pool add` cut before any
+/// member of the pool recorded the new group (see `grow.rs`): the add did
+/// not happen, the older layout holds, and the new devices are left out.
+fn choose_label(labels: &[Label]) -> Option<&Label> {
+    let newest = labels.iter().max_by_key(|l| l.txg)?;
+    let Some(older) = labels
+        .iter()
+        .filter(|l| l.txg < newest.txg)
+        .max_by_key(|l| l.txg)
+    else {
+        return Some(newest);
+    };
+    let kept = older.layout.groups.len();
+    if newest.layout.groups.len() <= kept {
+        return Some(newest);
+    }
+    let added: std::collections::BTreeSet<u128> = newest.layout.groups[kept..]
+        .iter()
+        .flat_map(|g| g.devices.iter().map(|d| d.guid))
+        .collect();
+    let unconfirmed = labels
+        .iter()
+        .filter(|l| l.txg == newest.txg)
+        .all(|l| added.contains(&l.device_guid));
+    Some(if unconfirmed { older } else { newest })
 }
 
 pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<Pool> {
@@ -454,11 +490,10 @@ pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<P
             labels[0].pool_name
         )));
     }
-    let newest = labels
-        .iter()
-        .max_by_key(|l| l.txg)
+    let newest = choose_label(&labels)
         .cloned()
         .ok_or_else(|| Error::invalid("no labels"))?;
+    let max_txg = labels.iter().map(|l| l.txg).max().unwrap_or(newest.txg);
     let layout = newest.layout.clone();
     // Match devices to layout positions by guid.
     let mut by_guid: BTreeMap<u128, Arc<dyn Device>> = BTreeMap::new();
@@ -505,7 +540,9 @@ pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<P
         groups.push(members);
     }
     let vdevs = Arc::new(Vdevs::new(&newest.pool_name, &layout, groups)?);
-    vdevs.layout.lock().1 = newest.txg;
+    // Past every generation seen, so a label written from now on is
+    // newer than the labels of an add that `choose_label` undid.
+    vdevs.layout.lock().1 = max_txg;
     let (ub, mut ck) = newest_checkpoint(&vdevs, guid)?;
     // A promote the crash interrupted left invisible copies: collect them
     // (the user runs `promote` again).
@@ -517,12 +554,17 @@ pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<P
     // resilvered once the pool runs. Lacking only the newest
     // uberblock is what a power cut between two members' uberblock writes
     // leaves, and harmless (the checkpoint was flushed on every member
-    // before its uberblocks were written).
+    // before its uberblocks were written). A group added after the
+    // checkpoint (its counters do not know it) has missed nothing: its
+    // members got every write since they joined (what replay reads is
+    // rewritten on every member anyway), they just carry no uberblock yet.
+    let counters = ckpt::decode_counters(&ckpt::read_blob(&vdevs, &ck.counters)?)?;
+    let known_groups = counters.segs.len();
     let stale: Vec<(usize, usize)> = vdevs
         .groups
         .iter()
         .enumerate()
-        .filter(|(_, g)| g.geo.tolerance() > 0)
+        .filter(|(gi, g)| g.geo.tolerance() > 0 && *gi < known_groups)
         .flat_map(|(gi, g)| {
             let named = &ck.stale_members;
             g.members.iter().enumerate().filter_map(move |(mi, m)| {
@@ -538,8 +580,7 @@ pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<P
         vdevs.groups[g].members[m].set_state(super::vdev::MemberState::Resilvering);
     }
     tracing::info!(pool = %newest.pool_name, seq = ub.seq, "importing pool");
-    let counters = ckpt::decode_counters(&ckpt::read_blob(&vdevs, &ck.counters)?)?;
-    let sizes: Vec<u32> = vdevs.groups.iter().map(|g| g.segments).collect();
+    let sizes: Vec<u32> = vdevs.groups.iter().map(|g| g.segments()).collect();
     let mut segs = SegmentTable::from_counters(&sizes, layout.segment_size, &counters);
     segs.set_row_blocks(
         (0..vdevs.groups.len())

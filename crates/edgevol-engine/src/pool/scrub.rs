@@ -506,7 +506,7 @@ pub(crate) fn start_resilver(
     claim(sh)?;
     let total: u64 = {
         let t = sh.segs.lock();
-        (0..sh.vdevs.groups[g].segments)
+        (0..sh.vdevs.groups[g].segments())
             .filter_map(|i| t.get(SegId::new(g as u8, i)))
             .map(|s| match s.state {
                 SegState::Data => u64::from(s.written),
@@ -560,7 +560,7 @@ fn resilver(
     entry: crate::format::label::DeviceLayout,
 ) -> Result<bool> {
     let t0 = Instant::now();
-    let n = sh.vdevs.groups[g].segments;
+    let n = sh.vdevs.groups[g].segments();
     let mut done = 0u64;
     for i in 0..n {
         if sh.closing.load(Ordering::SeqCst) {

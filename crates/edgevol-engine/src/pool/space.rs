@@ -193,6 +193,26 @@ impl SegmentTable {
         self.row_blocks = rows;
     }
 
+    /// Grow group `g` to `n` segments (its devices grew): the new ones
+    /// are free. Never shrinks. A group not known yet is added (`rows`
+    /// blocks per row).
+    pub fn grow(&mut self, g: usize, n: u32, rows: u32) {
+        self.generation += 1;
+        while self.segs.len() <= g {
+            self.segs.push(Vec::new());
+            self.free.push(BTreeSet::new());
+        }
+        if self.row_blocks.len() <= g {
+            self.row_blocks.resize(g, 1);
+            self.row_blocks.push(rows);
+        }
+        let have = self.segs[g].len() as u32;
+        if n > have {
+            self.segs[g].resize(n as usize, SegInfo::FREE);
+            self.free[g].extend(have..n);
+        }
+    }
+
     /// Take a free segment for `state`, rotating across groups (striping).
     pub fn alloc(&mut self, state: SegState) -> Option<SegId> {
         self.generation += 1;

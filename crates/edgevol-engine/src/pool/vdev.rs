@@ -19,8 +19,8 @@
 //! FAULTED; the group keeps serving DEGRADED while no more members are
 //! unavailable than it tolerates. A single-device group returns the error.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -154,13 +154,34 @@ pub struct Group {
     pub geo: Geometry,
     /// Members (one for a single-device group).
     pub members: Vec<Member>,
-    /// Usable segments.
-    pub segments: u32,
+    /// Usable segments; grows (never shrinks) when the members grow.
+    segments: AtomicU32,
     /// Round-robin cursor for mirror reads.
     rr: AtomicUsize,
 }
 
 impl Group {
+    /// A group of `members`, `segments` usable.
+    pub fn new(geo: Geometry, members: Vec<Member>, segments: u32) -> Group {
+        Group {
+            geo,
+            members,
+            segments: AtomicU32::new(segments),
+            rr: AtomicUsize::new(0),
+        }
+    }
+
+    /// Usable segments.
+    pub fn segments(&self) -> u32 {
+        self.segments.load(Ordering::Acquire)
+    }
+
+    /// Raise the usable segments to `n` (after the members grew and their
+    /// labels say so). Never lowers it.
+    pub fn grow_to(&self, n: u32) {
+        self.segments.fetch_max(n, Ordering::AcqRel);
+    }
+
     /// Members unavailable for reads.
     pub fn unavailable(&self) -> usize {
         self.members.iter().filter(|m| !m.readable()).count()
@@ -177,10 +198,85 @@ impl Group {
     }
 }
 
+/// Most groups a pool can have (`SegId::group` is a u8).
+pub const MAX_GROUPS: usize = 255;
+
+/// The groups of a pool: append-only, so a group can be added while the
+/// pool serves without a lock on the data path. Readers see a prefix of
+/// the slots (`len` is published after its slot is set).
+pub struct Groups {
+    slots: Box<[OnceLock<Group>]>,
+    len: AtomicUsize,
+}
+
+impl Groups {
+    fn new(groups: Vec<Group>) -> Groups {
+        let slots: Box<[OnceLock<Group>]> = (0..MAX_GROUPS).map(|_| OnceLock::new()).collect();
+        let len = groups.len().min(MAX_GROUPS);
+        for (slot, g) in slots.iter().zip(groups) {
+            let _ = slot.set(g);
+        }
+        Groups {
+            slots,
+            len: AtomicUsize::new(len),
+        }
+    }
+
+    /// Number of groups.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    /// True if there is no group (never for an open pool).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Group `i`, if it exists.
+    pub fn get(&self, i: usize) -> Option<&Group> {
+        if i < self.len() {
+            self.slots[i].get()
+        } else {
+            None
+        }
+    }
+
+    /// Every group, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Group> {
+        self.slots[..self.len()].iter().filter_map(OnceLock::get)
+    }
+
+    /// Append a group; its index. Callers serialise appends (the pool's
+    /// admin lock).
+    fn push(&self, g: Group) -> Result<usize> {
+        let i = self.len();
+        if i >= MAX_GROUPS {
+            return Err(Error::invalid(format!(
+                "a pool has at most {MAX_GROUPS} groups"
+            )));
+        }
+        self.slots[i]
+            .set(g)
+            .map_err(|_| Error::corrupt("group slot already taken"))?;
+        self.len.store(i + 1, Ordering::Release);
+        Ok(i)
+    }
+}
+
+impl std::ops::Index<usize> for Groups {
+    type Output = Group;
+    fn index(&self, i: usize) -> &Group {
+        match self.get(i) {
+            Some(g) => g,
+            None => panic!("group {i} does not exist"),
+        }
+    }
+}
+
 /// All groups of a pool.
 pub struct Vdevs {
     /// Groups, indexed by `SegId::group`.
-    pub groups: Vec<Group>,
+    pub groups: Groups,
     /// Segment size in bytes (logical).
     pub segment_size: u64,
     /// Pool name, for logs.
@@ -305,15 +401,11 @@ impl Vdevs {
                     }
                 })
                 .collect();
-            groups.push(Group {
-                geo,
-                segments: g.devices.iter().map(|d| d.segments).min().unwrap_or(0),
-                members,
-                rr: AtomicUsize::new(0),
-            });
+            let segments = g.devices.iter().map(|d| d.segments).min().unwrap_or(0);
+            groups.push(Group::new(geo, members, segments));
         }
         Ok(Vdevs {
-            groups,
+            groups: Groups::new(groups),
             segment_size: layout.segment_size,
             name: name.to_string(),
             layout: Mutex::new((layout.clone(), 1)),
@@ -323,7 +415,7 @@ impl Vdevs {
     fn group(&self, seg: SegId) -> Result<&Group> {
         self.groups
             .get(seg.group as usize)
-            .filter(|g| seg.index < g.segments)
+            .filter(|g| seg.index < g.segments())
             .ok_or_else(|| Error::corrupt(format!("segment {seg:?} does not exist")))
     }
 
@@ -1134,9 +1226,15 @@ impl Vdevs {
             .flat_map(|(i, g)| g.members.iter().map(move |m| (i, m)))
     }
 
+    /// Add a group (its labels already name it; no segment of it is
+    /// allocated until the segment table learns of it). Its index.
+    pub fn push_group(&self, g: Group) -> Result<usize> {
+        self.groups.push(g)
+    }
+
     /// Total segments.
     pub fn total_segments(&self) -> u64 {
-        self.groups.iter().map(|g| u64::from(g.segments)).sum()
+        self.groups.iter().map(|g| u64::from(g.segments())).sum()
     }
 
     /// ONLINE, DEGRADED or FAULTED for the whole pool.

@@ -543,11 +543,17 @@ impl Daemon {
 
     /// `edgevol --api-socket API ARGS...`.
     pub fn cli(&self, args: &[&str]) -> Output {
+        output(self.cli_command().args(args))
+    }
+
+    /// `edgevol --api-socket API` ready for arguments (to run elsewhere,
+    /// e.g. in another thread while this one drives a client).
+    pub fn cli_command(&self) -> Command {
         let mut c = Command::new(bin());
-        c.arg("--api-socket").arg(&self.api).args(args);
+        c.arg("--api-socket").arg(&self.api);
         c.current_dir(self.dir.path());
         c.env_remove("RUST_LOG").env("NO_COLOR", "1");
-        output(&mut c)
+        c
     }
 
     /// `edgevol --api-socket API ARGS...` with `input` on standard input.
