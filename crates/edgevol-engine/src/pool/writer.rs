@@ -395,6 +395,8 @@ pub(crate) struct Writer {
     cat_gen: u64,
     /// Storage settings per volume, valid for one catalog (`storage_of`).
     storage_cache: (u64, BTreeMap<u64, (Compression, u8)>),
+    /// Compression attempts per volume (skipped on incompressible streams).
+    backoff: std::collections::HashMap<u64, crate::compress::Backoff>,
     /// Views per (lineage, epoch), valid for one catalog (see `views_of`).
     #[allow(clippy::type_complexity)]
     view_cache: (
@@ -457,6 +459,7 @@ impl Writer {
             space_waiters: VecDeque::new(),
             cat_gen: 0,
             storage_cache: (u64::MAX, BTreeMap::new()),
+            backoff: std::collections::HashMap::new(),
             view_cache: (0, 0, 0, BTreeMap::new()),
             sealed: Vec::new(),
             spare: Vec::new(),
@@ -830,7 +833,16 @@ impl Writer {
             };
             let off = (*progress as usize) * BLOCK;
             let payload = &data[off..off + n as usize * BLOCK];
-            let (e, stored) = record_entry(EntryKind::Write, lineage, x, birth, payload, comp, enc);
+            let compressed = self.backoff.entry(vol).or_default().compress(comp, payload);
+            let (e, stored) = record_entry(
+                EntryKind::Write,
+                lineage,
+                x,
+                birth,
+                payload,
+                compressed,
+                enc,
+            );
             if !self.push_entry(STREAM_DATA, e, Some(&stored))? {
                 return Ok(false);
             }
@@ -845,6 +857,8 @@ impl Writer {
     fn storage_of(&mut self, vol: u64) -> (Compression, u8) {
         if self.storage_cache.0 != self.cat_gen {
             self.storage_cache = (self.cat_gen, BTreeMap::new());
+            let cat = &self.cat;
+            self.backoff.retain(|v, _| cat.volume(*v).is_ok());
         }
         if let Some(x) = self.storage_cache.1.get(&vol) {
             return *x;
@@ -1722,7 +1736,7 @@ impl Writer {
                     it.key.lba,
                     it.key.birth,
                     &it.data,
-                    comp,
+                    comp.compress(&it.data),
                     it.enc,
                 );
                 e.reloc_from = Some((it.old, it.old_rec_off));
@@ -1796,7 +1810,15 @@ impl Writer {
             };
             let off = done as usize * BLOCK;
             let payload = &data[off..off + n as usize * BLOCK];
-            let (e, stored) = record_entry(EntryKind::Copy, lineage, x, base, payload, comp, enc);
+            let (e, stored) = record_entry(
+                EntryKind::Copy,
+                lineage,
+                x,
+                base,
+                payload,
+                comp.compress(payload),
+                enc,
+            );
             if !self.push_entry(STREAM_CLEANER, e, Some(&stored))? {
                 return Err(Error::new(
                     ErrorKind::NoSpace,
@@ -2148,8 +2170,8 @@ struct Release {
     extents: Vec<MetaExtent>,
 }
 
-/// The log entry and stored payload of one record: compressed when that
-/// saves 1/8, marked for encryption (the payload is sealed in place when
+/// The log entry and stored payload of one record: `compressed` if the
+/// caller compressed it (see `Compression::compress`), else raw; marked for encryption (the payload is sealed in place when
 /// its batch is sealed, see [`Writer::seal_batch`]). Plain records carry a
 /// crc32c per block, the others one crc32c of what is stored.
 fn record_entry<'a>(
@@ -2158,10 +2180,10 @@ fn record_entry<'a>(
     lba: u64,
     birth: u64,
     payload: &'a [u8],
-    comp: Compression,
+    compressed: Option<(u8, Vec<u8>)>,
     enc: u8,
 ) -> (LogEntry, std::borrow::Cow<'a, [u8]>) {
-    let (ckind, stored) = match comp.compress(payload) {
+    let (ckind, stored) = match compressed {
         Some((k, z)) => (k, std::borrow::Cow::Owned(z)),
         None => (COMP_NONE, std::borrow::Cow::Borrowed(payload)),
     };
