@@ -76,6 +76,16 @@ fn quick_bench_reports_every_job() {
             }
         }
     }
+    // edgevol's matrix jobs ran with a snapshot of the volume present.
+    assert_eq!(doc["meta"]["edgevol_snapshot_present"], "bench-present");
+    let records = doc["records"].as_array().expect("records");
+    for job in &jobs {
+        let rec = records
+            .iter()
+            .find(|r| r["job"] == *job && r["target"] == "edgevol" && r.get("scenario").is_none())
+            .unwrap_or_else(|| panic!("no record of {job} on edgevol"));
+        assert_eq!(rec["facts"]["snapshot_present"], "bench-present", "{rec}");
+    }
     // Every run left its fio JSON, and the edgevol runs their server log.
     let fio_dir = res.join("fio");
     assert!(fio_dir.join("p0-edgevol-randwrite-4k-4x16.json").is_file());

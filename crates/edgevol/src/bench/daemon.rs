@@ -148,6 +148,16 @@ impl Daemon {
         Ok(())
     }
 
+    /// Whether `POOL/vol@snap` exists.
+    pub fn has_snapshot(&self, vol: &str, snap: &str) -> Result<bool> {
+        let list: Vec<serde_json::Value> = self.call(
+            Method::GET,
+            &format!("/pools/{POOL}/volumes/{vol}/snapshots"),
+            None::<&()>,
+        )?;
+        Ok(list.iter().any(|s| s["name"] == snap))
+    }
+
     /// The NBD URI of `POOL/vol`.
     pub fn uri(&self, vol: &str) -> String {
         format!(

@@ -86,6 +86,11 @@ pub struct BenchArgs {
     /// Keep the scratch run directory (images, pools) for inspection.
     #[arg(long)]
     keep: bool,
+    /// Run the matrix on edgevol without a snapshot of its volume (by
+    /// default one is taken before the first job on each image and kept:
+    /// the performance targets hold with a snapshot present).
+    #[arg(long)]
+    no_snapshot: bool,
     /// List targets, jobs and scenarios, and exit.
     #[arg(long)]
     list: bool,
@@ -285,6 +290,7 @@ fn resolve(a: &BenchArgs, stamp: &str) -> Result<(Config, Vec<String>)> {
             out,
             run_dir,
             keep: a.keep,
+            snapshot: !a.no_snapshot,
         },
         notes,
     ))
@@ -345,6 +351,7 @@ fn meta(cfg: &Config, stamp: &str) -> serde_json::Value {
         "target_desc": cfg.targets.iter().map(|t| (t.name(), t.desc())).collect::<std::collections::BTreeMap<_, _>>(),
         "jobs": cfg.jobs.iter().map(|j| j.name).collect::<Vec<_>>(),
         "scenarios": cfg.scenarios.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        "edgevol_snapshot_present": cfg.snapshot.then_some(runner::PRESENT_SNAPSHOT),
         "scratch": cfg.run_dir,
         "host": {
             "kernel": read("/proc/sys/kernel/osrelease").trim(),

@@ -43,6 +43,9 @@ pub struct Config {
     pub run_dir: PathBuf,
     /// Keep the scratch directory.
     pub keep: bool,
+    /// Keep a snapshot of edgevol's volume during the matrix (the targets
+    /// are stated with one present).
+    pub snapshot: bool,
 }
 
 impl Config {
@@ -129,6 +132,20 @@ impl<'a> Run<'a> {
 
 /// Work done on a started edgevol server before fio runs (a snapshot).
 pub type Hook<'a> = &'a dyn Fn(&Daemon, &mut Record) -> Result<()>;
+
+/// The snapshot kept on edgevol's volume during the matrix.
+pub const PRESENT_SNAPSHOT: &str = "bench-present";
+
+/// Take [`PRESENT_SNAPSHOT`] of `vol0` unless it exists (the first job on
+/// an image takes it: of the filled data, or of a fresh volume).
+fn keep_snapshot(d: &Daemon, rec: &mut Record) -> Result<()> {
+    if !d.has_snapshot("vol0", PRESENT_SNAPSHOT)? {
+        d.snapshot("vol0", PRESENT_SNAPSHOT)?;
+    }
+    rec.facts
+        .insert("snapshot_present".into(), json!(PRESENT_SNAPSHOT));
+    Ok(())
+}
 
 /// `base` with a suffix appended to its file name.
 pub fn suffixed(base: &Path, suffix: &str) -> PathBuf {
@@ -426,7 +443,8 @@ impl Bench {
                     let path = self.image_path(t.format());
                     match Image::create(t.format(), &path, self.cfg.size) {
                         Ok(mut img) => {
-                            self.run_one(Run::new(t, &job, pass, "fresh", data), &mut img, None);
+                            let hook = self.hook(t);
+                            self.run_one(Run::new(t, &job, pass, "fresh", data), &mut img, hook);
                             if !self.cfg.keep {
                                 img.remove();
                             }
@@ -453,8 +471,9 @@ impl Bench {
                         }
                     }
                 }
+                let hook = self.hook(t);
                 if let Some(img) = filled.get_mut(&key) {
-                    self.run_one(Run::new(t, &job, pass, "filled", data), img, None);
+                    self.run_one(Run::new(t, &job, pass, "filled", data), img, hook);
                 }
             }
         }
@@ -463,6 +482,12 @@ impl Bench {
                 img.remove();
             }
         }
+    }
+
+    /// What runs on `t`'s server before a matrix job: keeping the
+    /// snapshot on edgevol's volume.
+    fn hook(&self, t: Target) -> Option<Hook<'static>> {
+        (t == Target::Edgevol && self.cfg.snapshot).then_some(&keep_snapshot as Hook<'static>)
     }
 
     /// A record of a run that could not start.
