@@ -98,7 +98,14 @@ struct Item {
     seq: u64,
     head: u16,
     parsed: Result<Request, Malformed>,
+    /// When it was taken off the ring.
+    popped: std::time::Instant,
 }
+
+/// A request that takes longer than this from the ring back to the ring is
+/// logged (a stalled backend, or a pool waiting for space), so a slow
+/// guest I/O can be told apart from a guest that was not scheduled.
+pub const SLOW_REQUEST: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn queue_err(e: virtio_queue::Error) -> io::Error {
     io::Error::other(format!("virtqueue: {e}"))
@@ -200,7 +207,12 @@ impl<D: BlockDevice> BlkBackend<D> {
             // every request that was popped.
             let seq = track.next_seq.fetch_add(1, Ordering::SeqCst);
             *track.inflight.lock() += 1;
-            out.push(Item { seq, head, parsed });
+            out.push(Item {
+                seq,
+                head,
+                parsed,
+                popped: std::time::Instant::now(),
+            });
         }
         out
     }
@@ -236,6 +248,17 @@ impl<D: BlockDevice> BlkBackend<D> {
                                 Ok(req) => request::execute(&*inner.dev, &**mem, req, ctx).await,
                                 Err(m) => request::reject(&**mem, m),
                             };
+                            let took = it.popped.elapsed();
+                            if took > SLOW_REQUEST {
+                                tracing::warn!(
+                                    queue = q,
+                                    head = it.head,
+                                    kind = ?it.parsed.as_ref().map(|r| r.kind).ok(),
+                                    sector = it.parsed.as_ref().map_or(0, |r| r.sector),
+                                    secs = took.as_secs_f64(),
+                                    "slow virtio-blk request"
+                                );
+                            }
                             complete(inner, q, vring, it.seq, it.head, out.used_len);
                         }
                     });
