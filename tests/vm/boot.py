@@ -187,6 +187,10 @@ class Console:
         self._json_job = None
         self._json_lines = []
         self._partial = ""
+        # Host seconds since QEMU started, as of the console data being fed
+        # (set by the loop): jobs get host times beside the guest's own, so
+        # a guest clock that jumped (a starved TCG vCPU) shows.
+        self.now = 0.0
 
     def job(self, name):
         for j in reversed(self.jobs):
@@ -228,7 +232,7 @@ class Console:
             note("disk: %s" % tail)
         elif event == "job-begin":
             j = {"name": f["name"], "kind": f.get("kind"), "verify_only": f.get("verify_only") == 1,
-                 "rc": None, "begin_t": f.get("t")}
+                 "rc": None, "begin_t": f.get("t"), "host_begin_s": round(self.now, 2)}
             self.jobs.append(j)
             note("job %s started" % f["name"])
         elif event == "job-end":
@@ -237,6 +241,8 @@ class Console:
             j["end_t"] = f.get("t")
             if isinstance(j.get("begin_t"), float) and isinstance(j.get("end_t"), float):
                 j["secs"] = round(j["end_t"] - j["begin_t"], 2)
+            if "host_begin_s" in j:
+                j["host_secs"] = round(self.now - j["host_begin_s"], 2)
             note("job %s finished: rc=%s in %ss" % (f["name"], j["rc"], j.get("secs")))
         elif event == "fio-json-begin":
             self._json_job, self._json_lines = f["name"], []
@@ -379,6 +385,7 @@ def run(args):
                 f.seek(pos)
                 chunk = f.read()
             pos += len(chunk)
+            console.now = time.time() - start
             console.feed(chunk.decode("utf-8", "replace"))
         except FileNotFoundError:
             pass

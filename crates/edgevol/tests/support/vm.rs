@@ -346,6 +346,9 @@ pub struct JobResult {
     pub rc: Option<i64>,
     /// Guest seconds from start to end.
     pub secs: Option<f64>,
+    /// Host seconds from start to end (as the console showed the markers,
+    /// 0.1 s resolution): far below `secs` means the guest clock jumped.
+    pub host_secs: Option<f64>,
     pub verify_only: bool,
     /// fio's `--output-format=json` document.
     pub fio: Option<Value>,
@@ -432,6 +435,9 @@ pub struct VmOutcome {
     pub serial: Option<String>,
     pub jobs: Vec<JobResult>,
     pub checks: BTreeMap<String, CheckResult>,
+    /// `info` markers: the guest clock source (`what=clocksource`), kernel
+    /// lines about it (`what=kmsg-clock`), ...
+    pub infos: Vec<Value>,
     pub errors: Vec<Value>,
     pub out_dir: PathBuf,
     pub serial_log: PathBuf,
