@@ -317,3 +317,77 @@ fn a_device_that_missed_writes_is_resilvered_at_import() {
     verify(&pool, &model);
     assert_clean(&pool);
 }
+
+/// A `pool add` that reached the new devices and one old member's label
+/// only, imported without that member: the add is undone (the new devices
+/// are left out) and every member's label says so at once, so the member
+/// that saw the add cannot bring it back later, naming devices the pool no
+/// longer lists. No data is lost on the way.
+#[test]
+fn an_add_undone_at_import_stays_undone() {
+    use edgevol_engine::buf::AlignedBuf;
+    let (pool, devs) = group(GroupKind::Mirror, 2);
+    let model = fill(&pool, 6);
+    // The labels of member b before the add.
+    let label_area = |d: &MemDevice| {
+        let mut b = AlignedBuf::zeroed(32 << 10);
+        d.read_at(b.as_mut_slice(), 0).expect("read labels");
+        b
+    };
+    let b_before = label_area(&devs[1]);
+    let new: Vec<Arc<MemDevice>> = (0..2)
+        .map(|i| Arc::new(MemDevice::new(format!("n{i}"), 40 * MIB)))
+        .collect();
+    pool.add_group(
+        GroupKind::Mirror,
+        new.iter().map(|d| d.clone() as Arc<dyn Device>).collect(),
+        false,
+    )
+    .expect("add");
+    assert_eq!(pool.status().groups.len(), 2);
+    pool.close().expect("close");
+    drop(pool);
+    // As if the add's label write never reached b.
+    devs[1]
+        .write_at(b_before.as_slice(), 0)
+        .expect("restore b's labels");
+    devs[1].flush().expect("flush");
+    // a is missing: b and the new devices carry the evidence.
+    let pool = Pool::open(
+        vec![
+            devs[1].clone() as Arc<dyn Device>,
+            new[0].clone(),
+            new[1].clone(),
+        ],
+        cfg(),
+    )
+    .expect("import without a");
+    let st = pool.status();
+    assert_eq!(st.groups.len(), 1, "the add is undone: {st:?}");
+    assert_eq!(st.state, "DEGRADED");
+    verify(&pool, &model);
+    pool.close().expect("close");
+    drop(pool);
+    // a is back, the new devices are not offered: the pool imports with
+    // its one group (a is resilvered from b).
+    let pool = Pool::open(
+        vec![devs[0].clone() as Arc<dyn Device>, devs[1].clone()],
+        cfg(),
+    )
+    .expect("import with a back");
+    pool.wait_scans();
+    let st = pool.status();
+    assert_eq!(st.groups.len(), 1, "{st:?}");
+    assert_eq!(st.state, "ONLINE", "{st:?}");
+    verify(&pool, &model);
+    assert!(pool.check().expect("check").errors.is_empty());
+    // The undone add's devices can be added again.
+    pool.add_group(
+        GroupKind::Mirror,
+        new.iter().map(|d| d.clone() as Arc<dyn Device>).collect(),
+        false,
+    )
+    .expect("add again");
+    assert_eq!(pool.status().groups.len(), 2);
+    verify(&pool, &model);
+}

@@ -541,8 +541,16 @@ pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<P
     }
     let vdevs = Arc::new(Vdevs::new(&newest.pool_name, &layout, groups)?);
     // Past every generation seen, so a label written from now on is
-    // newer than the labels of an add that `choose_label` undid.
+    // newer than the labels of an add that `choose_label` undid; and when
+    // it undid one, say so in every member's label at once: a member that
+    // carried the add's layout but was missing now must not bring it back
+    // later, naming devices the pool no longer lists.
     vdevs.layout.lock().1 = max_txg;
+    if newest.txg < max_txg {
+        tracing::warn!(pool = %newest.pool_name, "an interrupted `pool add` is undone; its devices are left out");
+        vdevs.layout.lock().1 = max_txg + 1;
+        write_labels(&vdevs, guid, newest.created)?;
+    }
     let (ub, mut ck) = newest_checkpoint(&vdevs, guid)?;
     // A promote the crash interrupted left invisible copies: collect them
     // (the user runs `promote` again).
