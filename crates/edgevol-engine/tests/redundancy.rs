@@ -338,13 +338,16 @@ fn an_add_undone_at_import_stays_undone() {
     let new: Vec<Arc<MemDevice>> = (0..2)
         .map(|i| Arc::new(MemDevice::new(format!("n{i}"), 40 * MIB)))
         .collect();
-    pool.add_group(
-        GroupKind::Mirror,
-        new.iter().map(|d| d.clone() as Arc<dyn Device>).collect(),
-        false,
-    )
-    .expect("add");
-    assert_eq!(pool.status().groups.len(), 2);
+    let add_new = |pool: &Pool| {
+        pool.add_group(
+            GroupKind::Mirror,
+            new.iter().map(|d| d.clone() as Arc<dyn Device>).collect(),
+            false,
+        )
+        .expect("add the new mirror");
+        assert_eq!(pool.status().groups.len(), 2);
+    };
+    add_new(&pool);
     pool.close().expect("close");
     drop(pool);
     // As if the add's label write never reached b.
@@ -382,12 +385,6 @@ fn an_add_undone_at_import_stays_undone() {
     verify(&pool, &model);
     assert!(pool.check().expect("check").errors.is_empty());
     // The undone add's devices can be added again.
-    pool.add_group(
-        GroupKind::Mirror,
-        new.iter().map(|d| d.clone() as Arc<dyn Device>).collect(),
-        false,
-    )
-    .expect("add again");
-    assert_eq!(pool.status().groups.len(), 2);
+    add_new(&pool);
     verify(&pool, &model);
 }
