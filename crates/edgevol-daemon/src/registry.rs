@@ -23,6 +23,28 @@ struct PoolEntry {
     devices: Vec<String>,
 }
 
+/// A device list in `zpool create` form (plain paths and group keywords,
+/// `mirror a b parity1 c d e`) with every path made absolute, in the
+/// engine's canonical keywords; and the paths alone.
+fn absolute_spec(devices: &[String]) -> Result<(Vec<String>, Vec<PathBuf>)> {
+    use edgevol_engine::format::label::GroupKind;
+    let mut spec = Vec::new();
+    let mut paths = Vec::new();
+    for (kind, devs) in edgevol_engine::parse_layout(devices)? {
+        match kind {
+            GroupKind::Single => {}
+            GroupKind::Mirror => spec.push("mirror".into()),
+            GroupKind::Parity(p) => spec.push(format!("parity{p}")),
+        }
+        for d in devs {
+            let p = absolute(Path::new(&d));
+            spec.push(p.display().to_string());
+            paths.push(p);
+        }
+    }
+    Ok((spec, paths))
+}
+
 /// Pools and attachments.
 pub struct Registry {
     dir: PathBuf,
@@ -107,19 +129,19 @@ impl Registry {
     }
 
     fn save(&self) -> Result<()> {
-        self.save_with("", &[])
+        self.save_with(None)
     }
 
-    /// Save pools.json, with `devices` for pool `name` instead of its own.
-    fn save_with(&self, name: &str, devices: &[String]) -> Result<()> {
+    /// Save pools.json; `with`: (pool, devices) to record for that pool
+    /// instead of the devices it has now.
+    fn save_with(&self, with: Option<(&str, &[String])>) -> Result<()> {
         let mut file = PoolsFile::default();
         for (n, p) in self.pools.read().iter() {
             file.pools.push(PoolEntry {
                 name: n.clone(),
-                devices: if n == name {
-                    devices.to_vec()
-                } else {
-                    p.paths()
+                devices: match with {
+                    Some((name, devices)) if name == n => devices.to_vec(),
+                    _ => p.paths(),
                 },
             });
         }
@@ -194,18 +216,7 @@ impl Registry {
     ) -> Result<usize> {
         let _g = self.admin.lock();
         let p = self.pool(pool)?;
-        let spec: Vec<String> = devices
-            .iter()
-            .map(|d| match d.as_str() {
-                "mirror" | "parity1" | "parity2" | "raidz" | "raidz1" | "raidz2" => d.clone(),
-                _ => absolute(Path::new(d)).display().to_string(),
-            })
-            .collect();
-        let paths: Vec<PathBuf> = edgevol_engine::parse_layout(&spec)?
-            .into_iter()
-            .flat_map(|(_, d)| d)
-            .map(PathBuf::from)
-            .collect();
+        let (spec, paths) = absolute_spec(devices)?;
         let before = p.paths();
         for path in &paths {
             let name = path.display().to_string();
@@ -230,7 +241,7 @@ impl Registry {
         }
         let mut with_new = before;
         with_new.extend(paths.iter().map(|p| p.display().to_string()));
-        self.save_with(pool, &with_new)?;
+        self.save_with(Some((pool, &with_new)))?;
         match p.add_on_paths(&spec, size, force) {
             Ok(g) => {
                 self.save()?;
@@ -264,24 +275,7 @@ impl Registry {
                 "give at least one file or device",
             ));
         }
-        // Plain paths and group keywords (`mirror a b parity1 c d e`).
-        let layout = edgevol_engine::parse_layout(devices)?;
-        let mut spec: Vec<String> = Vec::new();
-        let mut paths: Vec<PathBuf> = Vec::new();
-        for (kind, devs) in &layout {
-            match kind {
-                edgevol_engine::format::label::GroupKind::Single => {}
-                edgevol_engine::format::label::GroupKind::Mirror => spec.push("mirror".into()),
-                edgevol_engine::format::label::GroupKind::Parity(p) => {
-                    spec.push(format!("parity{p}"))
-                }
-            }
-            for d in devs {
-                let p = absolute(Path::new(d));
-                spec.push(p.display().to_string());
-                paths.push(p);
-            }
-        }
+        let (spec, paths) = absolute_spec(devices)?;
         for p in &paths {
             if let Some(parent) = p.parent() {
                 if !parent.as_os_str().is_empty() && !parent.exists() {

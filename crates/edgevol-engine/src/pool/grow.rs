@@ -58,9 +58,11 @@ pub(crate) fn add_group(
         )));
     }
     for d in &devs {
-        let name = d.describe();
-        if vdevs.devices().any(|(_, m)| m.dev().describe() == name) {
-            return Err(Error::invalid(format!("{name} is already in the pool")));
+        if vdevs.has_device(&d.describe()) {
+            return Err(Error::invalid(format!(
+                "{} is already in the pool",
+                d.describe()
+            )));
         }
     }
     let mut entries = Vec::new();
@@ -143,24 +145,12 @@ pub struct Expanded {
     pub bytes: u64,
 }
 
-/// Take in the space of members that grew: every group (or only the one
-/// holding device `only`) whose members all grew gets their new size
-/// (the smallest member's). Groups with a member that is not ONLINE are
-/// left alone (with `only`, an error).
-pub(crate) fn expand(sh: &Arc<Shared>, only: Option<&str>) -> Result<Vec<Expanded>> {
+/// Take in the space of members that grew: every group (or only group
+/// `wanted`) whose members all grew gets their new size (the smallest
+/// member's). Groups with a member that is not ONLINE are left alone
+/// (with `wanted`, an error).
+pub(crate) fn expand(sh: &Arc<Shared>, wanted: Option<usize>) -> Result<Vec<Expanded>> {
     let vdevs = &sh.vdevs;
-    let wanted = match only {
-        Some(name) => Some(
-            vdevs
-                .devices()
-                .find(|(_, m)| m.dev().describe() == name || format!("{:032x}", m.guid()) == name)
-                .map(|(g, _)| g)
-                .ok_or_else(|| {
-                    Error::not_found(format!("pool {} has no device {name}", sh.name))
-                })?,
-        ),
-        None => None,
-    };
     let (mut layout, txg) = vdevs.layout.lock().clone();
     let mut grown = Vec::new();
     for (gi, g) in vdevs.groups.iter().enumerate() {

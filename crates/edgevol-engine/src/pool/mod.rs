@@ -894,11 +894,7 @@ impl Pool {
                 "only a device of a mirror or parity group can be replaced",
             ));
         }
-        if sh
-            .vdevs
-            .devices()
-            .any(|(_, x)| x.dev().describe() == new.display().to_string())
-        {
+        if sh.vdevs.has_device(&new.display().to_string()) {
             return Err(Error::invalid(format!(
                 "{} is already in the pool",
                 new.display()
@@ -1005,7 +1001,8 @@ impl Pool {
     /// only the group of device `only`. What grew (empty: nothing did).
     pub fn expand(&self, only: Option<&str>) -> Result<Vec<Expanded>> {
         let _admin = self.admin.lock();
-        grow::expand(&self.sh, only)
+        let group = only.map(|d| self.find_member(d)).transpose()?;
+        grow::expand(&self.sh, group.map(|(g, _)| g))
     }
 
     /// Resilver members found stale at import, one after the other.

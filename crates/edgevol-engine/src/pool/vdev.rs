@@ -1218,6 +1218,11 @@ impl Vdevs {
         }
     }
 
+    /// True if a member's device is `name` (as `Device::describe` says).
+    pub fn has_device(&self, name: &str) -> bool {
+        self.devices().any(|(_, m)| m.dev().describe() == name)
+    }
+
     /// Every device, with its group index.
     pub fn devices(&self) -> impl Iterator<Item = (usize, &Member)> {
         self.groups
