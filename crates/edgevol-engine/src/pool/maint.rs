@@ -130,6 +130,17 @@ fn step(sh: &Arc<Shared>, last_flush: &mut Instant) -> Result<bool> {
                 Err(e) => return Err(e),
             };
             flush_memtable(sh)?;
+            // Each round flushes a small run: keep L0 short while cleaning
+            // (writers stall at `L0_STOP` runs, and every write's lookup
+            // reads each of them).
+            // Never below the data reserve: writers wait there for this
+            // very loop to free segments.
+            compact(
+                sh,
+                Scope::L0Only {
+                    keep_free: reserve + 2,
+                },
+            )?;
             force_install(sh)?;
             let free = sh.segs.lock().free_count();
             if cleaned == 0 || free >= high {
@@ -152,7 +163,7 @@ fn step(sh: &Arc<Shared>, last_flush: &mut Instant) -> Result<bool> {
     if due && flush_memtable(sh)? {
         *last_flush = Instant::now();
     }
-    let compacted = compact(sh)?;
+    let compacted = compact(sh, Scope::Full)?;
     gc_pending(sh)?;
     Ok(compacted || sh.map.active_bytes() >= sh.memtable_budget)
 }
@@ -181,7 +192,7 @@ pub(crate) fn run_all(sh: &Arc<Shared>, full: bool) -> Result<()> {
                 break;
             }
         }
-        compact(sh)?;
+        compact(sh, Scope::Full)?;
     }
     flush_memtable(sh)?;
     Ok(())
@@ -310,15 +321,60 @@ fn level_target(sh: &Shared, level: usize) -> u64 {
     (sh.memtable_budget as u64 * 8).saturating_mul(10u64.saturating_pow(level as u32))
 }
 
-/// One compaction step if the tree needs it.
-fn compact(sh: &Shared) -> Result<bool> {
+/// L0 runs that trigger a compaction (every lookup reads each of them).
+const L0_COMPACT: usize = 4;
+
+/// L0 runs are merged among themselves (not into L1) while together they
+/// are smaller than L1 / `L0_TIER_RATIO`: merging a few small runs is cheap,
+/// rewriting all of L1 for them is not. The cleaner flushes the memtable
+/// after every round, so under space pressure L0 fills with small runs.
+const L0_TIER_RATIO: u64 = 4;
+
+/// Where a compaction's output goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// One L0 run replacing every L0 run (L1 stays).
+    L0,
+    /// Level `deep[i]` (0 = L1), replacing its inputs.
+    Deep(usize),
+}
+
+/// What a compaction step may do.
+#[derive(Clone, Copy)]
+enum Scope {
+    /// Whatever the tree needs (the maintenance step).
+    Full,
+    /// Only merge L0 runs among themselves, and only while `keep_free`
+    /// segments stay free besides the metadata floor: inside the cleaner's
+    /// loop, where writers may be waiting for it (a merge into L1 rewrites
+    /// the whole of L1).
+    L0Only { keep_free: u64 },
+}
+
+/// One compaction step if the tree needs it (and `scope` allows it).
+fn compact(sh: &Shared, scope: Scope) -> Result<bool> {
     let levels = sh.map.levels();
-    let (inputs, out_level): (Vec<Arc<Run>>, usize) = if levels.l0.len() >= 4 {
-        let mut v = levels.l0.clone();
-        if let Some(Some(l1)) = levels.deep.first() {
-            v.push(l1.clone());
+    let (l0_only, keep_free) = match scope {
+        Scope::Full => (false, 0),
+        Scope::L0Only { keep_free } => (true, keep_free),
+    };
+    if l0_only && levels.l0.len() < L0_COMPACT {
+        return Ok(false);
+    }
+    let (inputs, out): (Vec<Arc<Run>>, Output) = if levels.l0.len() >= L0_COMPACT {
+        let l0_bytes: u64 = levels.l0.iter().map(|r| r.bytes()).sum();
+        match levels.deep.first() {
+            Some(Some(l1)) if l0_only || l0_bytes.saturating_mul(L0_TIER_RATIO) < l1.bytes() => {
+                (levels.l0.clone(), Output::L0)
+            }
+            Some(Some(l1)) => {
+                let mut v = levels.l0.clone();
+                v.push(l1.clone());
+                (v, Output::Deep(0))
+            }
+            _ if l0_only => return Ok(false),
+            _ => (levels.l0.clone(), Output::Deep(0)),
         }
-        (v, 0)
     } else {
         let mut pick = None;
         for (i, r) in levels.deep.iter().enumerate() {
@@ -334,21 +390,24 @@ fn compact(sh: &Shared) -> Result<bool> {
         if let Some(Some(next)) = levels.deep.get(i + 1) {
             v.push(next.clone());
         }
-        (v, i + 1)
+        (v, Output::Deep(i + 1))
     };
     // The output may be as large as the inputs; it must fit without eating
     // the segments reserved for flushes.
     let bytes: u64 = inputs.iter().map(|r| r.bytes()).sum();
     let need = bytes.div_ceil(sh.vdevs.segment_size) + 1;
-    if sh.segs.lock().free_count() < need + super::meta_floor(sh) {
+    if sh.segs.lock().free_count() < need + super::meta_floor(sh) + keep_free {
         return Ok(false);
     }
     // Deletion markers can go when nothing older lies below the output.
-    let keep_deletions = levels
-        .deep
-        .iter()
-        .enumerate()
-        .any(|(j, r)| j > out_level && r.is_some());
+    let keep_deletions = match out {
+        Output::L0 => true, // L1 lies below (an L0-only merge needs one)
+        Output::Deep(level) => levels
+            .deep
+            .iter()
+            .enumerate()
+            .any(|(j, r)| j > level && r.is_some()),
+    };
     let mut lo = Key::new(0, 0, 0);
     let hi = Key::new(u32::MAX, u64::MAX, u64::MAX);
     let mut pages: Vec<(Key, Option<Value>)> = Vec::new();
@@ -378,22 +437,25 @@ fn compact(sh: &Shared) -> Result<bool> {
     let run = build_run(sh, iter)?;
     let dropped: Vec<RunMeta> = inputs.iter().map(|r| r.meta().clone()).collect();
     let mut deep = levels.deep.clone();
-    let l0 = if out_level == 0 {
-        Vec::new()
-    } else {
-        levels.l0.clone()
-    };
-    let slot = if out_level == 0 { 0 } else { out_level };
-    while deep.len() <= slot {
-        deep.push(None);
-    }
-    if out_level > 0 {
-        deep[out_level - 1] = None;
-    }
-    deep[slot] = if run.meta().entries == 0 {
-        None
-    } else {
-        Some(run.clone())
+    let kept = (run.meta().entries > 0).then(|| run.clone());
+    let l0 = match out {
+        // The merged run takes the place of every L0 input (runs flushed
+        // meanwhile are kept in front of it when the writer installs it).
+        Output::L0 => kept.into_iter().collect(),
+        Output::Deep(level) => {
+            while deep.len() <= level {
+                deep.push(None);
+            }
+            if level > 0 {
+                deep[level - 1] = None;
+            }
+            deep[level] = kept;
+            if level == 0 {
+                Vec::new()
+            } else {
+                levels.l0.clone()
+            }
+        }
     };
     if run.meta().entries == 0 {
         sh.segs.lock().release_meta_blocks(&run.meta().extents);
