@@ -53,12 +53,104 @@ impl Key {
         w.u64(self.birth);
     }
 
+    /// The key encoded in `b` (as [`Key::encode`] writes it).
+    pub(crate) fn from_bytes(b: &[u8; Key::LEN]) -> Key {
+        let u64_at = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(w)
+        };
+        Key {
+            lineage: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            lba: u64_at(4),
+            birth: u64_at(12),
+        }
+    }
+
     pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Key, DecodeError> {
         Ok(Key {
             lineage: r.u32()?,
             lba: r.u64()?,
             birth: r.u64()?,
         })
+    }
+}
+
+/// The checksums of a fragment ([`DataRef::csums`]): one crc32c inline
+/// (a one-block fragment, or a compressed or encrypted record: the common
+/// cases), more on the heap, shared by clones.
+///
+/// Every map lookup decodes and clones these; keeping the single checksum
+/// inline saves an allocation and a shared reference count per entry.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Csums(CsumRepr);
+
+#[derive(Clone, PartialEq, Eq)]
+enum CsumRepr {
+    One(u32),
+    Many(Arc<[u32]>),
+}
+
+impl Csums {
+    /// Checksums stored little-endian, 4 bytes each (`b.len()` a multiple of 4).
+    pub fn from_le_bytes(b: &[u8]) -> Csums {
+        let mut it = b
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+        if b.len() == 4 {
+            if let Some(c) = it.next() {
+                return Csums(CsumRepr::One(c));
+            }
+        }
+        Csums(CsumRepr::Many(it.collect()))
+    }
+}
+
+impl std::ops::Deref for Csums {
+    type Target = [u32];
+    fn deref(&self) -> &[u32] {
+        match &self.0 {
+            CsumRepr::One(c) => std::slice::from_ref(c),
+            CsumRepr::Many(v) => v,
+        }
+    }
+}
+
+impl From<&[u32]> for Csums {
+    fn from(v: &[u32]) -> Csums {
+        match v {
+            [c] => Csums(CsumRepr::One(*c)),
+            _ => Csums(CsumRepr::Many(Arc::from(v))),
+        }
+    }
+}
+
+impl From<Vec<u32>> for Csums {
+    fn from(v: Vec<u32>) -> Csums {
+        match v[..] {
+            [c] => Csums(CsumRepr::One(c)),
+            _ => Csums(CsumRepr::Many(Arc::from(v))),
+        }
+    }
+}
+
+impl FromIterator<u32> for Csums {
+    fn from_iter<I: IntoIterator<Item = u32>>(iter: I) -> Csums {
+        Csums::from(iter.into_iter().collect::<Vec<u32>>())
+    }
+}
+
+impl<'a> IntoIterator for &'a Csums {
+    type Item = &'a u32;
+    type IntoIter = std::slice::Iter<'a, u32>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl std::fmt::Debug for Csums {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 
@@ -83,7 +175,7 @@ pub struct DataRef {
     /// of this fragment. Others: one crc32c of the whole stored payload
     /// (ciphertext for encrypted records: it reveals nothing, and lets
     /// recovery and scrub check them without the key).
-    pub csums: Arc<[u32]>,
+    pub csums: Csums,
     /// Encrypted records: nonce ‖ authentication tag.
     pub seal: Option<Arc<crate::crypt::Seal>>,
 }
@@ -130,8 +222,8 @@ impl DataRef {
     /// The sub-fragment of blocks `[from, to)` relative to this fragment.
     pub fn slice(&self, from: u8, to: u8) -> DataRef {
         debug_assert!(from < to && to <= self.nblocks);
-        let csums: Arc<[u32]> = if self.is_plain() {
-            Arc::from(&self.csums[from as usize..to as usize])
+        let csums = if self.is_plain() {
+            Csums::from(&self.csums[from as usize..to as usize])
         } else {
             self.csums.clone()
         };
@@ -279,10 +371,7 @@ pub fn decode_value(r: &mut Reader<'_>) -> Result<Option<Value>, DecodeError> {
             let nblocks = r.u8()?;
             let comp = r.u8()?;
             let n = r.u8()? as usize;
-            let mut csums = Vec::with_capacity(n);
-            for _ in 0..n {
-                csums.push(r.u32()?);
-            }
+            let csums = Csums::from_le_bytes(r.bytes(4 * n)?);
             let (enc, seal) = if t == TAG_DATA_SEALED {
                 let enc = r.u8()?;
                 let mut seal = [0u8; crate::crypt::SEAL_LEN];
@@ -302,7 +391,7 @@ pub fn decode_value(r: &mut Reader<'_>) -> Result<Option<Value>, DecodeError> {
                 nblocks,
                 comp,
                 enc,
-                csums: csums.into(),
+                csums,
                 seal,
             };
             if !d.fields_ok() {
@@ -330,6 +419,25 @@ mod tests {
             enc: 0,
             csums: (0..u32::from(nblocks)).collect::<Vec<_>>().into(),
             seal: None,
+        }
+    }
+
+    #[test]
+    fn csums_keep_one_inline_and_read_like_a_slice() {
+        let one = Csums::from_le_bytes(&7u32.to_le_bytes());
+        assert!(matches!(one.0, CsumRepr::One(7)));
+        assert_eq!(&*one, &[7]);
+        let bytes: Vec<u8> = [1u32, 2, 3].iter().flat_map(|c| c.to_le_bytes()).collect();
+        let many = Csums::from_le_bytes(&bytes);
+        assert!(matches!(many.0, CsumRepr::Many(_)));
+        assert_eq!(&*many, &[1, 2, 3]);
+        assert_eq!(many, Csums::from(vec![1, 2, 3]));
+        assert_eq!(Csums::from(&many[1..2]), one_of(2));
+        assert!(Csums::from_le_bytes(&[]).is_empty());
+        assert_eq!((&many).into_iter().sum::<u32>(), 6);
+        assert_eq!(format!("{many:?}"), "[1, 2, 3]");
+        fn one_of(c: u32) -> Csums {
+            [c].into_iter().collect()
         }
     }
 

@@ -23,12 +23,13 @@ pub mod entry;
 pub mod run;
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-pub use entry::{DataRef, Key, Value};
+pub use entry::{Csums, DataRef, Key, Value};
 use run::{BlockCache, BlockReader, Run, RunMeta};
 
 use crate::error::Result;
@@ -92,7 +93,26 @@ impl Memtable {
             return false;
         }
         let mut n = 0usize;
-        for (_, v) in self.chunks.range(chunk_of(lo)..=chunk_of(hi)) {
+        let (first, last) = (chunk_of(lo), chunk_of(hi));
+        // No key of `hi`'s chunk is below `hi` when `hi` is that chunk's
+        // first key (the common case: the writer scans one whole chunk).
+        let end = if hi.birth == 0 && hi.lba == last.1 {
+            Bound::Excluded(last)
+        } else {
+            Bound::Included(last)
+        };
+        let one = match end {
+            Bound::Excluded(l) => {
+                first.1.checked_add(crate::layout::CHUNK_BLOCKS) == Some(l.1) && l.0 == first.0
+            }
+            _ => last == first,
+        };
+        let single = if one { self.chunks.get(&first) } else { None };
+        let ranged = (!one).then(|| self.chunks.range((Bound::Included(first), end)));
+        let chunks = single
+            .into_iter()
+            .chain(ranged.into_iter().flatten().map(|(_, v)| v));
+        for v in chunks {
             let start = v.partition_point(|(k, _)| k < lo);
             for (k, val) in &v[start..] {
                 if k >= hi {

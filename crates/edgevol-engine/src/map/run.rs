@@ -113,8 +113,14 @@ impl Block {
     }
 
     fn key_at(&self, off: usize) -> std::result::Result<Key, DecodeError> {
-        let end = (off + Key::LEN).min(self.bytes.len());
-        Key::decode(&mut Reader::new(&self.bytes[off..end]))
+        // The hot path of every lookup's binary search: fixed offsets, one
+        // bounds check (the block was verified when it was read).
+        let k: &[u8; Key::LEN] = self
+            .bytes
+            .get(off..off + Key::LEN)
+            .and_then(|s| s.try_into().ok())
+            .ok_or(DecodeError::Truncated)?;
+        Ok(Key::from_bytes(k))
     }
 
     /// Key of leaf entry `i`.
@@ -155,7 +161,7 @@ impl Block {
         let (mut lo, mut hi) = (0usize, self.count);
         while lo < hi {
             let mid = (lo + hi) / 2;
-            if self.index_entry(mid)?.0 <= *key {
+            if self.key_at(HEADER + mid * INDEX_ENTRY)? <= *key {
                 lo = mid + 1;
             } else {
                 hi = mid;
