@@ -94,15 +94,11 @@ enum CsumRepr {
 impl Csums {
     /// Checksums stored little-endian, 4 bytes each (`b.len()` a multiple of 4).
     pub fn from_le_bytes(b: &[u8]) -> Csums {
-        let mut it = b
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
-        if b.len() == 4 {
-            if let Some(c) = it.next() {
-                return Csums(CsumRepr::One(c));
-            }
+        let word = |c: &[u8]| u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        match b.len() {
+            4 => Csums(CsumRepr::One(word(b))),
+            _ => Csums(CsumRepr::Many(b.chunks_exact(4).map(word).collect())),
         }
-        Csums(CsumRepr::Many(it.collect()))
     }
 }
 
@@ -127,24 +123,13 @@ impl From<&[u32]> for Csums {
 
 impl From<Vec<u32>> for Csums {
     fn from(v: Vec<u32>) -> Csums {
-        match v[..] {
-            [c] => Csums(CsumRepr::One(c)),
-            _ => Csums(CsumRepr::Many(Arc::from(v))),
-        }
+        Csums::from(&v[..])
     }
 }
 
 impl FromIterator<u32> for Csums {
     fn from_iter<I: IntoIterator<Item = u32>>(iter: I) -> Csums {
         Csums::from(iter.into_iter().collect::<Vec<u32>>())
-    }
-}
-
-impl<'a> IntoIterator for &'a Csums {
-    type Item = &'a u32;
-    type IntoIter = std::slice::Iter<'a, u32>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.iter()
     }
 }
 
@@ -434,7 +419,7 @@ mod tests {
         assert_eq!(many, Csums::from(vec![1, 2, 3]));
         assert_eq!(Csums::from(&many[1..2]), one_of(2));
         assert!(Csums::from_le_bytes(&[]).is_empty());
-        assert_eq!((&many).into_iter().sum::<u32>(), 6);
+        assert_eq!(many.iter().sum::<u32>(), 6);
         assert_eq!(format!("{many:?}"), "[1, 2, 3]");
         fn one_of(c: u32) -> Csums {
             [c].into_iter().collect()
