@@ -389,7 +389,14 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
             if ctx.json {
                 return ctx.print_json(&st);
             }
-            println!("created pool {} ({} usable)", st.name, human(st.size));
+            println!(
+                "created pool {}: {} usable of {} ({} held back: {})",
+                st.name,
+                human(st.usable),
+                human(st.size),
+                human(st.reserve.total()),
+                reserve_parts(&st.reserve)
+            );
             Ok(())
         }
         PoolCmd::List => {
@@ -505,12 +512,18 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
                 println!(" reason: {e}");
             }
             println!(
-                "   size: {}   allocated: {} (data {}, metadata {})   free: {}",
+                "   size: {}   usable: {}   allocated: {} (data {}, metadata {})   free: {}",
                 human(s.size),
+                human(s.usable),
                 human(s.allocated),
                 human(s.data),
                 human(s.metadata),
                 human(s.free)
+            );
+            println!(
+                "reserve: {} of the size is held back from data: {}",
+                human(s.reserve.total()),
+                reserve_parts(&s.reserve)
             );
             println!(
                 "   data: {} logical stored as {} (compressratio {:.2}x)",
@@ -689,8 +702,8 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
             println!(
                 "added {} to pool {pool}: {} usable (was {})",
                 body.devices.join(" "),
-                human(s.size),
-                human(before.size)
+                human(s.usable),
+                human(before.usable)
             );
             Ok(())
         }
@@ -720,8 +733,8 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
                     g["to"]
                 );
             }
-            if let Some(size) = r["status"]["size"].as_u64() {
-                println!("pool {pool}: {} usable", human(size));
+            if let Some(usable) = r["status"]["usable"].as_u64() {
+                println!("pool {pool}: {} usable", human(usable));
             }
             Ok(())
         }
@@ -1519,4 +1532,20 @@ fn seg_query(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// `pool status`'s reserve, by purpose (docs/architecture.md, "Space").
+fn reserve_parts(r: &edgevol_engine::pool::Reserve) -> String {
+    [
+        ("over-provisioning for the cleaner", r.overprovision),
+        ("metadata", r.metadata),
+        ("metadata floor", r.metadata_floor),
+        ("cleaner", r.cleaner),
+        ("open write streams", r.streams),
+    ]
+    .iter()
+    .filter(|(_, b)| *b > 0)
+    .map(|(what, b)| format!("{what} {}", human(*b)))
+    .collect::<Vec<_>>()
+    .join(", ")
 }

@@ -460,3 +460,71 @@ fn a_full_pool_recovers_after_trim_and_restart() {
     qemu_io_ok(&uri, &["read -P 0x5e 0 1M", "read -P 0 1M 63M"]);
     d.finish(1);
 }
+
+/// The `usable` figure `pool create` prints and `pool status` reports.
+fn printed_usable(out: &str) -> String {
+    out.split(": ")
+        .nth(1)
+        .and_then(|s| s.split(" usable").next())
+        .unwrap_or_else(|| panic!("no usable size in {out:?}"))
+        .to_string()
+}
+
+#[test]
+fn pool_sizes_are_the_truth_and_small_pools_keep_a_small_reserve() {
+    let d = Daemon::start();
+    // What `pool create` prints is what `pool status` says is usable, and
+    // the reserve's parts add up to the difference.
+    for (name, size) in [("f", "4G"), ("s", "192M")] {
+        let file = d.path(&format!("{name}.img"));
+        let out = d.ok(&["pool", "create", name, file.to_str().unwrap(), "--size", size]);
+        let st = d.pool_status(name);
+        let usable = st["usable"].as_u64().unwrap();
+        let total = st["size"].as_u64().unwrap();
+        let human_status = d.ok(&["pool", "status", name]);
+        assert!(
+            human_status.contains(&format!("usable: {}", printed_usable(&out))),
+            "pool create said {out:?}, pool status says:\n{human_status}"
+        );
+        assert!(human_status.contains("reserve: "), "{human_status}");
+        let r = &st["reserve"];
+        let parts: u64 = ["metadata", "metadata_floor", "cleaner", "streams", "overprovision"]
+            .iter()
+            .map(|k| r[k].as_u64().unwrap_or_else(|| panic!("reserve.{k} in {st}")))
+            .sum();
+        assert_eq!(total - usable, parts, "reserve parts {r} of {st}");
+        assert!(
+            st["raw_size"].as_u64().unwrap() >= total,
+            "raw size below pool size: {st}"
+        );
+    }
+    // A small pool keeps a proportionate reserve: 192 MiB of 8 MiB
+    // segments held back 70% (it accepted 51 MiB).
+    let usable = d.pool_num("s", "usable");
+    assert!(
+        usable >= 150 * MIB,
+        "a 192 MiB pool should accept at least 150 MiB, says {usable}"
+    );
+    // ... and really takes it: random (incompressible) data up to the
+    // usable size less the metadata its map needs.
+    let len = usable / MIB * MIB - 8 * MIB;
+    d.create_volume("s/v", 192 * MIB);
+    let src = d.path("rand.raw");
+    let mut buf = vec![0u8; len as usize];
+    Rng::new(192).fill(&mut buf);
+    write_file(&src, &buf);
+    drop(buf);
+    run_ok(
+        Command::new(qemu_img())
+            .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+            .arg(&src)
+            .arg(d.uri("s/v")),
+    );
+    run_ok(
+        Command::new(qemu_img())
+            .args(["compare", "-f", "raw", "-F", "raw"])
+            .arg(&src)
+            .arg(d.uri("s/v")),
+    );
+    d.check_pool("s");
+}

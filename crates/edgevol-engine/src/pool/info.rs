@@ -266,8 +266,14 @@ pub struct PoolStatus {
     /// data; usable capacity keeps a reserve for the cleaner and metadata and
     /// 8% over-provisioning).
     pub free: u64,
-    /// Bytes of live data the pool can hold in all.
+    /// Bytes of live data the pool can hold in all (`size - reserve`).
     pub usable: u64,
+    /// What is held back from `size` and why (`size - usable`).
+    #[serde(default)]
+    pub reserve: super::Reserve,
+    /// Bytes of the devices, before redundancy and labels.
+    #[serde(default)]
+    pub raw_size: u64,
     /// Segments free right now (without cleaning).
     pub free_segments: u64,
     /// Segments kept for the cleaner and metadata.
@@ -431,8 +437,10 @@ pub(crate) fn pool_status(sh: &Shared) -> PoolStatus {
     let size = sh.vdevs.total_segments() * seg;
     let metadata = meta_segs * seg;
     let allocated = data + metadata;
-    let usable = super::usable_bytes(sh);
+    let reserve = super::capacity::reserve(sh);
+    let usable = size.saturating_sub(reserve.total());
     let free = usable.saturating_sub(data);
+    let raw_size = sh.vdevs.devices().map(|(_, m)| m.dev().len()).sum();
     let poisoned = sh.poisoned.lock().clone();
     let devices = sh
         .vdevs
@@ -513,6 +521,8 @@ pub(crate) fn pool_status(sh: &Shared) -> PoolStatus {
         metadata,
         free,
         usable,
+        reserve,
+        raw_size,
         free_segments: free_segs,
         reserved_segments: super::data_reserve(sh),
         referenced: cat

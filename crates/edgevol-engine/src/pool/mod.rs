@@ -7,6 +7,7 @@
 //!         └──reads──▶ map + devices (io threads)
 //! ```
 
+mod capacity;
 mod check;
 pub(crate) mod ckpt;
 mod gate;
@@ -38,6 +39,8 @@ use crate::format::label::GroupKind;
 use crate::layout::MIN_SEGMENT_SIZE;
 use crate::map::Map;
 
+pub use capacity::{Reserve, CLEANER_SEGMENTS, OVERPROVISION_PERCENT};
+pub(crate) use capacity::{data_reserve, memtable_budget, meta_floor, usable_bytes};
 pub use check::CheckReport;
 pub use info::{
     check_pool_property, DeviceStatus, GroupStatus, PoolStatus, ScanStatus, SmartHealth,
@@ -224,75 +227,6 @@ pub struct Pool {
     admin: Mutex<()>,
     /// Disconnected when the writer (a thread or a data-plane task) ends.
     writer_done: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
-}
-
-/// Space policy. Physical segments are shared by three users, and each
-/// may only take a free segment while more than its floor remains free:
-///
-/// ```text
-///  free segments:  0 .. meta_floor .. data_reserve (= meta_floor + CLEANER_SEGMENTS) ..
-///  metadata        may take any
-///  cleaner         only above meta_floor      (so the flush that frees its
-///                                              victims can always run)
-///  client data     only above data_reserve    (so the cleaner can always run)
-/// ```
-///
-/// `meta_floor` covers one memtable flush, a counters table and a
-/// checkpoint-log rollover. Client writes are admitted while live data
-/// stays below the usable capacity ([`usable_bytes`]), which also keeps
-/// `OVERPROVISION_PERCENT` of the data segments dead or free, so when the
-/// data stream runs out of free segments the cleaner always finds dead
-/// space to reclaim: a full pool slows down, it never deadlocks.
-pub const CLEANER_SEGMENTS: u64 = 4;
-
-/// Share of data segment space kept free of live data so the cleaner always
-/// finds dead space to reclaim (over-provisioning, as in SSDs).
-pub const OVERPROVISION_PERCENT: u64 = 8;
-
-/// Bytes per segment entry in the counters table (generous upper bound).
-const COUNTERS_BYTES_PER_SEGMENT: u64 = 24;
-
-/// The memtable budget for a pool of `pool_bytes`.
-pub(crate) fn memtable_budget(cfg: &PoolConfig, pool_bytes: u64) -> usize {
-    let cap = (pool_bytes / 64).max(256 << 10);
-    cfg.memtable_bytes
-        .min(usize::try_from(cap).unwrap_or(usize::MAX))
-}
-
-/// Free segments only metadata may take.
-pub(crate) fn meta_floor(sh: &Shared) -> u64 {
-    let seg = sh.vdevs.segment_size;
-    let run = (sh.memtable_budget as u64).div_ceil(seg) + 1;
-    let counters =
-        (sh.vdevs.total_segments() * COUNTERS_BYTES_PER_SEGMENT + (64 << 10)).div_ceil(seg);
-    run + counters + 2
-}
-
-/// Free segments client data may not take.
-pub(crate) fn data_reserve(sh: &Shared) -> u64 {
-    meta_floor(sh) + CLEANER_SEGMENTS
-}
-
-/// Bytes of live data the pool accepts: the segments left after the
-/// reserves, the streams' reserved successors, metadata and room for a
-/// compaction that rewrites the whole map, less the over-provisioning.
-pub(crate) fn usable_bytes(sh: &Shared) -> u64 {
-    let seg = sh.vdevs.segment_size;
-    let (meta_segs, map_bytes) = {
-        let t = sh.segs.lock();
-        let mut c = sh.usable_cache.lock();
-        if c.0 != t.generation() || c.0 == 0 {
-            *c = (
-                t.generation(),
-                t.count(space::SegState::Meta),
-                t.meta_live(),
-            );
-        }
-        (c.1, c.2)
-    };
-    let total = sh.vdevs.total_segments();
-    let held = data_reserve(sh) + 2 * writer::STREAMS as u64 + meta_segs + map_bytes.div_ceil(seg);
-    total.saturating_sub(held) * seg / 100 * (100 - OVERPROVISION_PERCENT)
 }
 
 fn map_key(l: u32, lba: u64) -> crate::map::Key {

@@ -1,0 +1,137 @@
+//! How much of a pool clients may fill, and what is held back and why.
+//!
+//! Physical segments are shared by three users, and each may only take a
+//! free segment while more than its floor remains free:
+//!
+//! ```text
+//!  free segments:  0 .. meta_floor .. data_reserve (= meta_floor + CLEANER_SEGMENTS) ..
+//!  metadata        may take any
+//!  cleaner         only above meta_floor      (so the flush that frees its
+//!                                              victims can always run)
+//!  client data     only above data_reserve    (so the cleaner can always run)
+//! ```
+//!
+//! `meta_floor` covers one memtable flush, a counters table and a
+//! checkpoint-log rollover. Client writes are admitted while live data
+//! stays below the usable capacity ([`usable_bytes`]), which also keeps
+//! [`OVERPROVISION_PERCENT`] of the data segments dead or free, so when the
+//! data stream runs out of free segments the cleaner always finds dead
+//! space to reclaim: a full pool slows down, it never deadlocks.
+//!
+//! [`reserve`] splits `size - usable` into those parts so that `pool
+//! status` can say where the space went (docs/architecture.md, "Space").
+//!
+//! Invariant kept (shared/DESIGN.md): 5 — full is not fatal: metadata and
+//! the cleaner always find the segments they need.
+
+use serde::{Deserialize, Serialize};
+
+use super::{space, writer, PoolConfig, Shared};
+
+/// Segments kept free for the cleaner beyond the metadata floor.
+pub const CLEANER_SEGMENTS: u64 = 4;
+
+/// Share of data segment space kept free of live data so the cleaner always
+/// finds dead space to reclaim (over-provisioning, as in SSDs).
+pub const OVERPROVISION_PERCENT: u64 = 8;
+
+/// Bytes per segment entry in the counters table (generous upper bound).
+const COUNTERS_BYTES_PER_SEGMENT: u64 = 24;
+
+/// The memtable budget for a pool of `pool_bytes`.
+pub(crate) fn memtable_budget(cfg: &PoolConfig, pool_bytes: u64) -> usize {
+    let cap = (pool_bytes / 64).max(256 << 10);
+    cfg.memtable_bytes
+        .min(usize::try_from(cap).unwrap_or(usize::MAX))
+}
+
+/// Free segments only metadata may take.
+pub(crate) fn meta_floor(sh: &Shared) -> u64 {
+    let seg = sh.vdevs.segment_size;
+    let run = (sh.memtable_budget as u64).div_ceil(seg) + 1;
+    let counters =
+        (sh.vdevs.total_segments() * COUNTERS_BYTES_PER_SEGMENT + (64 << 10)).div_ceil(seg);
+    run + counters + 2
+}
+
+/// Free segments client data may not take.
+pub(crate) fn data_reserve(sh: &Shared) -> u64 {
+    meta_floor(sh) + CLEANER_SEGMENTS
+}
+
+/// The part of a pool's size that client data cannot fill, by purpose
+/// (bytes). `size - total()` is the usable capacity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reserve {
+    /// Metadata in use now: map runs, counters, the checkpoint log, and
+    /// room for a compaction that rewrites the whole map.
+    pub metadata: u64,
+    /// Free segments only metadata may take: one memtable flush, a counters
+    /// table and a checkpoint-log rollover, so a full pool can always
+    /// commit (and so delete things).
+    pub metadata_floor: u64,
+    /// Free segments kept for the cleaner to move live data into.
+    pub cleaner: u64,
+    /// Segments open for writing, and their reserved successors.
+    pub streams: u64,
+    /// The over-provisioning share of what remains, kept dead or free so
+    /// the cleaner always finds space to reclaim.
+    pub overprovision: u64,
+}
+
+impl Reserve {
+    /// All of it.
+    pub fn total(&self) -> u64 {
+        self.metadata + self.metadata_floor + self.cleaner + self.streams + self.overprovision
+    }
+}
+
+/// What is held back from client data right now.
+pub(crate) fn reserve(sh: &Shared) -> Reserve {
+    let seg = sh.vdevs.segment_size;
+    let (meta_segs, map_bytes) = {
+        let t = sh.segs.lock();
+        let mut c = sh.usable_cache.lock();
+        if c.0 != t.generation() || c.0 == 0 {
+            *c = (
+                t.generation(),
+                t.count(space::SegState::Meta),
+                t.meta_live(),
+            );
+        }
+        (c.1, c.2)
+    };
+    let total = sh.vdevs.total_segments();
+    let floor = meta_floor(sh);
+    let streams = 2 * writer::STREAMS as u64;
+    let metadata = meta_segs + map_bytes.div_ceil(seg);
+    let held = floor + CLEANER_SEGMENTS + streams + metadata;
+    let rest = total.saturating_sub(held) * seg;
+    // Whatever the reserves cannot take (a pool too small for them) is
+    // taken from the smallest first, so the parts still add up to the size.
+    let mut left = total * seg;
+    let mut take = |segs: u64| {
+        let b = (segs * seg).min(left);
+        left -= b;
+        b
+    };
+    let metadata = take(metadata);
+    let metadata_floor = take(floor);
+    let cleaner = take(CLEANER_SEGMENTS);
+    let streams = take(streams);
+    Reserve {
+        metadata,
+        metadata_floor,
+        cleaner,
+        streams,
+        overprovision: rest - rest / 100 * (100 - OVERPROVISION_PERCENT),
+    }
+}
+
+/// Bytes of live data the pool accepts: the segments left after the
+/// reserves, the streams' reserved successors, metadata and room for a
+/// compaction that rewrites the whole map, less the over-provisioning.
+pub(crate) fn usable_bytes(sh: &Shared) -> u64 {
+    let size = sh.vdevs.total_segments() * sh.vdevs.segment_size;
+    size.saturating_sub(reserve(sh).total())
+}
