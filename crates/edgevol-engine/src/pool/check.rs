@@ -11,6 +11,8 @@
 //! * no garbage: every entry is visible to some view, unless its lineage is
 //!   still waiting for garbage collection.
 
+mod verify;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 
@@ -18,10 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use super::space::SegState;
 use super::Shared;
-use crate::buf::AlignedBuf;
 use crate::chunk;
 use crate::error::Result;
-use crate::layout::{chunk_start, Paddr, SegId, BLOCK, BLOCK_U64, CHUNK_BLOCKS};
+use crate::layout::{chunk_start, Paddr, SegId, BLOCK_U64, CHUNK_BLOCKS};
 use crate::map::{DataRef, Key, Value};
 
 /// What `pool check` found.
@@ -53,6 +54,12 @@ impl CheckReport {
 }
 
 const MAX_ERRORS: usize = 100;
+
+/// A stored record to verify: the map entries (fragments) that point into
+/// it, all with the same record fields.
+struct Record {
+    frags: Vec<(Key, DataRef)>,
+}
 
 fn err(r: &mut CheckReport, msg: String) {
     if r.errors.len() < MAX_ERRORS {
@@ -111,14 +118,27 @@ pub(crate) fn check(sh: &Shared) -> Result<CheckReport> {
     let mut lo = Key::new(0, 0, 0);
     let hi = Key::new(u32::MAX, u64::MAX, u64::MAX);
     let mut chunk_entries: Vec<(Key, Value)> = Vec::new();
+    // Records whose data is still to be read and verified, in batches.
+    let mut data: Vec<Record> = Vec::new();
     loop {
         let page = sh.map.scan(lo, hi, 4096)?;
         for (k, v) in page.entries {
             if chunk_entries.first().is_some_and(|(f, _)| {
                 f.lineage != k.lineage || chunk_start(f.lba) != chunk_start(k.lba)
             }) {
-                check_chunk(sh, &cat, &chunk_entries, &mut r, &mut records, &mut live);
+                check_chunk(
+                    sh,
+                    &cat,
+                    &chunk_entries,
+                    &mut r,
+                    &mut records,
+                    &mut live,
+                    &mut data,
+                );
                 chunk_entries.clear();
+                if data.len() >= verify::BATCH {
+                    verify::records(sh, &cat, &mut data, &mut r);
+                }
             }
             chunk_entries.push((k, v));
         }
@@ -127,7 +147,16 @@ pub(crate) fn check(sh: &Shared) -> Result<CheckReport> {
             None => break,
         }
     }
-    check_chunk(sh, &cat, &chunk_entries, &mut r, &mut records, &mut live);
+    check_chunk(
+        sh,
+        &cat,
+        &chunk_entries,
+        &mut r,
+        &mut records,
+        &mut live,
+        &mut data,
+    );
+    verify::records(sh, &cat, &mut data, &mut r);
     r.records = records.len() as u64;
     // Referenced blocks per volume head, resolved through the whole chain.
     for v in cat.volumes.values() {
@@ -202,6 +231,8 @@ pub(crate) fn check(sh: &Shared) -> Result<CheckReport> {
     Ok(r)
 }
 
+/// Check the structure of one chunk's entries; queue its records' data on
+/// `data` for [`verify::records`].
 fn check_chunk(
     sh: &Shared,
     cat: &crate::catalog::Catalog,
@@ -209,6 +240,7 @@ fn check_chunk(
     r: &mut CheckReport,
     records: &mut BTreeMap<Paddr, (u32, u64, u32, u8)>,
     live: &mut BTreeMap<SegId, u64>,
+    data: &mut Vec<Record>,
 ) {
     let Some((first, _)) = entries.first() else {
         return;
@@ -314,83 +346,8 @@ fn check_chunk(
         }
         let blocks: u64 = frags.iter().map(|(_, d)| u64::from(d.nblocks)).sum();
         *live.entry(p.seg).or_insert(0) += crate::chunk::live_share(d0, blocks).0;
-        // Verify the data: every block of a plain record; the stored bytes
-        // of a packed one (and, if its key is loaded, its authentication).
-        let start = u64::from(p.offset) & !(BLOCK as u64 - 1);
-        let end = (u64::from(p.offset) + u64::from(d0.stored_len)).next_multiple_of(BLOCK as u64);
-        let mut buf = AlignedBuf::zeroed((end - start) as usize);
-        // A copy that verifies (others are healed from it on the way); the
-        // checks below then repeat on what was read.
-        let lo = (u64::from(p.offset) - start) as usize;
-        let ok = |b: &[u8]| {
-            let Some(stored) = b.get(lo..lo + d0.stored_len as usize) else {
-                return false;
-            };
-            if !d0.is_plain() {
-                return d0.csums.first() == Some(&crc32c::crc32c(stored));
-            }
-            frags.iter().all(|(_, d)| {
-                let s = usize::from(d.rec_off) * BLOCK;
-                stored
-                    .get(s..s + d.csums.len() * BLOCK)
-                    .is_some_and(|x| super::read::blocks_match(x, &d.csums))
-            })
-        };
-        let read = {
-            let _t = sh.gate.enter();
-            sh.vdevs.read_checked(p.seg, start, buf.as_mut_slice(), &ok)
-        };
-        if let Err(e) = read {
-            err(r, format!("record {p:?}: {e}"));
-            continue;
-        }
-        r.data_bytes += u64::from(d0.stored_len);
-        let stored = &mut buf.as_mut_slice()[lo..lo + d0.stored_len as usize];
-        if !d0.is_plain() {
-            if d0.csums.first() != Some(&crc32c::crc32c(stored)) {
-                err(r, format!("record {p:?} fails its checksum"));
-                continue;
-            }
-            // Plaintext in `stored` (unencrypted, or decrypted in place).
-            let mut plaintext = d0.seal.is_none();
-            if let Some(seal) = &d0.seal {
-                let key = cat.key_of(k0.lineage).and_then(|id| sh.key(id));
-                match key {
-                    Some(key) => {
-                        let place = crate::crypt::RecordPlace {
-                            lineage: k0.lineage,
-                            lba: k0.lba - u64::from(d0.rec_off),
-                            birth: k0.birth,
-                            blocks: d0.rec_blocks,
-                            comp: d0.comp,
-                        };
-                        if key.open(seal, &place, stored).is_err() {
-                            err(r, format!("encrypted record {p:?} fails authentication"));
-                            continue;
-                        }
-                        plaintext = true;
-                    }
-                    None => r.encrypted_unverified += 1,
-                }
-            }
-            if plaintext && d0.comp != 0 {
-                if let Err(e) = crate::compress::decompress(d0.comp, stored, d0.logical() as usize)
-                {
-                    err(r, format!("record {p:?}: {e}"));
-                }
-            }
-            continue;
-        }
-        for (k, d) in &frags {
-            for (i, want) in d.csums.iter().enumerate() {
-                let s = (usize::from(d.rec_off) + i) * BLOCK;
-                let ok = stored
-                    .get(s..s + BLOCK)
-                    .is_some_and(|b| crc32c::crc32c(b) == *want);
-                if !ok {
-                    err(r, format!("data of {k:?} block {i} fails its checksum"));
-                }
-            }
-        }
+        data.push(Record {
+            frags: frags.iter().map(|(k, d)| (**k, (*d).clone())).collect(),
+        });
     }
 }
