@@ -61,7 +61,9 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let oct = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
         match (b[i], oct) {
             (b'\\', Some(d)) => {
                 let v = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
@@ -220,10 +222,7 @@ pub fn block_in_use(path: &Path, dev: DevNum) -> Option<Reason> {
             return Some(format!("has partition {} that {r}", pdev.display()));
         }
         if let Some(h) = holders(&p).first() {
-            return Some(format!(
-                "has partition {} held by /dev/{h}",
-                pdev.display()
-            ));
+            return Some(format!("has partition {} held by /dev/{h}", pdev.display()));
         }
     }
     None
@@ -272,12 +271,15 @@ garbage line without a separator
     fn device_numbers_split_like_glibc() {
         // makedev(8, 17) and makedev(259, 1048577) in glibc's encoding.
         let enc = |ma: u64, mi: u64| {
-            ((ma & 0xfff) << 8)
-                | ((ma & !0xfff) << 32)
-                | (mi & 0xff)
-                | ((mi & !0xff) << 12)
+            ((ma & 0xfff) << 8) | ((ma & !0xfff) << 32) | (mi & 0xff) | ((mi & !0xff) << 12)
         };
-        assert_eq!(DevNum::from_rdev(enc(8, 17)), DevNum { major: 8, minor: 17 });
+        assert_eq!(
+            DevNum::from_rdev(enc(8, 17)),
+            DevNum {
+                major: 8,
+                minor: 17
+            }
+        );
         assert_eq!(
             DevNum::from_rdev(enc(259, 1_048_577)),
             DevNum {
@@ -285,7 +287,13 @@ garbage line without a separator
                 minor: 1_048_577
             }
         );
-        assert_eq!(DevNum::parse("7:12\n"), Some(DevNum { major: 7, minor: 12 }));
+        assert_eq!(
+            DevNum::parse("7:12\n"),
+            Some(DevNum {
+                major: 7,
+                minor: 12
+            })
+        );
         assert_eq!(DevNum::parse("7"), None);
     }
 }

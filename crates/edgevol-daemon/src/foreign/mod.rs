@@ -254,8 +254,10 @@ mod tests {
         let f = file_with(8 << 20, &[(5 << 20, b"not here"), ((8 << 20) - 1, b"!")]);
         let e = check_claim(f.path(), false, None).expect_err("data refused");
         assert!(
-            e.to_string()
-                .contains(&format!("holds data (non-zero bytes at offset {})", (8 << 20) - 1)),
+            e.to_string().contains(&format!(
+                "holds data (non-zero bytes at offset {})",
+                (8 << 20) - 1
+            )),
             "{e}"
         );
     }

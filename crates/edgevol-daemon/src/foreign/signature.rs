@@ -143,26 +143,8 @@ type Probe = fn(&Sample) -> Option<Signature>;
 /// before the file systems its payload may carry, partition tables last
 /// (FAT and NTFS boot sectors also end in 0x55AA).
 const PROBES: &[Probe] = &[
-    edgevol,
-    luks,
-    lvm2,
-    md_raid,
-    bcache,
-    zfs,
-    btrfs,
-    xfs,
-    ext,
-    swap,
-    iso9660,
-    ntfs,
-    fat,
-    qcow,
-    vmdk,
-    vhdx,
-    vhd,
-    vdi,
-    gpt,
-    mbr,
+    edgevol, luks, lvm2, md_raid, bcache, zfs, btrfs, xfs, ext, swap, iso9660, ntfs, fat, qcow,
+    vmdk, vhdx, vhd, vdi, gpt, mbr,
 ];
 
 /// The first well-known format found in `s`.
@@ -183,9 +165,7 @@ fn edgevol(s: &Sample) -> Option<Signature> {
 /// at 16 KiB..512 KiB); version u16 BE at 6, UUID text at 168, LUKS2 label
 /// at 24.
 fn luks(s: &Sample) -> Option<Signature> {
-    const SECONDARY: [u64; 6] = [
-        0x4000, 0x8000, 0x10000, 0x20000, 0x40000, 0x80000,
-    ];
+    const SECONDARY: [u64; 6] = [0x4000, 0x8000, 0x10000, 0x20000, 0x40000, 0x80000];
     let off = if s.is(0, b"LUKS\xba\xbe") {
         0
     } else {
@@ -333,15 +313,17 @@ fn ext(s: &Sample) -> Option<Signature> {
 /// the first page, for every page size Linux has (4 KiB to 64 KiB); v1
 /// header: UUID at 0x40c, label at 0x41c (16 bytes).
 fn swap(s: &Sample) -> Option<Signature> {
-    [4096u64, 8192, 16384, 32768, 65536].iter().find_map(|&page| {
-        if s.is(page - 10, b"SWAPSPACE2") {
-            found("a swap area", s.uuid(0x40c), s.label(0x41c, 16))
-        } else if s.is(page - 10, b"SWAP-SPACE") {
-            found("a swap area (old format)", None, None)
-        } else {
-            None
-        }
-    })
+    [4096u64, 8192, 16384, 32768, 65536]
+        .iter()
+        .find_map(|&page| {
+            if s.is(page - 10, b"SWAPSPACE2") {
+                found("a swap area", s.uuid(0x40c), s.label(0x41c, 16))
+            } else if s.is(page - 10, b"SWAP-SPACE") {
+                found("a swap area (old format)", None, None)
+            } else {
+                None
+            }
+        })
 }
 
 /// ISO 9660: the first volume descriptor at 32 KiB, "CD001" at +1; the
@@ -592,12 +574,13 @@ mod tests {
     #[test]
     fn luks_one_and_two_primary_and_secondary() {
         let uuid = b"0b5f5a5e-8d2e-4f3c-9d55-3c3f1e0e6a11";
-        let l1 = Img::new()
-            .put(0, b"LUKS\xba\xbe\x00\x01")
-            .put(168, uuid);
+        let l1 = Img::new().put(0, b"LUKS\xba\xbe\x00\x01").put(168, uuid);
         let sig = l1.identify().expect("luks1");
         assert_eq!(sig.what, "a LUKS1 encrypted volume");
-        assert_eq!(sig.uuid.as_deref(), Some(std::str::from_utf8(uuid).unwrap_or("")));
+        assert_eq!(
+            sig.uuid.as_deref(),
+            Some(std::str::from_utf8(uuid).unwrap_or(""))
+        );
         let l2 = Img::new()
             .put(0, b"LUKS\xba\xbe\x00\x02")
             .put(24, b"secret")
@@ -673,7 +656,9 @@ mod tests {
             .put(510, &[0x55, 0xaa]);
         let sig = fat16.identify().expect("fat16");
         assert_eq!((sig.what, sig.label), ("a FAT file system", None));
-        let iso = Img::new().put(0x8000, b"\x01CD001").put(0x8028, b"DEBIAN 13   ");
+        let iso = Img::new()
+            .put(0x8000, b"\x01CD001")
+            .put(0x8028, b"DEBIAN 13   ");
         let sig = iso.identify().expect("iso");
         assert_eq!(
             (sig.what, sig.label.as_deref()),
@@ -701,13 +686,17 @@ mod tests {
         // An MBR needs a used entry: a bare 0x55AA is not a table.
         let bare = Img::new().put(510, &[0x55, 0xaa]);
         assert_eq!(bare.identify(), None);
-        let mbr = bare.put(446 + 16 + 4, &[0x83]).put(440, &[0xef, 0xbe, 0xad, 0xde]);
+        let mbr = bare
+            .put(446 + 16 + 4, &[0x83])
+            .put(440, &[0xef, 0xbe, 0xad, 0xde]);
         let sig = mbr.identify().expect("mbr");
         assert_eq!(
             (sig.what, sig.uuid.as_deref()),
             ("an MBR partition table", Some("deadbeef"))
         );
-        let bad_flag = Img::new().put(510, &[0x55, 0xaa]).put(446, &[0x42, 0, 0, 0, 0x83]);
+        let bad_flag = Img::new()
+            .put(510, &[0x55, 0xaa])
+            .put(446, &[0x42, 0, 0, 0, 0x83]);
         assert_eq!(bad_flag.identify(), None);
     }
 
@@ -717,7 +706,10 @@ mod tests {
             (Img::new().put(0, b"QFI\xfb\0\0\0\x03"), "a qcow2 image"),
             (Img::new().put(0, b"QFI\xfb\0\0\0\x01"), "a qcow image"),
             (Img::new().put(0, b"KDMV"), "a VMDK image"),
-            (Img::new().put(0, b"# Disk DescriptorFile\n"), "a VMDK image"),
+            (
+                Img::new().put(0, b"# Disk DescriptorFile\n"),
+                "a VMDK image",
+            ),
             (Img::new().put(0, b"vhdxfile"), "a VHDX image"),
             (Img::new().end(512, b"conectix"), "a VHD image"),
             (Img::new().put(0, b"conectix"), "a VHD image"),
