@@ -1116,3 +1116,44 @@ pub fn eventually(what: &str, mut f: impl FnMut() -> (bool, String)) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+// ----------------------------------------------------------------------
+// Block devices
+
+/// A loop device over a file: a real block device, detached on drop. None
+/// (the test says why and passes) where loop devices cannot be set up
+/// (not root, no /dev/loop-control in the container).
+pub struct Loop {
+    pub dev: String,
+}
+
+impl Loop {
+    pub fn new(file: &Path) -> Option<Loop> {
+        let o = Command::new("losetup")
+            .args(["--find", "--show", "--direct-io=on"])
+            .arg(file)
+            .output()
+            .ok()?;
+        if !o.status.success() {
+            eprintln!(
+                "SKIP: no loop device: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            return None;
+        }
+        Some(Loop {
+            dev: String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        })
+    }
+
+    /// Tell the kernel the backing file grew (`losetup -c`).
+    pub fn refresh(&self) {
+        run_ok(Command::new("losetup").args(["-c", &self.dev]));
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
+    }
+}
