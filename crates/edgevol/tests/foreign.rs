@@ -351,7 +351,15 @@ fn devices_in_use_are_refused_even_with_force() {
             .custom_flags(libc::O_EXCL)
             .open(dev)
             .expect("open the loop device O_EXCL");
-        let e = d.fail(&["pool", "create", "h", s(dev), "--force"]);
+        let e = d.fail(&[
+            "pool",
+            "create",
+            "h",
+            s(dev),
+            "-o",
+            "segment_size=1M",
+            "--force",
+        ]);
         assert!(e.contains("held open exclusively"), "{e}");
         assert!(e.contains("not even with --force"), "{e}");
     }
@@ -371,13 +379,29 @@ fn devices_in_use_are_refused_even_with_force() {
     }
     let _unmount = Unmount(&mnt);
 
-    let e = d.fail(&["pool", "create", "m", s(dev), "--force"]);
+    let e = d.fail(&[
+        "pool",
+        "create",
+        "m",
+        s(dev),
+        "-o",
+        "segment_size=1M",
+        "--force",
+    ]);
     assert!(
         e.contains(&format!("is mounted on {}", mnt.display())),
         "{e}"
     );
     assert!(e.contains("not even with --force"), "{e}");
-    let e = d.fail(&["pool", "create", "m", s(&file), "--force"]);
+    let e = d.fail(&[
+        "pool",
+        "create",
+        "m",
+        s(&file),
+        "-o",
+        "segment_size=1M",
+        "--force",
+    ]);
     assert!(
         e.contains(&format!("is the backing file of {}", lo.dev)),
         "{e}"
