@@ -27,7 +27,7 @@ fn hash(path: &Path) -> String {
 /// own account of what the message must name.
 fn blkid(path: &Path, tag: &str) -> String {
     let out = run_ok(
-        Command::new("blkid")
+        Command::new(require("blkid", "util-linux"))
             .args(["-p", "-o", "value", "-s", tag])
             .arg(path),
     );

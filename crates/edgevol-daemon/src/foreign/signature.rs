@@ -62,7 +62,7 @@ impl Sample<'_> {
     }
 
     /// `n` bytes `back` bytes before the end.
-    fn from_end(&self, back: u64, n: usize) -> Option<&[u8]> {
+    fn before_end(&self, back: u64, n: usize) -> Option<&[u8]> {
         self.at(self.len.checked_sub(back)?, n)
     }
 
@@ -392,7 +392,7 @@ fn vhdx(s: &Sample) -> Option<Signature> {
 /// VHD: the footer's "conectix" in the last 512 bytes (511 in old
 /// images), copied to 0 in dynamic disks.
 fn vhd(s: &Sample) -> Option<Signature> {
-    let at_end = |back| s.from_end(back, 8) == Some(b"conectix".as_slice());
+    let at_end = |back| s.before_end(back, 8) == Some(b"conectix".as_slice());
     (s.is(0, b"conectix") || at_end(512) || at_end(511))
         .then(|| found("a VHD image", None, None))?
 }

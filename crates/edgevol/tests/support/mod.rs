@@ -32,13 +32,16 @@ pub fn bin() -> PathBuf {
 // ----------------------------------------------------------------------
 // External tools
 
+/// A tool in PATH, or in /usr/sbin or /sbin (mkfs.*, losetup, pvcreate:
+/// not in an ordinary user's PATH on Debian).
 fn in_path(tool: &str) -> Option<PathBuf> {
     if tool.contains('/') {
         let p = PathBuf::from(tool);
         return p.is_file().then_some(p);
     }
-    let path = std::env::var_os("PATH")?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|d| d.join(tool))
         .find(|p| p.is_file())
 }
