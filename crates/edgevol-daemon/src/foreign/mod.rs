@@ -29,7 +29,7 @@ use std::path::Path;
 
 use edgevol_engine::{Error, ErrorKind, Pool, Result};
 
-pub use inuse::{parse_mountinfo, DevNum, Mount};
+use inuse::DevNum;
 use signature::{Sample, Signature, SAMPLE};
 
 /// What a device holds, as found by [`probe`].
