@@ -21,6 +21,15 @@ command -v nbdkit >/dev/null || need+=(nbdkit)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v qemu-io >/dev/null || need+=(qemu-utils)
 [ -x /usr/sbin/smartctl ] || command -v smartctl >/dev/null || need+=(smartmontools)
+# Foreign-data tests (crates/edgevol/tests/foreign.rs) make images with the
+# real tools.
+[ -x /usr/sbin/mkfs.ext4 ] || command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+[ -x /usr/sbin/mkfs.xfs ] || command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
+[ -x /usr/sbin/sgdisk ] || command -v sgdisk >/dev/null || need+=(gdisk)
+[ -x /usr/sbin/pvcreate ] || command -v pvcreate >/dev/null || need+=(lvm2)
+[ -x /usr/sbin/cryptsetup ] || command -v cryptsetup >/dev/null || need+=(cryptsetup-bin)
+[ -x /usr/sbin/mkswap ] || [ -x /sbin/mkswap ] || command -v mkswap >/dev/null || need+=(util-linux)
+[ -x /usr/sbin/blkid ] || [ -x /sbin/blkid ] || command -v blkid >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing test tools: ${need[*]}" >&2
     SUDO=""

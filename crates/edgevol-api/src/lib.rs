@@ -61,6 +61,11 @@ pub struct CreatePool {
     /// Pool properties (e.g. `compression`, the default of its volumes).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// Overwrite devices that hold foreign data (a file system, a
+    /// partition table, another pool's label, non-zero bytes in a file);
+    /// devices in use (mounted, held) are refused regardless.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// Create a volume.
@@ -283,6 +288,10 @@ pub struct ReplaceDevice {
     /// The new file (created sparse at the old one's size if missing) or
     /// block device.
     pub new: String,
+    /// Overwrite a new device that holds foreign data (devices in use are
+    /// refused regardless).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// `POST /v1/pools/{pool}/add`: add a group of devices while the pool
@@ -297,7 +306,9 @@ pub struct AddDevices {
     /// the pool's first device).
     #[serde(default)]
     pub size: Option<u64>,
-    /// Add a group with less redundancy than the pool's groups.
+    /// Add a group with less redundancy than the pool's groups, and
+    /// overwrite devices that hold foreign data (devices in use are
+    /// refused regardless).
     #[serde(default)]
     pub force: bool,
 }

@@ -7,7 +7,7 @@
 //! | engine | HTTP |
 //! |---|---|
 //! | NotFound | 404 |
-//! | AlreadyExists, Busy | 409 |
+//! | AlreadyExists, Busy, ForeignData | 409 |
 //! | InvalidArgument | 400 |
 //! | ReadOnly | 403 |
 //! | NoSpace | 507 |
@@ -46,7 +46,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = match self.0.kind() {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
-            ErrorKind::AlreadyExists | ErrorKind::Busy => StatusCode::CONFLICT,
+            ErrorKind::AlreadyExists | ErrorKind::Busy | ErrorKind::ForeignData => {
+                StatusCode::CONFLICT
+            }
             ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
             ErrorKind::ReadOnly | ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
             ErrorKind::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
@@ -231,7 +233,13 @@ async fn create_pool(
         for (k, v) in &req.properties {
             edgevol_engine::check_pool_property(k, Some(v))?;
         }
-        let p = reg.create_pool(&req.name, &req.devices, req.size, req.segment_size)?;
+        let p = reg.create_pool(
+            &req.name,
+            &req.devices,
+            req.size,
+            req.segment_size,
+            req.force,
+        )?;
         for (k, v) in &req.properties {
             p.set_pool_property(k, Some(v))?;
         }
@@ -313,7 +321,7 @@ async fn replace_device(
 ) -> ApiResult<edgevol_engine::PoolStatus> {
     Ok(Json(
         blocking(move || {
-            reg.replace_device(&pool, &req.old, &req.new)?;
+            reg.replace_device(&pool, &req.old, &req.new, req.force)?;
             Ok(reg.pool(&pool)?.status())
         })
         .await?,

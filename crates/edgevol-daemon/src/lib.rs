@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod export;
+pub mod foreign;
 pub mod reactor;
 pub mod registry;
 pub mod smart;

@@ -12,6 +12,8 @@ use edgevol_engine::{CreateOptions, Error, ErrorKind, Pool, PoolConfig, Result};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
+use crate::foreign;
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct PoolsFile {
     pools: Vec<PoolEntry>,
@@ -181,28 +183,24 @@ impl Registry {
         &self.dir
     }
 
-    /// Replace a device of a pool and record the new device list.
-    pub fn replace_device(&self, pool: &str, old: &str, new: &str) -> Result<()> {
+    /// Replace a device of a pool and record the new device list. The new
+    /// device is checked first ([`foreign::check_claim`]): one in use is
+    /// refused, one holding foreign data unless `force`; a device of this
+    /// pool left over from an interrupted replace may be used again.
+    pub fn replace_device(&self, pool: &str, old: &str, new: &str, force: bool) -> Result<()> {
         let _g = self.admin.lock();
         let p = self.pool(pool)?;
         let new = absolute(Path::new(new));
-        if new.exists() {
-            // A device of this pool left over from an interrupted replace
-            // may be used again; one of another pool may not.
-            if let Ok((other, guid)) = Pool::probe(&new) {
-                if guid != p.guid() {
-                    return Err(Error::new(
-                        ErrorKind::Busy,
-                        format!("{} already belongs to pool {other:?}", new.display()),
-                    ));
-                }
-            }
-        }
+        foreign::check_claim(&new, force, Some(p.guid()))?;
         p.replace(old, &new)?;
         self.save()
     }
 
     /// Add a group of devices to a pool and record the new device list.
+    /// `force` allows both a group with less redundancy than the pool's
+    /// and devices holding foreign data ([`foreign::check_claim`]; a device
+    /// in use is refused regardless, one of this pool left over from an
+    /// add a crash undid may be used again).
     /// pools.json names the new devices before their labels are written:
     /// a crash in between leaves devices without a label, which import
     /// leaves out; the opposite order could leave labels naming devices
@@ -226,18 +224,9 @@ impl Registry {
                     format!("{name} is already in pool {pool}"),
                 ));
             }
-            // A device left over from an add a crash undid may be used
-            // again; one of another pool may not.
-            if path.exists() {
-                if let Ok((other, guid)) = Pool::probe(path) {
-                    if guid != p.guid() {
-                        return Err(Error::new(
-                            ErrorKind::Busy,
-                            format!("{} already belongs to pool {other:?}", path.display()),
-                        ));
-                    }
-                }
-            }
+        }
+        for path in &paths {
+            foreign::check_claim(path, force, Some(p.guid()))?;
         }
         let mut with_new = before;
         with_new.extend(paths.iter().map(|p| p.display().to_string()));
@@ -254,13 +243,16 @@ impl Registry {
         }
     }
 
-    /// Create a pool and record it.
+    /// Create a pool and record it. Every device is checked before any is
+    /// written ([`foreign::check_claim`]): one in use is refused, one
+    /// holding foreign data (another pool's label included) unless `force`.
     pub fn create_pool(
         &self,
         name: &str,
         devices: &[String],
         size: Option<u64>,
         segment_size: Option<u64>,
+        force: bool,
     ) -> Result<Arc<Pool>> {
         let _g = self.admin.lock();
         if self.pools.read().contains_key(name) || self.failed.read().contains_key(name) {
@@ -285,17 +277,9 @@ impl Registry {
                     ));
                 }
             }
-            if p.exists() {
-                if let Ok((pool, _)) = Pool::probe(p) {
-                    return Err(Error::new(
-                        ErrorKind::Busy,
-                        format!(
-                            "{} already belongs to pool {pool:?}; destroy that pool first",
-                            p.display()
-                        ),
-                    ));
-                }
-            }
+        }
+        for p in &paths {
+            foreign::check_claim(p, force, None)?;
         }
         let pool = Pool::create_on_paths(
             name,

@@ -38,6 +38,9 @@ pub enum ErrorKind {
     Unsupported,
     /// A key is wrong, or an encrypted volume's key is not loaded.
     PermissionDenied,
+    /// A device holds data of another kind (a file system, a partition
+    /// table, another pool): it is overwritten only when forced.
+    ForeignData,
 }
 
 impl ErrorKind {
@@ -56,6 +59,7 @@ impl ErrorKind {
             ErrorKind::Shutdown => "shutdown",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::PermissionDenied => "permission-denied",
+            ErrorKind::ForeignData => "foreign-data",
         }
     }
 }

@@ -217,6 +217,10 @@ pub enum PoolCmd {
         /// (the default of volumes that do not set their own), comment=...
         #[arg(short = 'o', value_name = "KEY=VALUE")]
         options: Vec<String>,
+        /// Overwrite devices that hold a file system, partition table,
+        /// another pool or other data (devices in use are refused anyway).
+        #[arg(long)]
+        force: bool,
     },
     /// List pools.
     List,
@@ -269,6 +273,10 @@ pub enum PoolCmd {
         old: String,
         /// The new file (created sparse if missing) or block device.
         new: PathBuf,
+        /// Overwrite a new device that holds a file system, partition
+        /// table, another pool or other data (one in use is refused anyway).
+        #[arg(long)]
+        force: bool,
     },
     /// Add a group of devices while the pool serves: one device, or
     /// `mirror A B`, `parity1 A B C`, `parity2 A B C D`.
@@ -282,7 +290,9 @@ pub enum PoolCmd {
         /// pool's first device).
         #[arg(long, value_parser = size_arg)]
         size: Option<u64>,
-        /// Add a group with less redundancy than the pool's groups.
+        /// Add a group with less redundancy than the pool's groups, and
+        /// overwrite devices that hold a file system, partition table,
+        /// another pool or other data (devices in use are refused anyway).
         #[arg(long)]
         force: bool,
     },
@@ -298,7 +308,8 @@ pub enum PoolCmd {
         #[arg(long, short = 'e', required = true)]
         expand: bool,
     },
-    /// Destroy a pool (its devices are wiped of edgevol labels, files are kept).
+    /// Destroy a pool (the first and last MiB of its devices are zeroed,
+    /// which erases its labels; files are kept).
     Destroy {
         /// Pool name.
         pool: String,
@@ -369,6 +380,7 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
             devices,
             size,
             options,
+            force,
         } => {
             let mut properties = parse_kv(&options)?;
             let segment_size = properties
@@ -384,6 +396,7 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
                     size,
                     segment_size,
                     properties,
+                    force,
                 },
             )?;
             if ctx.json {
@@ -660,10 +673,16 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
             );
             Ok(())
         }
-        PoolCmd::Replace { pool, old, new } => {
+        PoolCmd::Replace {
+            pool,
+            old,
+            new,
+            force,
+        } => {
             let body = edgevol_api::ReplaceDevice {
                 old,
                 new: new.display().to_string(),
+                force,
             };
             let s: PoolStatus = ctx.call(
                 Method::POST,

@@ -201,7 +201,13 @@ pub fn up(a: UpArgs) -> Result<()> {
             Ok(p) => p,
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 tracing::info!(file = %img.display(), size = pool_size, "creating pool demo");
-                reg.create_pool("demo", &[img.display().to_string()], Some(pool_size), None)?
+                reg.create_pool(
+                    "demo",
+                    &[img.display().to_string()],
+                    Some(pool_size),
+                    None,
+                    false,
+                )?
             }
             Err(e) => return Err(e),
         };

@@ -287,43 +287,6 @@ fn pool_grows_online_by_a_group_and_by_expanding_its_devices() {
     d.finish(1);
 }
 
-/// A loop device over a file: a real block device. None (the test says
-/// why and passes) where loop devices cannot be set up (not root).
-struct Loop {
-    dev: String,
-}
-
-impl Loop {
-    fn new(file: &std::path::Path) -> Option<Loop> {
-        let o = Command::new("losetup")
-            .args(["--find", "--show", "--direct-io=on"])
-            .arg(file)
-            .output()
-            .ok()?;
-        if !o.status.success() {
-            eprintln!(
-                "SKIP: no loop device: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            return None;
-        }
-        Some(Loop {
-            dev: String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        })
-    }
-
-    /// Tell the kernel the backing file grew (`losetup -c`).
-    fn refresh(&self) {
-        run_ok(Command::new("losetup").args(["-c", &self.dev]));
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
-    }
-}
-
 /// A pool on a real block device: `pool status --json` carries the
 /// drive's SMART report (here: why there is none — loop devices have no
 /// SMART — when smartctl is installed), and a device resized under the

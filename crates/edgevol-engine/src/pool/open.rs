@@ -413,20 +413,24 @@ pub(crate) fn probe(path: &Path) -> Result<(String, u128)> {
     Ok((l.pool_name, l.pool_guid))
 }
 
+/// Erase a destroyed pool from its devices: the first MiB (both labels
+/// and the uberblock ring, so import no longer finds it) and the last MiB.
+/// Those are the spans the daemon's foreign-data check reads before it
+/// lets `pool create` take a file (see `docs/devices.md`): a destroyed
+/// pool's files are taken again without `--force`.
 pub(crate) fn wipe_labels(vdevs: &Vdevs) -> Result<()> {
-    let zero = vec![0u8; LABEL_SIZE as usize];
+    let zero = vec![0u8; DATA_START as usize];
     for (_, m) in vdevs.devices() {
         if m.state() == super::vdev::MemberState::Faulted {
             continue;
         }
         let dev = m.dev();
-        write_raw(&*dev, LABEL_A_OFFSET, &zero)?;
-        write_raw(&*dev, LABEL_B_OFFSET, &zero)?;
-        write_raw(
-            &*dev,
-            UBERBLOCK_RING_OFFSET,
-            &vec![0u8; UBERBLOCK_SLOTS as usize * BLOCK],
-        )?;
+        write_raw(&*dev, 0, &zero)?;
+        // Device lengths are whole blocks, so the tail start is aligned.
+        let tail = dev.len().saturating_sub(DATA_START).max(DATA_START);
+        if tail < dev.len() {
+            write_raw(&*dev, tail, &zero[..(dev.len() - tail) as usize])?;
+        }
         dev.flush()
             .map_err(|e| Error::io(format!("flush of {} failed", dev.describe()), e))?;
     }

@@ -97,6 +97,7 @@ impl Daemon {
             size: Some(size),
             segment_size: None,
             properties: BTreeMap::new(),
+            force: false,
         };
         self.call(Method::POST, "/pools", Some(&body))
             .with_context(|| format!("cannot create a pool of {size} bytes"))

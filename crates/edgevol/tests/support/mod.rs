@@ -32,13 +32,16 @@ pub fn bin() -> PathBuf {
 // ----------------------------------------------------------------------
 // External tools
 
+/// A tool in PATH, or in /usr/sbin or /sbin (mkfs.*, losetup, pvcreate:
+/// not in an ordinary user's PATH on Debian).
 fn in_path(tool: &str) -> Option<PathBuf> {
     if tool.contains('/') {
         let p = PathBuf::from(tool);
         return p.is_file().then_some(p);
     }
-    let path = std::env::var_os("PATH")?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|d| d.join(tool))
         .find(|p| p.is_file())
 }
@@ -1114,5 +1117,46 @@ pub fn eventually(what: &str, mut f: impl FnMut() -> (bool, String)) {
         }
         assert!(Instant::now() < end, "{what}: still {state} after 10 s");
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ----------------------------------------------------------------------
+// Block devices
+
+/// A loop device over a file: a real block device, detached on drop. None
+/// (the test says why and passes) where loop devices cannot be set up
+/// (not root, no /dev/loop-control in the container).
+pub struct Loop {
+    pub dev: String,
+}
+
+impl Loop {
+    pub fn new(file: &Path) -> Option<Loop> {
+        let o = Command::new("losetup")
+            .args(["--find", "--show", "--direct-io=on"])
+            .arg(file)
+            .output()
+            .ok()?;
+        if !o.status.success() {
+            eprintln!(
+                "SKIP: no loop device: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            return None;
+        }
+        Some(Loop {
+            dev: String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        })
+    }
+
+    /// Tell the kernel the backing file grew (`losetup -c`).
+    pub fn refresh(&self) {
+        run_ok(Command::new("losetup").args(["-c", &self.dev]));
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
     }
 }
