@@ -847,7 +847,8 @@ impl Pool {
         scrub::stop_scrub(&self.sh)
     }
 
-    /// Wait until no scrub or resilver runs (tests, tools).
+    /// Wait until no scrub or resilver runs (tests, tools; the CLI's
+    /// `--wait` polls `pool status` instead).
     pub fn wait_scans(&self) {
         while self.sh.scan_running.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(20));
@@ -885,6 +886,9 @@ impl Pool {
     pub fn replace_with(&self, old: &str, dev: Arc<dyn Device>) -> Result<()> {
         let _admin = self.admin.lock();
         let sh = &self.sh;
+        // Claimed before anything changes: a replace refused because a
+        // scrub runs leaves the old device in place.
+        let slot = scrub::Slot::claim(sh)?;
         let new = PathBuf::from(dev.describe());
         let (g, m) = self.find_member(old)?;
         let group = &sh.vdevs.groups[g];
@@ -936,7 +940,7 @@ impl Pool {
         // what the resilver copies) once this returns.
         maint::flush_now(sh)?;
         tracing::info!(pool = %sh.name, old = %old_desc, new = %new.display(), "replacing device; resilvering");
-        let h = scrub::start_resilver(sh, g, m, entry)?;
+        let h = scrub::start_resilver(sh, slot, g, m, entry)?;
         self.threads.lock().push(h);
         Ok(())
     }
