@@ -11,6 +11,7 @@ mod check;
 pub(crate) mod ckpt;
 mod gate;
 mod grow;
+mod health;
 pub(crate) mod info;
 pub use grow::Expanded;
 mod maint;
@@ -78,6 +79,11 @@ pub struct PoolConfig {
     /// Threads a scrub reads with. Default 4; 1 makes a scrub's device
     /// operations come in a fixed order (power-cut campaigns).
     pub scan_threads: usize,
+    /// How often every member device is probed (see [`health`]): a
+    /// device that vanished or fails is FAULTED within this time, without
+    /// client I/O. Default 2 s; zero turns the probe off. Runs only with
+    /// `background`.
+    pub health_interval: Duration,
 }
 
 impl Default for PoolConfig {
@@ -92,6 +98,7 @@ impl Default for PoolConfig {
             background: true,
             queue_depth: 1024,
             scan_threads: 4,
+            health_interval: Duration::from_secs(2),
         }
     }
 }
