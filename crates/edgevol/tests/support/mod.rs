@@ -289,6 +289,8 @@ pub struct DaemonOptions {
     pub default_export: Option<String>,
     /// Extra `serve` arguments.
     pub extra: Vec<String>,
+    /// Environment of `serve` set after the defaults (None: removed).
+    pub env: Vec<(String, Option<String>)>,
 }
 
 /// `edgevol serve` in a temporary directory: NBD on a Unix socket (and TCP
@@ -413,6 +415,12 @@ impl Daemon {
         }
         c.args(&self.opts.extra);
         c.env("RUST_LOG", "info").env("NO_COLOR", "1");
+        for (k, v) in &self.opts.env {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
         die_with_parent(&mut c);
         c
     }
