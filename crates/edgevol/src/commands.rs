@@ -54,7 +54,7 @@ impl Ctx {
         Ok(self.rt.block_on(self.client.call(m, path, body))?)
     }
 
-    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+    pub(crate) fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.call(Method::GET, path, None::<&()>)
     }
 
@@ -106,7 +106,7 @@ impl Ctx {
 }
 
 /// URL path segment escaping for names (names are [A-Za-z0-9_.:-], but be safe).
-fn seg(s: &str) -> String {
+pub(crate) fn seg(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':') {
@@ -258,8 +258,13 @@ pub enum PoolCmd {
         /// Pool name.
         pool: String,
         /// Stop the running scrub.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "wait")]
         stop: bool,
+        /// Wait for a running scan (a resilver) to end, then scrub and
+        /// show progress until done; exit non-zero if records could not
+        /// be restored or the scrub was stopped.
+        #[arg(long)]
+        wait: bool,
     },
     /// Replace a device of a mirror or parity group and resilver.
     Replace {
@@ -269,6 +274,10 @@ pub enum PoolCmd {
         old: String,
         /// The new file (created sparse if missing) or block device.
         new: PathBuf,
+        /// Show the resilver's progress until it ends; exit non-zero if
+        /// it did not finish.
+        #[arg(long)]
+        wait: bool,
     },
     /// Add a group of devices while the pool serves: one device, or
     /// `mirror A B`, `parity1 A B C`, `parity2 A B C D`.
@@ -628,12 +637,20 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
             );
             Ok(())
         }
-        PoolCmd::Scrub { pool, stop } => {
-            let s: PoolStatus = ctx.call(
-                Method::POST,
-                &format!("/pools/{}/scrub", seg(&pool)),
-                Some(&edgevol_api::ScrubRequest { stop }),
-            )?;
+        PoolCmd::Scrub { pool, stop, wait } => {
+            if wait {
+                return scrub_wait(ctx, &pool);
+            }
+            let s: PoolStatus = ctx
+                .call(
+                    Method::POST,
+                    &format!("/pools/{}/scrub", seg(&pool)),
+                    Some(&edgevol_api::ScrubRequest { stop }),
+                )
+                .map_err(|e| match busy(&e) {
+                    true => e.context("`--wait` waits for it, then scrubs"),
+                    false => e,
+                })?;
             if ctx.json {
                 return ctx.print_json(&s);
             }
@@ -647,7 +664,12 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
             );
             Ok(())
         }
-        PoolCmd::Replace { pool, old, new } => {
+        PoolCmd::Replace {
+            pool,
+            old,
+            new,
+            wait,
+        } => {
             let body = edgevol_api::ReplaceDevice {
                 old,
                 new: new.display().to_string(),
@@ -657,6 +679,11 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
                 &format!("/pools/{}/replace", seg(&pool)),
                 Some(&body),
             )?;
+            if wait {
+                let mut p = crate::wait::Progress::new(&pool, ctx.json);
+                let r = crate::wait::follow(ctx, &pool, "resilver", &mut p)?;
+                return crate::wait::verdict(&pool, &r);
+            }
             if ctx.json {
                 return ctx.print_json(&s);
             }
@@ -761,6 +788,36 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
             ctx.destroyed("pool", &pool)
         }
     }
+}
+
+/// True if the daemon refused because something else runs (a scan).
+fn busy(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<edgevol_api::ClientError>(),
+        Some(edgevol_api::ClientError::Api { kind, .. }) if kind == "busy"
+    )
+}
+
+/// `pool scrub --wait`: wait for a running scan, start the scrub, follow
+/// it to its end.
+fn scrub_wait(ctx: &Ctx, pool: &str) -> Result<()> {
+    let mut p = crate::wait::Progress::new(pool, ctx.json);
+    loop {
+        crate::wait::until_idle(ctx, pool, &mut p)?;
+        let started = ctx.call::<PoolStatus>(
+            Method::POST,
+            &format!("/pools/{}/scrub", seg(pool)),
+            Some(&edgevol_api::ScrubRequest { stop: false }),
+        );
+        match started {
+            Ok(_) => break,
+            // Another scan started in between: wait for it too.
+            Err(e) if busy(&e) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    let r = crate::wait::follow(ctx, pool, "scrub", &mut p)?;
+    crate::wait::verdict(pool, &r)
 }
 
 // ----------------------------------------------------------------------

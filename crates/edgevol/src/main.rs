@@ -15,6 +15,7 @@ mod serve;
 mod table;
 mod torture;
 mod units;
+mod wait;
 
 use std::path::PathBuf;
 
