@@ -711,8 +711,7 @@ impl Daemon {
     pub fn vol_num(&self, vol: &str, prop: &str) -> u64 {
         let v = self.json(&["volume", "get", vol]);
         v[prop]
-            .as_str()
-            .and_then(|s| s.parse().ok())
+            .as_u64()
             .unwrap_or_else(|| panic!("volume get {vol} has no numeric {prop:?}: {v}"))
     }
 
