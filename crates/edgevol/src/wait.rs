@@ -101,7 +101,7 @@ impl Progress {
             Out::Bar(bar) => {
                 if bar.as_ref().is_none_or(|(kind, _)| *kind != s.kind) {
                     if let Some((_, old)) = bar.take() {
-                        old.finish();
+                        old.finish_and_clear();
                     }
                     let b = ProgressBar::new(s.total_bytes);
                     b.set_style(
@@ -117,7 +117,7 @@ impl Progress {
                     b.set_length(s.total_bytes.max(s.done_bytes));
                     b.set_position(s.done_bytes);
                     if s.state != "running" {
-                        b.finish();
+                        b.finish_and_clear();
                         println!(
                             "{} of pool {} {}: {} examined, {} repaired, {} unrecoverable",
                             s.kind,
