@@ -400,8 +400,8 @@ fn block_device_health_and_online_expand() {
     );
     fio_region(&d, "after", "96m", "256m", false);
     // The health probe has read the healthy device's label area (every
-    // 2 s) without finding fault with it.
-    std::thread::sleep(Duration::from_millis(2500));
+    // second) without finding fault with it.
+    std::thread::sleep(Duration::from_millis(1500));
     let st = d.pool_status("p");
     assert_eq!(dev(&st, &lo.dev)["state"], "ONLINE", "{st}");
     assert!(dev(&st, &lo.dev)["reason"].is_null(), "{st}");

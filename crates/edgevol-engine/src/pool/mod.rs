@@ -81,7 +81,7 @@ pub struct PoolConfig {
     pub scan_threads: usize,
     /// How often every member device is probed (see [`health`]): a
     /// device that vanished or fails is FAULTED within this time, without
-    /// client I/O. Default 2 s; zero turns the probe off. Runs only with
+    /// client I/O. Default 1 s; zero turns the probe off. Runs only with
     /// `background`.
     pub health_interval: Duration,
 }
@@ -98,7 +98,7 @@ impl Default for PoolConfig {
             background: true,
             queue_depth: 1024,
             scan_threads: 4,
-            health_interval: Duration::from_secs(2),
+            health_interval: Duration::from_secs(1),
         }
     }
 }
