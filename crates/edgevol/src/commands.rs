@@ -702,7 +702,7 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
                     Some(&edgevol_api::ScrubRequest { stop }),
                 )
                 .map_err(|e| match busy(&e) {
-                    true => e.context("`--wait` waits for it, then scrubs"),
+                    true => anyhow!("{e} (`pool scrub --wait` waits for it, then scrubs)"),
                     false => e,
                 })?;
             if ctx.json {
