@@ -12,7 +12,13 @@
 //! | Shutdown | ESHUTDOWN |
 //! | Unsupported | ENOTSUP |
 //! | everything else (Io, Corrupt, Poisoned, NotFound: the volume went away) | EIO |
+//!
+//! A volume destroyed under its clients (`volume destroy --force`) keeps
+//! the size they were last shown, so their requests reach the engine and
+//! fail there as the volume gone (EIO), not as a range past an end of 0
+//! (EINVAL for reads, ENOSPC for writes).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -41,6 +47,9 @@ pub struct VolumeExport {
     vol: Volume,
     name: String,
     registry: Arc<Registry>,
+    /// The size the client last saw: what it is told while the volume is
+    /// gone (the engine reports 0 then).
+    shown: AtomicU64,
 }
 
 impl Drop for VolumeExport {
@@ -51,7 +60,13 @@ impl Drop for VolumeExport {
 
 impl Export for VolumeExport {
     fn size(&self) -> u64 {
-        self.vol.size()
+        match self.vol.size() {
+            0 => self.shown.load(Ordering::Relaxed),
+            now => {
+                self.shown.store(now, Ordering::Relaxed);
+                now
+            }
+        }
     }
 
     fn read_only(&self) -> bool {
@@ -209,6 +224,7 @@ impl ExportProvider for Provider {
         self.registry.attach(&name);
         tracing::debug!(export = %name, "client attached");
         Ok(VolumeExport {
+            shown: AtomicU64::new(vol.size()),
             vol,
             name,
             registry: self.registry.clone(),

@@ -17,6 +17,14 @@ use rand::{Rng, SeedableRng};
 const BLOCKS: u64 = 2048; // 8 MiB volume
 
 fn group(kind: GroupKind, n: usize) -> (Pool, Vec<Arc<MemDevice>>) {
+    group_with(kind, n, cfg())
+}
+
+fn group_with(
+    kind: GroupKind,
+    n: usize,
+    config: edgevol_engine::PoolConfig,
+) -> (Pool, Vec<Arc<MemDevice>>) {
     let devs: Vec<Arc<MemDevice>> = (0..n)
         .map(|i| Arc::new(MemDevice::new(format!("d{i}"), 40 * MIB)))
         .collect();
@@ -29,7 +37,7 @@ fn group(kind: GroupKind, n: usize) -> (Pool, Vec<Arc<MemDevice>>) {
         &CreateOptions {
             segment_size: Some(MIB),
         },
-        cfg(),
+        config,
     )
     .expect("create");
     (pool, devs)
@@ -387,4 +395,76 @@ fn an_add_undone_at_import_stays_undone() {
     // The undone add's devices can be added again.
     add_new(&pool);
     verify(&pool, &model);
+}
+
+/// The health probe faults a mirror member whose device went away while
+/// nothing reads or writes it, and the pool says DEGRADED at once; the
+/// data is whole on the other side.
+#[test]
+fn health_probe_faults_a_vanished_member_without_io() {
+    let config = edgevol_engine::PoolConfig {
+        background: true,
+        health_interval: std::time::Duration::from_millis(50),
+        ..cfg()
+    };
+    let (pool, devs) = group_with(GroupKind::Mirror, 2, config);
+    let model = fill(&pool, 11);
+    assert_eq!(pool.status().state, "ONLINE");
+    devs[1].set_removed(true);
+    let t = std::time::Instant::now();
+    let st = loop {
+        let st = pool.status();
+        if st.devices[1].state != "ONLINE" {
+            break st;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "still ONLINE: {st:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert_eq!(st.devices[1].state, "FAULTED", "{st:?}");
+    assert_eq!(st.state, "DEGRADED", "{st:?}");
+    let why = st.devices[1].reason.clone().unwrap_or_default();
+    assert!(
+        why.contains("health probe") && why.contains("removed"),
+        "{why}"
+    );
+    assert_eq!(st.devices[0].state, "ONLINE", "{st:?}");
+    verify(&pool, &model);
+    pool.close().expect("close");
+}
+
+/// A scan's status is `running` when the call that started it returns,
+/// and the scan slot is free once the status shows the scan ended: a
+/// caller that polls the status can start the next scan at once.
+#[test]
+fn scan_states_say_what_runs() {
+    let (pool, _devs) = group(GroupKind::Mirror, 2);
+    let model = fill(&pool, 12);
+    for round in 0..20 {
+        pool.scrub_start().expect("scrub");
+        let s = pool.status().scrub.expect("a scrub status at once");
+        assert!(
+            s.state == "running" || s.state == "finished",
+            "round {round}: {s:?}"
+        );
+        while pool.status().scrub.is_some_and(|s| s.state == "running") {
+            std::thread::yield_now();
+        }
+    }
+    let new = Arc::new(MemDevice::new("new", 40 * MIB));
+    pool.replace_with("mem:d1", new).expect("replace");
+    let r = pool.status().resilver.expect("a resilver status at once");
+    assert!(r.state == "running" || r.state == "finished", "{r:?}");
+    while pool.status().resilver.is_some_and(|s| s.state == "running") {
+        std::thread::yield_now();
+    }
+    pool.scrub_start()
+        .expect("a scrub right after the resilver ended");
+    pool.wait_scans();
+    let s = pool.status().scrub.expect("scrub");
+    assert_eq!(s.state, "finished", "{s:?}");
+    verify(&pool, &model);
+    pool.close().expect("close");
 }

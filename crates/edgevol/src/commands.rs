@@ -54,7 +54,7 @@ impl Ctx {
         Ok(self.rt.block_on(self.client.call(m, path, body))?)
     }
 
-    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+    pub(crate) fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.call(Method::GET, path, None::<&()>)
     }
 
@@ -106,7 +106,7 @@ impl Ctx {
 }
 
 /// URL path segment escaping for names (names are [A-Za-z0-9_.:-], but be safe).
-fn seg(s: &str) -> String {
+pub(crate) fn seg(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':') {
@@ -160,28 +160,87 @@ fn parse_kv(items: &[String]) -> Result<BTreeMap<String, String>> {
     Ok(m)
 }
 
-/// Print `(property, value, source)` rows, or only `want`.
+/// One property of `pool get` / `volume get`: its value as the table
+/// shows it and as `--json` gives it (numbers as JSON numbers).
+struct Prop {
+    name: &'static str,
+    shown: String,
+    json: serde_json::Value,
+    source: String,
+}
+
+impl Prop {
+    fn text(name: &'static str, v: impl Into<String>, source: &str) -> Prop {
+        let v = v.into();
+        Prop {
+            name,
+            json: v.clone().into(),
+            shown: v,
+            source: source.into(),
+        }
+    }
+
+    fn num(name: &'static str, v: u64, source: &str) -> Prop {
+        Prop {
+            name,
+            shown: v.to_string(),
+            json: v.into(),
+            source: source.into(),
+        }
+    }
+
+    /// A ratio: `1.52x` in the table, 1.52 in JSON.
+    fn ratio(name: &'static str, v: f64) -> Prop {
+        Prop {
+            name,
+            shown: format!("{v:.2}x"),
+            json: ((v * 100.0).round() / 100.0).into(),
+            source: "-".into(),
+        }
+    }
+
+    /// A time: a date in the table, seconds since the epoch in JSON.
+    fn time(name: &'static str, secs: u64) -> Prop {
+        Prop {
+            name,
+            shown: time(secs),
+            json: secs.into(),
+            source: "-".into(),
+        }
+    }
+}
+
+/// Print properties (name, value, source), or only `want`; with `--json`
+/// an object of name to value. User properties follow `props`.
 fn print_props(
     ctx: &Ctx,
-    mut props: Vec<(String, String, String)>,
+    mut props: Vec<Prop>,
+    user: &BTreeMap<String, String>,
     want: Option<&str>,
     what: &str,
 ) -> Result<()> {
+    let mut rows: Vec<(String, String, serde_json::Value, String)> = props
+        .drain(..)
+        .map(|p| (p.name.to_string(), p.shown, p.json, p.source))
+        .collect();
+    for (k, v) in user {
+        if !rows.iter().any(|r| r.0 == *k) {
+            rows.push((k.clone(), v.clone(), v.clone().into(), "local".into()));
+        }
+    }
     if let Some(want) = want {
-        props.retain(|(k, _, _)| k == want);
-        if props.is_empty() {
+        rows.retain(|r| r.0 == want);
+        if rows.is_empty() {
             bail!("{what} has no property {want:?}");
         }
     }
     if ctx.json {
-        let m: BTreeMap<&str, &str> = props
-            .iter()
-            .map(|(k, v, _)| (k.as_str(), v.as_str()))
-            .collect();
+        let m: serde_json::Map<String, serde_json::Value> =
+            rows.into_iter().map(|(k, _, j, _)| (k, j)).collect();
         return ctx.print_json(&m);
     }
     let mut t = Table::new(&["PROPERTY", "VALUE", "SOURCE"]);
-    for (k, val, src) in props {
+    for (k, val, _, src) in rows {
         t.row(vec![k, val, src]);
     }
     t.print();
@@ -262,8 +321,13 @@ pub enum PoolCmd {
         /// Pool name.
         pool: String,
         /// Stop the running scrub.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "wait")]
         stop: bool,
+        /// Wait for a running scan (a resilver) to end, then scrub and
+        /// show progress until done; exit non-zero if records could not
+        /// be restored or the scrub was stopped.
+        #[arg(long)]
+        wait: bool,
     },
     /// Replace a device of a mirror or parity group and resilver.
     Replace {
@@ -277,6 +341,10 @@ pub enum PoolCmd {
         /// table, another pool or other data (one in use is refused anyway).
         #[arg(long)]
         force: bool,
+        /// Show the resilver's progress until it ends; exit non-zero if
+        /// it did not finish.
+        #[arg(long)]
+        wait: bool,
     },
     /// Add a group of devices while the pool serves: one device, or
     /// `mirror A B`, `parity1 A B C`, `parity2 A B C D`.
@@ -453,45 +521,40 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
         }
         PoolCmd::Get { pool, property } => {
             let s: PoolStatus = ctx.get(&format!("/pools/{}", seg(&pool)))?;
-            let mut props: Vec<(String, String, String)> = vec![
-                ("name".into(), s.name.clone(), "-".into()),
-                ("size".into(), s.size.to_string(), "-".into()),
-                ("allocated".into(), s.allocated.to_string(), "-".into()),
-                ("free".into(), s.free.to_string(), "-".into()),
-                ("logical".into(), s.logical.to_string(), "-".into()),
-                (
-                    "compressratio".into(),
-                    format!("{:.2}x", s.compressratio),
-                    "-".into(),
-                ),
-                (
-                    "segment_size".into(),
-                    s.segment_size.to_string(),
-                    "-".into(),
-                ),
-                ("health".into(), s.state.clone(), "-".into()),
-                ("guid".into(), s.guid.clone(), "-".into()),
-                ("creation".into(), time(s.created), "-".into()),
-                (
-                    "compression".into(),
+            let local = |k: &str| {
+                if s.properties.contains_key(k) {
+                    "local"
+                } else {
+                    "default"
+                }
+            };
+            let props = vec![
+                Prop::text("name", s.name.clone(), "-"),
+                Prop::num("size", s.size, "-"),
+                Prop::num("allocated", s.allocated, "-"),
+                Prop::num("free", s.free, "-"),
+                Prop::num("logical", s.logical, "-"),
+                Prop::ratio("compressratio", s.compressratio),
+                Prop::num("segment_size", s.segment_size, "-"),
+                Prop::text("health", s.state.clone(), "-"),
+                Prop::text("guid", s.guid.clone(), "-"),
+                Prop::time("creation", s.created),
+                Prop::text(
+                    "compression",
                     s.properties
                         .get("compression")
                         .cloned()
                         .unwrap_or_else(|| "lz4".into()),
-                    if s.properties.contains_key("compression") {
-                        "local"
-                    } else {
-                        "default"
-                    }
-                    .into(),
+                    local("compression"),
                 ),
             ];
-            for (k, v) in &s.properties {
-                if k != "compression" {
-                    props.push((k.clone(), v.clone(), "local".into()));
-                }
-            }
-            print_props(ctx, props, property.as_deref(), &format!("pool {pool}"))
+            print_props(
+                ctx,
+                props,
+                &s.properties,
+                property.as_deref(),
+                &format!("pool {pool}"),
+            )
         }
         PoolCmd::Set { pool, assignments } => {
             let kv = parse_kv(&assignments)?;
@@ -654,12 +717,20 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
             );
             Ok(())
         }
-        PoolCmd::Scrub { pool, stop } => {
-            let s: PoolStatus = ctx.call(
-                Method::POST,
-                &format!("/pools/{}/scrub", seg(&pool)),
-                Some(&edgevol_api::ScrubRequest { stop }),
-            )?;
+        PoolCmd::Scrub { pool, stop, wait } => {
+            if wait {
+                return scrub_wait(ctx, &pool);
+            }
+            let s: PoolStatus = ctx
+                .call(
+                    Method::POST,
+                    &format!("/pools/{}/scrub", seg(&pool)),
+                    Some(&edgevol_api::ScrubRequest { stop }),
+                )
+                .map_err(|e| match busy(&e) {
+                    true => anyhow!("{e} (`pool scrub --wait` waits for it, then scrubs)"),
+                    false => e,
+                })?;
             if ctx.json {
                 return ctx.print_json(&s);
             }
@@ -678,6 +749,7 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
             old,
             new,
             force,
+            wait,
         } => {
             let body = edgevol_api::ReplaceDevice {
                 old,
@@ -689,6 +761,11 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
                 &format!("/pools/{}/replace", seg(&pool)),
                 Some(&body),
             )?;
+            if wait {
+                let mut p = crate::wait::Progress::new(&pool, ctx.json);
+                let r = crate::wait::follow(ctx, &pool, "resilver", &mut p)?;
+                return crate::wait::verdict(&pool, &r);
+            }
             if ctx.json {
                 return ctx.print_json(&s);
             }
@@ -793,6 +870,36 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
             ctx.destroyed("pool", &pool)
         }
     }
+}
+
+/// True if the daemon refused because something else runs (a scan).
+fn busy(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<edgevol_api::ClientError>(),
+        Some(edgevol_api::ClientError::Api { kind, .. }) if kind == "busy"
+    )
+}
+
+/// `pool scrub --wait`: wait for a running scan, start the scrub, follow
+/// it to its end.
+fn scrub_wait(ctx: &Ctx, pool: &str) -> Result<()> {
+    let mut p = crate::wait::Progress::new(pool, ctx.json);
+    loop {
+        crate::wait::until_idle(ctx, pool, &mut p)?;
+        let started = ctx.call::<PoolStatus>(
+            Method::POST,
+            &format!("/pools/{}/scrub", seg(pool)),
+            Some(&edgevol_api::ScrubRequest { stop: false }),
+        );
+        match started {
+            Ok(_) => break,
+            // Another scan started in between: wait for it too.
+            Err(e) if busy(&e) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    let r = crate::wait::follow(ctx, pool, "scrub", &mut p)?;
+    crate::wait::verdict(pool, &r)
 }
 
 // ----------------------------------------------------------------------
@@ -1034,84 +1141,49 @@ pub fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
             let (p, v) = pool_vol(&volume)?;
             let info: VolumeInfo = ctx.get(&vol_path(p, v))?;
             let space: SpaceReport = ctx.get(&format!("{}/space", vol_path(p, v)))?;
-            let mut props: Vec<(String, String, String)> = vec![
-                ("name".into(), format!("{p}/{v}"), "-".into()),
-                ("volsize".into(), info.size.to_string(), "local".into()),
-                ("referenced".into(), info.referenced.to_string(), "-".into()),
-                ("used".into(), space.used.to_string(), "-".into()),
-                (
-                    "usedbydataset".into(),
-                    space.used_by_dataset.to_string(),
-                    "-".into(),
-                ),
-                (
-                    "usedbysnapshots".into(),
-                    space.used_by_snapshots.to_string(),
-                    "-".into(),
-                ),
-                ("logicalsize".into(), info.size.to_string(), "-".into()),
-                ("stored".into(), space.stored.to_string(), "-".into()),
-                (
-                    "compressratio".into(),
-                    format!("{:.2}x", space.compressratio),
-                    "-".into(),
-                ),
-                (
-                    "compression".into(),
+            let or = |v: &Option<String>, none: &str| v.clone().unwrap_or_else(|| none.into());
+            let props = vec![
+                Prop::text("name", format!("{p}/{v}"), "-"),
+                Prop::num("volsize", info.size, "local"),
+                Prop::num("referenced", info.referenced, "-"),
+                Prop::num("used", space.used, "-"),
+                Prop::num("usedbydataset", space.used_by_dataset, "-"),
+                Prop::num("usedbysnapshots", space.used_by_snapshots, "-"),
+                Prop::num("logicalsize", info.size, "-"),
+                Prop::num("stored", space.stored, "-"),
+                Prop::ratio("compressratio", space.compressratio),
+                Prop::text(
+                    "compression",
                     info.compression.clone(),
-                    info.compression_source.clone(),
+                    &info.compression_source,
                 ),
-                ("encryption".into(), info.encryption.clone(), "-".into()),
-                (
-                    "keyformat".into(),
-                    info.keyformat.clone().unwrap_or_else(|| "none".into()),
-                    "-".into(),
-                ),
-                (
-                    "keylocation".into(),
-                    info.keylocation.clone().unwrap_or_else(|| "none".into()),
-                    "-".into(),
-                ),
-                (
-                    "keykdf".into(),
-                    info.keykdf.clone().unwrap_or_else(|| "-".into()),
-                    "-".into(),
-                ),
-                (
-                    "keystatus".into(),
-                    info.keystatus.clone().unwrap_or_else(|| "-".into()),
-                    "-".into(),
-                ),
-                (
-                    "origin".into(),
-                    info.origin.clone().unwrap_or_else(|| "-".into()),
-                    "-".into(),
-                ),
-                (
-                    "basedon".into(),
-                    info.based_on.clone().unwrap_or_else(|| "-".into()),
-                    "-".into(),
-                ),
-                ("snapshots".into(), info.snapshots.to_string(), "-".into()),
-                ("creation".into(), time(info.created), "-".into()),
-                ("guid".into(), info.guid.clone(), "-".into()),
-                (
-                    "readonly".into(),
-                    if info.readonly { "on" } else { "off" }.into(),
+                Prop::text("encryption", info.encryption.clone(), "-"),
+                Prop::text("keyformat", or(&info.keyformat, "none"), "-"),
+                Prop::text("keylocation", or(&info.keylocation, "none"), "-"),
+                Prop::text("keykdf", or(&info.keykdf, "-"), "-"),
+                Prop::text("keystatus", or(&info.keystatus, "-"), "-"),
+                Prop::text("origin", or(&info.origin, "-"), "-"),
+                Prop::text("basedon", or(&info.based_on, "-"), "-"),
+                Prop::num("snapshots", info.snapshots as u64, "-"),
+                Prop::time("creation", info.created),
+                Prop::text("guid", info.guid.clone(), "-"),
+                Prop::text(
+                    "readonly",
+                    if info.readonly { "on" } else { "off" },
                     if info.properties.contains_key("readonly") {
                         "local"
                     } else {
                         "default"
-                    }
-                    .into(),
+                    },
                 ),
             ];
-            for (k, val) in &info.properties {
-                if k != "readonly" && k != "compression" {
-                    props.push((k.clone(), val.clone(), "local".into()));
-                }
-            }
-            print_props(ctx, props, property.as_deref(), &format!("volume {p}/{v}"))
+            print_props(
+                ctx,
+                props,
+                &info.properties,
+                property.as_deref(),
+                &format!("volume {p}/{v}"),
+            )
         }
         VolumeCmd::Set {
             volume,

@@ -15,6 +15,7 @@ mod serve;
 mod table;
 mod torture;
 mod units;
+mod wait;
 
 use std::path::PathBuf;
 
@@ -83,6 +84,13 @@ fn default_sigpipe() {
     }
 }
 
+/// Colour in log lines only for a person at a terminal: never in a file,
+/// a pipe or a journal, and never with `NO_COLOR` set (no-color.org).
+fn log_colours() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn main() {
     let cli = Cli::parse();
     if !matches!(cli.cmd, Cmd::Serve(_) | Cmd::Up(_)) {
@@ -95,6 +103,7 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(log_colours())
         .init();
     let result = match cli.cmd {
         Cmd::Serve(a) => serve::serve(a),

@@ -362,10 +362,242 @@ fn block_device_health_and_online_expand() {
         "{st}"
     );
     fio_region(&d, "after", "96m", "256m", false);
+    // The health probe has read the healthy device's label area (every
+    // second) without finding fault with it.
+    std::thread::sleep(Duration::from_millis(1500));
+    let st = d.pool_status("p");
+    assert_eq!(dev(&st, &lo.dev)["state"], "ONLINE", "{st}");
+    assert!(dev(&st, &lo.dev)["reason"].is_null(), "{st}");
     d.stop();
     d.restart();
     fio_region(&d, "before", "0", "96m", true);
     fio_region(&d, "after", "96m", "256m", true);
     d.ok(&["pool", "check", "p"]);
     d.finish(1);
+}
+
+/// The JSON progress lines of a `--wait` command (stdout is no terminal):
+/// every line an object with numbers, the percentage never going back;
+/// the last line.
+fn progress_lines(out: &str, phase: &str) -> serde_json::Value {
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?} in\n{out}")))
+        .collect();
+    let mut last_pct = 0.0;
+    let mut last_phase = String::new();
+    for l in &lines {
+        let (done, total) = (l["done_bytes"].as_u64(), l["total_bytes"].as_u64());
+        assert!(done.is_some() && total.is_some(), "{l}");
+        let pct = l["percent"].as_f64().expect("percent");
+        if l["phase"] != last_phase.as_str() {
+            last_phase = l["phase"].as_str().expect("phase").to_string();
+            last_pct = 0.0;
+        }
+        assert!((last_pct..=100.0).contains(&pct), "{l} after {last_pct}%");
+        last_pct = pct;
+    }
+    let last = lines.last().cloned().expect("at least one progress line");
+    assert_eq!(last["phase"], phase, "{out}");
+    last
+}
+
+fn device<'a>(st: &'a serde_json::Value, path: &str) -> &'a serde_json::Value {
+    st["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .find(|x| x["path"] == path)
+        .unwrap_or_else(|| panic!("no device {path} in {st}"))
+}
+
+/// Wait (5 s at most, no client I/O) until `path` is no longer ONLINE and
+/// pool `pool` is DEGRADED; the device's status.
+fn wait_faulted(d: &Daemon, pool: &str, path: &str) -> serde_json::Value {
+    let t = Instant::now();
+    loop {
+        let st = d.pool_status(pool);
+        let dev = device(&st, path).clone();
+        if st["groups"][0]["state"] == "DEGRADED" && dev["state"] != "ONLINE" {
+            return dev;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{path} is still ONLINE (pool not DEGRADED) {:?} after it went: {st}",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The README's tour: a mirror drive file removed is FAULTED without
+/// client I/O (the health probe); `pool replace --wait` returns when the
+/// resilver has finished, so `pool scrub --wait && pool status` right
+/// after it works and shows the final state.
+#[test]
+fn removed_drive_then_replace_wait_and_scrub_wait() {
+    let d = Daemon::start();
+    let path = |n: &str| d.path(n).display().to_string();
+    let (a, b, c) = (path("a.img"), path("b.img"), path("c.img"));
+    d.ok(&["pool", "create", "p", "mirror", &a, &b, "--size", "256M"]);
+    d.ok(&[
+        "volume",
+        "create",
+        "p/v",
+        "--size",
+        "64M",
+        "-o",
+        "compression=off",
+    ]);
+    fio_write_verify(&d, "fill");
+    std::fs::remove_file(&b).expect("remove drive");
+    let dev = wait_faulted(&d, "p", &b);
+    assert_eq!(dev["state"], "FAULTED", "{dev}");
+    assert!(
+        dev["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("removed")),
+        "{dev}"
+    );
+    assert!(d.ok(&["pool", "status", "p"]).contains("DEGRADED"));
+    fio_verify_only(&d, "verify-degraded");
+
+    let out = d.ok(&["pool", "replace", "p", &b, &c, "--wait"]);
+    let last = progress_lines(&out, "resilver");
+    assert_eq!(last["state"], "finished", "{out}");
+    assert_eq!(last["percent"], 100.0, "{out}");
+    let out = d.ok(&["pool", "scrub", "p", "--wait"]);
+    let last = progress_lines(&out, "scrub");
+    assert_eq!(last["state"], "finished", "{out}");
+    assert_eq!(last["unrecoverable"], 0, "{out}");
+    let st = d.pool_status("p");
+    assert_eq!(st["scrub"]["state"], "finished", "{st}");
+    assert_eq!(st["resilver"]["state"], "finished", "{st}");
+    assert_eq!(st["groups"][0]["state"], "ONLINE", "{st}");
+    assert_eq!(device(&st, &c)["state"], "ONLINE", "{st}");
+    let text = d.ok(&["pool", "status", "p"]);
+    assert!(text.contains("scrub: finished"), "{text}");
+
+    // A scrub asked for while a resilver runs: with --wait it waits for
+    // the resilver, then scrubs; without, it says what runs.
+    let e = path("e.img");
+    d.ok(&["pool", "replace", "p", &c, &e]);
+    let o = d.cli(&["pool", "scrub", "p"]);
+    if !o.status.success() {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("a resilver of pool p is running") && err.contains("--wait"),
+            "{err}"
+        );
+    }
+    let out = d.ok(&["pool", "scrub", "p", "--wait"]);
+    let last = progress_lines(&out, "scrub");
+    assert_eq!(last["state"], "finished", "{out}");
+    let st = d.pool_status("p");
+    assert_eq!(st["resilver"]["state"], "finished", "{st}");
+    assert_eq!(device(&st, &e)["state"], "ONLINE", "{st}");
+    fio_verify_only(&d, "verify-replaced");
+    d.ok(&["pool", "check", "p"]);
+    d.finish(1);
+}
+
+/// A mirror drive file moved away (its path names nothing) or replaced by
+/// another file at the same path is FAULTED within seconds, without any
+/// client I/O: the probe compares what the path names with the open file.
+#[test]
+fn moved_or_swapped_drive_file_is_faulted_without_io() {
+    let d = Daemon::start();
+    let path = |n: &str| d.path(n).display().to_string();
+    for (pool, x, y) in [("p", "a.img", "b.img"), ("q", "c.img", "d.img")] {
+        d.ok(&[
+            "pool",
+            "create",
+            pool,
+            "mirror",
+            &path(x),
+            &path(y),
+            "--size",
+            "256M",
+        ]);
+    }
+    d.create_volume("p/v", 16 * MIB);
+    qemu_io_ok(&d.uri("p/v"), &["write -P 0x3c 0 4M"]);
+    // Moved away: the path names nothing.
+    std::fs::rename(path("b.img"), path("b.moved")).expect("move");
+    let dev = wait_faulted(&d, "p", &path("b.img"));
+    assert_eq!(dev["state"], "FAULTED", "{dev}");
+    assert!(
+        dev["reason"].as_str().is_some_and(|r| r.contains("gone")),
+        "{dev}"
+    );
+    // Swapped: another file now has the path (the pool's file is kept
+    // under another name, so only the path tells).
+    std::fs::hard_link(path("d.img"), path("d.old")).expect("link");
+    std::fs::copy(path("d.img"), path("d.new")).expect("copy");
+    std::fs::rename(path("d.new"), path("d.img")).expect("swap");
+    let dev = wait_faulted(&d, "q", &path("d.img"));
+    assert!(
+        dev["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("another device")),
+        "{dev}"
+    );
+    // The other sides serve every byte.
+    qemu_io_ok(&d.uri("p/v"), &["read -P 0x3c 0 4M"]);
+    let mut d = d;
+    d.stop_clean();
+}
+
+/// Bytes rotten on both sides of a mirror: `pool scrub --wait` reports
+/// them and exits non-zero.
+#[test]
+fn scrub_wait_fails_when_records_cannot_be_restored() {
+    let d = Daemon::start();
+    let (a, b) = (d.path("a.img"), d.path("b.img"));
+    let (sa, sb) = (a.display().to_string(), b.display().to_string());
+    d.ok(&["pool", "create", "p", "mirror", &sa, &sb, "--size", "256M"]);
+    d.ok(&[
+        "volume",
+        "create",
+        "p/v",
+        "--size",
+        "16M",
+        "-o",
+        "compression=off",
+    ]);
+    qemu_io_ok(&d.uri("p/v"), &["write -P 0x5c 0 64k"]);
+    // Rot the block on both sides (it is stored as written: no
+    // compression, no encryption).
+    let mut rotten = 0;
+    for f in [&a, &b] {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(f)
+            .expect("open");
+        let len = file.metadata().expect("stat").len();
+        let mut block = vec![0u8; 4096];
+        let mut off = 0;
+        while off < len {
+            file.read_exact_at(&mut block, off).expect("read");
+            if block.iter().all(|&x| x == 0x5c) {
+                file.write_all_at(&[0xA5; 8], off + 100).expect("rot");
+                rotten += 1;
+            }
+            off += 4096;
+        }
+        file.sync_all().expect("sync");
+    }
+    assert!(
+        rotten >= 2,
+        "the written blocks were not found in the files"
+    );
+    let o = d.cli(&["pool", "scrub", "p", "--wait"]);
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no copy could restore"), "{err}");
+    assert!(err.contains("unrecoverable: p/v"), "{err}");
+    let last = progress_lines(&String::from_utf8_lossy(&o.stdout), "scrub");
+    assert!(last["unrecoverable"].as_u64() > Some(0), "{last}");
 }

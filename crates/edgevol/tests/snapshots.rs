@@ -93,7 +93,7 @@ fn snapshot_export_reads_old_data_and_is_immutable() {
     let list = snapshots(&d, "p/v");
     assert_eq!(snap_names(&list), ["s1", "s2"]);
     assert_eq!(list["head_based_on"], "s2", "{list}");
-    assert_eq!(d.json(&["volume", "get", "p/v"])["snapshots"], "2");
+    assert_eq!(d.json(&["volume", "get", "p/v"])["snapshots"], 2);
     d.finish(1);
 }
 

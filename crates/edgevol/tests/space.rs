@@ -106,7 +106,7 @@ fn resize_grow_online_and_shrink() {
     assert_eq!(info["size"], 256 * MIB, "{info}");
     assert_eq!(
         d.json(&["volume", "get", "p/v", "volsize"])["volsize"],
-        (256 * MIB).to_string()
+        256 * MIB
     );
     // New connections see the new size; the new space reads as zeroes and
     // takes writes; old data stays.

@@ -72,7 +72,6 @@ pub(crate) fn run(sh: Arc<Shared>) {
         if sh.poisoned.lock().is_some() {
             continue;
         }
-        sh.vdevs.check_health();
         let r = step(&sh, &mut last_flush);
         let mut st = sh.maint_status.lock();
         match r {

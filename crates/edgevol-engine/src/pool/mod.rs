@@ -12,6 +12,7 @@ mod check;
 pub(crate) mod ckpt;
 mod gate;
 mod grow;
+mod health;
 pub(crate) mod info;
 pub use grow::Expanded;
 mod maint;
@@ -81,6 +82,11 @@ pub struct PoolConfig {
     /// Threads a scrub reads with. Default 4; 1 makes a scrub's device
     /// operations come in a fixed order (power-cut campaigns).
     pub scan_threads: usize,
+    /// How often every member device is probed (see [`health`]): a
+    /// device that vanished or fails is FAULTED within this time, without
+    /// client I/O. Default 1 s; zero turns the probe off. Runs only with
+    /// `background`.
+    pub health_interval: Duration,
 }
 
 impl Default for PoolConfig {
@@ -95,6 +101,7 @@ impl Default for PoolConfig {
             background: true,
             queue_depth: 1024,
             scan_threads: 4,
+            health_interval: Duration::from_secs(1),
         }
     }
 }
@@ -781,7 +788,8 @@ impl Pool {
         scrub::stop_scrub(&self.sh)
     }
 
-    /// Wait until no scrub or resilver runs (tests, tools).
+    /// Wait until no scrub or resilver runs (tests, tools; the CLI's
+    /// `--wait` polls `pool status` instead).
     pub fn wait_scans(&self) {
         while self.sh.scan_running.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(20));
@@ -819,6 +827,9 @@ impl Pool {
     pub fn replace_with(&self, old: &str, dev: Arc<dyn Device>) -> Result<()> {
         let _admin = self.admin.lock();
         let sh = &self.sh;
+        // Claimed before anything changes: a replace refused because a
+        // scrub runs leaves the old device in place.
+        let slot = scrub::Slot::claim(sh)?;
         let new = PathBuf::from(dev.describe());
         let (g, m) = self.find_member(old)?;
         let group = &sh.vdevs.groups[g];
@@ -870,7 +881,7 @@ impl Pool {
         // what the resilver copies) once this returns.
         maint::flush_now(sh)?;
         tracing::info!(pool = %sh.name, old = %old_desc, new = %new.display(), "replacing device; resilvering");
-        let h = scrub::start_resilver(sh, g, m, entry)?;
+        let h = scrub::start_resilver(sh, slot, g, m, entry)?;
         self.threads.lock().push(h);
         Ok(())
     }

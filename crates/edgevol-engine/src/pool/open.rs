@@ -322,6 +322,16 @@ fn start(
             Ok(t) => threads.push(t),
             Err(e) => tracing::error!(error = %e, "cannot start the maintenance thread"),
         }
+        if !sh.cfg.health_interval.is_zero() {
+            let s2 = sh.clone();
+            match std::thread::Builder::new()
+                .name(format!("ev-health-{name}"))
+                .spawn(move || super::health::run(s2))
+            {
+                Ok(t) => threads.push(t),
+                Err(e) => tracing::error!(error = %e, "cannot start the health probe thread"),
+            }
+        }
     }
     Pool::from_shared(sh, threads, done_rx)
 }

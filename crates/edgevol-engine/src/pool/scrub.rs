@@ -56,38 +56,115 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Frees the scan slot when the scan thread ends, even by a panic.
+/// Marks a scan failed and frees the slot if its thread panics (a scan
+/// that ends frees it itself, in [`end_scan`]).
 struct Running<'a>(&'a Shared);
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            let mut guard = self.0.scans.lock();
-            let scans = &mut *guard;
-            for st in [scans.scrub.as_mut(), scans.resilver.as_mut()]
-                .into_iter()
-                .flatten()
-            {
-                if st.state == "running" {
-                    st.state = "failed".into();
-                    st.error = Some("the scan thread panicked".into());
-                }
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut guard = self.0.scans.lock();
+        let scans = &mut *guard;
+        for st in [scans.scrub.as_mut(), scans.resilver.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if st.state == "running" {
+                st.state = "failed".into();
+                st.error = Some("the scan thread panicked".into());
             }
         }
         self.0.scan_running.store(false, Ordering::SeqCst);
     }
 }
 
-/// Claim the scan slot (one scrub or resilver at a time).
-fn claim(sh: &Shared) -> Result<()> {
-    if sh.scan_running.swap(true, Ordering::SeqCst) {
-        return Err(Error::new(
-            ErrorKind::Busy,
-            "a scrub or resilver is already running",
-        ));
+fn is_running(st: &Option<ScanStatus>) -> bool {
+    st.as_ref().is_some_and(|s| s.state == "running")
+}
+
+/// The scan slot (one scrub or resilver at a time), claimed: freed when
+/// dropped, unless a scan thread took it over.
+pub(crate) struct Slot<'a> {
+    sh: &'a Shared,
+    held: bool,
+}
+
+impl Slot<'_> {
+    /// Claim the slot; Busy, naming the scan that runs, if it is taken.
+    pub(crate) fn claim(sh: &Shared) -> Result<Slot<'_>> {
+        let scans = sh.scans.lock();
+        if sh.scan_running.swap(true, Ordering::SeqCst) {
+            let what = if is_running(&scans.resilver) {
+                "a resilver"
+            } else if is_running(&scans.scrub) {
+                "a scrub"
+            } else {
+                "a scrub or resilver"
+            };
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!(
+                    "{what} of pool {} is running; another scan can start when it has finished",
+                    sh.name
+                ),
+            ));
+        }
+        sh.scan_stop.store(false, Ordering::SeqCst);
+        Ok(Slot { sh, held: true })
     }
-    sh.scan_stop.store(false, Ordering::SeqCst);
-    Ok(())
+
+    /// Show `status` as the running scan and run `body` in a thread of its
+    /// own, which frees the slot when it ends (even by a panic). The status
+    /// is set before this returns, so a caller that looks at the pool's
+    /// status next sees the scan running.
+    fn spawn(
+        mut self,
+        sh: &Arc<Shared>,
+        status: ScanStatus,
+        body: impl FnOnce(&Arc<Shared>) + Send + 'static,
+    ) -> Result<std::thread::JoinHandle<()>> {
+        let kind = status.kind.clone();
+        {
+            let mut scans = sh.scans.lock();
+            match kind.as_str() {
+                "resilver" => scans.resilver = Some(status),
+                _ => scans.scrub = Some(status),
+            }
+        }
+        let s = sh.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("ev-{kind}-{}", sh.name))
+            .spawn(move || {
+                let _running = Running(&s);
+                body(&s);
+            })
+            .map_err(|e| {
+                let what = format!("cannot start the {kind} thread");
+                let failed = Error::new(ErrorKind::Io, format!("{what}: {e}"));
+                end_scan(sh, |x| pick_kind(x, &kind), Err(failed), None);
+                Error::io(what, e)
+            })?;
+        self.held = false;
+        Ok(h)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            let _scans = self.sh.scans.lock();
+            self.sh.scan_running.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
+fn pick_kind<'a>(x: &'a mut Scans, kind: &str) -> Option<&'a mut ScanStatus> {
+    match kind {
+        "resilver" => x.resilver.as_mut(),
+        _ => x.scrub.as_mut(),
+    }
 }
 
 fn new_status(kind: &str, total: u64) -> ScanStatus {
@@ -100,42 +177,29 @@ fn new_status(kind: &str, total: u64) -> ScanStatus {
     }
 }
 
+/// A new scrub's status: over the live bytes now.
+fn scrub_status(sh: &Shared) -> ScanStatus {
+    let total = sh.segs.lock().live_total();
+    new_status("scrub", total)
+}
+
 /// Start a scrub in a thread of its own.
 pub(crate) fn start_scrub(sh: &Arc<Shared>) -> Result<std::thread::JoinHandle<()>> {
-    claim(sh)?;
-    spawn_scan(sh, "scrub", move |s| {
-        let r = run_scrub(s, Key::new(0, 0, 0));
-        finish(s, |x| x.scrub.as_mut(), r);
-    })
+    resume_scrub_at(sh, Key::new(0, 0, 0))
 }
 
 /// Continue a scrub a restart interrupted, from `from`.
 pub(crate) fn resume_scrub(sh: &Arc<Shared>, from: Key) -> Result<std::thread::JoinHandle<()>> {
-    claim(sh)?;
     tracing::info!(pool = %sh.name, "resuming the scrub a restart interrupted");
-    spawn_scan(sh, "scrub", move |s| {
-        let r = run_scrub(s, from);
-        finish(s, |x| x.scrub.as_mut(), r);
-    })
+    resume_scrub_at(sh, from)
 }
 
-/// Run `body` in a scan thread (the slot is claimed).
-fn spawn_scan(
-    sh: &Arc<Shared>,
-    kind: &str,
-    body: impl FnOnce(&Arc<Shared>) + Send + 'static,
-) -> Result<std::thread::JoinHandle<()>> {
-    let s = sh.clone();
-    std::thread::Builder::new()
-        .name(format!("ev-{kind}-{}", sh.name))
-        .spawn(move || {
-            let _running = Running(&s);
-            body(&s);
-        })
-        .map_err(|e| {
-            sh.scan_running.store(false, Ordering::SeqCst);
-            Error::io(format!("cannot start the {kind} thread"), e)
-        })
+fn resume_scrub_at(sh: &Arc<Shared>, from: Key) -> Result<std::thread::JoinHandle<()>> {
+    let slot = Slot::claim(sh)?;
+    slot.spawn(sh, scrub_status(sh), move |s| {
+        let r = run_scrub(s, from);
+        end_scan(s, |x| x.scrub.as_mut(), r, None);
+    })
 }
 
 /// Record where the scrub continues after a restart (best effort: a
@@ -147,12 +211,10 @@ fn mark(sh: &Shared, at: Option<Key>) {
     }
 }
 
-/// A scrub pass from `from` with its status; the restart mark is kept
+/// A scrub pass from `from` (its status is set); the restart mark is kept
 /// while it runs and cleared when it finishes or is stopped (not when the
 /// pool closes under it: then it resumes at the next import).
 fn run_scrub(sh: &Shared, from: Key) -> Result<bool> {
-    let total = sh.segs.lock().live_total();
-    sh.scans.lock().scrub = Some(new_status("scrub", total));
     mark(sh, Some(from));
     let r = scrub(sh, from);
     if !sh.closing.load(Ordering::SeqCst) {
@@ -163,41 +225,40 @@ fn run_scrub(sh: &Shared, from: Key) -> Result<bool> {
 
 /// Ask a running scrub to stop.
 pub(crate) fn stop_scrub(sh: &Shared) -> Result<()> {
-    let running = sh
-        .scans
-        .lock()
-        .scrub
-        .as_ref()
-        .is_some_and(|s| s.state == "running");
-    if !running {
+    if !is_running(&sh.scans.lock().scrub) {
         return Err(Error::invalid("no scrub is running"));
     }
     sh.scan_stop.store(true, Ordering::SeqCst);
     Ok(())
 }
 
-fn finish(sh: &Shared, pick: impl Fn(&mut Scans) -> Option<&mut ScanStatus>, r: Result<bool>) {
-    record_end(sh, pick, r);
-    sh.scan_running.store(false, Ordering::SeqCst);
-}
-
-/// Record how a scan ended in its status.
-fn record_end(sh: &Shared, pick: impl Fn(&mut Scans) -> Option<&mut ScanStatus>, r: Result<bool>) {
-    {
-        let mut scans = sh.scans.lock();
-        if let Some(st) = pick(&mut scans) {
-            st.ended = Some(now_secs());
-            match r {
-                Ok(true) => st.state = "finished".into(),
-                Ok(false) => st.state = "stopped".into(),
-                Err(e) => {
-                    tracing::error!(pool = %sh.name, kind = %st.kind, error = %e, "scan failed");
-                    st.state = "failed".into();
-                    st.error = Some(e.to_string());
-                }
+/// Record how a scan ended in its status; then, in the same critical
+/// section, either show `next` as the scan this thread runs now or free
+/// the scan slot. Whoever sees the end in the pool's status can so start
+/// the next scan at once.
+fn end_scan(
+    sh: &Shared,
+    pick: impl Fn(&mut Scans) -> Option<&mut ScanStatus>,
+    r: Result<bool>,
+    next: Option<ScanStatus>,
+) {
+    let mut scans = sh.scans.lock();
+    if let Some(st) = pick(&mut scans) {
+        st.ended = Some(now_secs());
+        match r {
+            Ok(true) => st.state = "finished".into(),
+            Ok(false) => st.state = "stopped".into(),
+            Err(e) => {
+                tracing::error!(pool = %sh.name, kind = %st.kind, error = %e, "scan failed");
+                st.state = "failed".into();
+                st.error = Some(e.to_string());
             }
-            tracing::info!(pool = %sh.name, kind = %st.kind, state = %st.state, bytes = st.done_bytes, repaired = st.repaired_bytes, unrecoverable = st.unrecoverable.len(), "scan ended");
         }
+        tracing::info!(pool = %sh.name, kind = %st.kind, state = %st.state, bytes = st.done_bytes, repaired = st.repaired_bytes, unrecoverable = st.unrecoverable.len(), "scan ended");
+    }
+    match next {
+        Some(n) => scans.scrub = Some(n),
+        None => sh.scan_running.store(false, Ordering::SeqCst),
     }
 }
 
@@ -496,14 +557,15 @@ fn lineage_name(sh: &Shared, l: u32) -> String {
     format!("{}/(lineage {l})", sh.name)
 }
 
-/// Start resilvering member `m` of group `g` in a thread of its own.
+/// Start resilvering member `m` of group `g` in a thread of its own, in
+/// the scan slot the caller claimed.
 pub(crate) fn start_resilver(
     sh: &Arc<Shared>,
+    slot: Slot<'_>,
     g: usize,
     m: usize,
     entry: crate::format::label::DeviceLayout,
 ) -> Result<std::thread::JoinHandle<()>> {
-    claim(sh)?;
     let total: u64 = {
         let t = sh.segs.lock();
         (0..sh.vdevs.groups[g].segments())
@@ -515,10 +577,9 @@ pub(crate) fn start_resilver(
             })
             .sum()
     };
-    sh.scans.lock().resilver = Some(new_status("resilver", total));
-    spawn_scan(sh, "resilver", move |s| {
+    slot.spawn(sh, new_status("resilver", total), move |s| {
         let r = resilver(s, g, m, entry);
-        finish(s, |x| x.resilver.as_mut(), r);
+        end_scan(s, |x| x.resilver.as_mut(), r, None);
     })
 }
 
@@ -529,9 +590,8 @@ pub(crate) fn start_resilvers(
     jobs: Vec<(usize, usize, crate::format::label::DeviceLayout)>,
     then_scrub: Option<Key>,
 ) -> Result<std::thread::JoinHandle<()>> {
-    claim(sh)?;
-    sh.scans.lock().resilver = Some(new_status("resilver", 0));
-    spawn_scan(sh, "resilver", move |s| {
+    let slot = Slot::claim(sh)?;
+    slot.spawn(sh, new_status("resilver", 0), move |s| {
         let mut r = Ok(true);
         for (g, m, entry) in jobs {
             r = resilver(s, g, m, entry);
@@ -539,14 +599,14 @@ pub(crate) fn start_resilvers(
                 break;
             }
         }
-        let resilvered = matches!(r, Ok(true));
-        record_end(s, |x| x.resilver.as_mut(), r);
-        if let (true, Some(from)) = (resilvered, then_scrub) {
+        let scrub_from = then_scrub.filter(|_| matches!(r, Ok(true)));
+        let next = scrub_from.map(|_| scrub_status(s));
+        end_scan(s, |x| x.resilver.as_mut(), r, next);
+        if let Some(from) = scrub_from {
             tracing::info!(pool = %s.name, "resuming the scrub a restart interrupted");
             let r = run_scrub(s, from);
-            record_end(s, |x| x.scrub.as_mut(), r);
+            end_scan(s, |x| x.scrub.as_mut(), r, None);
         }
-        s.scan_running.store(false, Ordering::SeqCst);
     })
 }
 

@@ -1197,23 +1197,30 @@ impl Vdevs {
         }
     }
 
-    /// Fault members whose device went away (a removed file); called
-    /// periodically by maintenance.
+    /// Probe every member's device ([`Device::probe`]) and fault those
+    /// that went away or fail; called by the [health probe](super::health).
+    /// A member of a group without redundancy is not faulted (its group
+    /// would be lost): the reason is shown and logged once, and the device
+    /// serves until its I/O fails.
     pub fn check_health(&self) {
         for (gi, g) in self.groups.iter().enumerate() {
             for (mi, m) in g.members.iter().enumerate() {
-                if m.state() != MemberState::Faulted && m.dev().is_gone() {
-                    if g.geo.tolerance() == 0 {
-                        // Said once: the device keeps serving until its I/O fails.
-                        let mut why = m.reason.lock();
-                        if why.is_none() {
-                            *why = Some("the device was removed".into());
-                            tracing::error!(pool = %self.name, device = %m.dev().describe(), "device removed; the pool has no redundancy for it");
-                        }
-                        continue;
-                    }
-                    self.fault(gi, mi, "the device was removed");
+                if m.state() == MemberState::Faulted {
+                    continue;
                 }
+                let Err(e) = m.dev().probe() else {
+                    continue;
+                };
+                let why = format!("health probe: {e}");
+                if g.geo.tolerance() == 0 {
+                    let mut reason = m.reason.lock();
+                    if reason.is_none() {
+                        tracing::error!(pool = %self.name, device = %m.dev().describe(), reason = %why, "device failed its health probe; the pool has no redundancy for it");
+                        *reason = Some(why);
+                    }
+                    continue;
+                }
+                self.fault(gi, mi, &why);
             }
         }
     }

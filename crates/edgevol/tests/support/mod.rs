@@ -292,6 +292,8 @@ pub struct DaemonOptions {
     pub default_export: Option<String>,
     /// Extra `serve` arguments.
     pub extra: Vec<String>,
+    /// Environment of `serve` set after the defaults (None: removed).
+    pub env: Vec<(String, Option<String>)>,
 }
 
 /// `edgevol serve` in a temporary directory: NBD on a Unix socket (and TCP
@@ -416,6 +418,12 @@ impl Daemon {
         }
         c.args(&self.opts.extra);
         c.env("RUST_LOG", "info").env("NO_COLOR", "1");
+        for (k, v) in &self.opts.env {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
         die_with_parent(&mut c);
         c
     }
@@ -706,8 +714,7 @@ impl Daemon {
     pub fn vol_num(&self, vol: &str, prop: &str) -> u64 {
         let v = self.json(&["volume", "get", vol]);
         v[prop]
-            .as_str()
-            .and_then(|s| s.parse().ok())
+            .as_u64()
             .unwrap_or_else(|| panic!("volume get {vol} has no numeric {prop:?}: {v}"))
     }
 
