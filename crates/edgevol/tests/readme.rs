@@ -198,7 +198,7 @@ fn the_readme_tour_runs_as_written() {
     }
     // After `rm /tmp/b.img`, the very next `pool status m` shows the loss.
     let after_rm = transcript
-        .split("+ rm /tmp/b.img")
+        .split("+ sleep 2")
         .nth(1)
         .and_then(|t| t.split("+ edgevol pool status m").nth(1))
         .unwrap_or_else(|| panic!("no pool status after rm:\n{context}"));
