@@ -73,7 +73,10 @@ fn daemon_command(block: &str) -> String {
 #[test]
 fn readme_blocks_are_found() {
     let b = blocks(README, "Five-minute tour");
-    assert!(b.len() >= 3, "expected the daemon, tour and redundancy blocks");
+    assert!(
+        b.len() >= 3,
+        "expected the daemon, tour and redundancy blocks"
+    );
     assert_eq!(daemon_command(&b[0]), "edgevol up");
     assert!(b.iter().any(|x| x.contains("snapshot rollback")));
     assert!(b.iter().any(|x| x.contains("pool replace")));
@@ -86,7 +89,11 @@ fn readme_blocks_are_found() {
         .unwrap_or("")
         .matches("```sh")
         .count();
-    assert_eq!(all - b.len(), marked, "every skipped block carries the marker");
+    assert_eq!(
+        all - b.len(),
+        marked,
+        "every skipped block carries the marker"
+    );
 }
 
 fn script(bin_dir: &Path, work: &Path, blocks: &[String]) -> String {
@@ -154,7 +161,10 @@ fn the_readme_tour_runs_as_written() {
     let log = std::fs::read_to_string(work.path().join("daemon.log")).unwrap_or_default();
     let log = log.lines().rev().take(60).collect::<Vec<_>>();
     let log = log.into_iter().rev().collect::<Vec<_>>().join("\n");
-    let context = format!("{}\n--- transcript\n{transcript}\n--- daemon log\n{log}", show(&out));
+    let context = format!(
+        "{}\n--- transcript\n{transcript}\n--- daemon log\n{log}",
+        show(&out)
+    );
     assert!(
         out.status.success(),
         "a README command failed (the last one shown):\n{context}"
@@ -177,10 +187,7 @@ fn the_readme_tour_runs_as_written() {
         "pool online --expand took nothing in:\n{context}"
     );
     for bad in ["Pattern verification failed", "bad header", "verify:"] {
-        assert!(
-            !transcript.contains(bad),
-            "{bad:?} in the tour:\n{context}"
-        );
+        assert!(!transcript.contains(bad), "{bad:?} in the tour:\n{context}");
     }
     // Every fio run of the tour wrote (or verified) without an error.
     for f in ["fio.txt", "w.txt", "r.txt"] {

@@ -20,16 +20,7 @@ fn trim_and_zeroes_return_space() {
 
     // 64 MiB of random data (nothing compressible or dedupable).
     let src = d.path("rand.raw");
-    let mut buf = vec![0u8; (64 * MIB) as usize];
-    Rng::new(77).fill(&mut buf);
-    write_file(&src, &buf);
-    drop(buf);
-    run_ok(
-        Command::new(qemu_img())
-            .args(["convert", "-n", "-f", "raw", "-O", "raw"])
-            .arg(&src)
-            .arg(&uri),
-    );
+    write_random_to(&src, 64 * MIB, 77, &uri);
     let data = d.pool_num("p", "data");
     assert!(data >= 64 * MIB, "pool data {data} after writing 64 MiB");
     assert!(
@@ -461,6 +452,21 @@ fn a_full_pool_recovers_after_trim_and_restart() {
     d.finish(1);
 }
 
+/// Write `len` random (incompressible) bytes to the file `src` and, with
+/// qemu-img, to the NBD export `uri`.
+fn write_random_to(src: &std::path::Path, len: u64, seed: u64, uri: &str) {
+    let mut buf = vec![0u8; len as usize];
+    Rng::new(seed).fill(&mut buf);
+    write_file(src, &buf);
+    drop(buf);
+    run_ok(
+        Command::new(qemu_img())
+            .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+            .arg(src)
+            .arg(uri),
+    );
+}
+
 /// The `usable` figure `pool create` prints and `pool status` reports.
 fn printed_usable(out: &str) -> String {
     out.split(": ")
@@ -477,7 +483,14 @@ fn pool_sizes_are_the_truth_and_small_pools_keep_a_small_reserve() {
     // the reserve's parts add up to the difference.
     for (name, size) in [("f", "4G"), ("s", "192M")] {
         let file = d.path(&format!("{name}.img"));
-        let out = d.ok(&["pool", "create", name, file.to_str().unwrap(), "--size", size]);
+        let out = d.ok(&[
+            "pool",
+            "create",
+            name,
+            file.to_str().unwrap(),
+            "--size",
+            size,
+        ]);
         let st = d.pool_status(name);
         let usable = st["usable"].as_u64().unwrap();
         let total = st["size"].as_u64().unwrap();
@@ -488,10 +501,19 @@ fn pool_sizes_are_the_truth_and_small_pools_keep_a_small_reserve() {
         );
         assert!(human_status.contains("reserve: "), "{human_status}");
         let r = &st["reserve"];
-        let parts: u64 = ["metadata", "metadata_floor", "cleaner", "streams", "overprovision"]
-            .iter()
-            .map(|k| r[k].as_u64().unwrap_or_else(|| panic!("reserve.{k} in {st}")))
-            .sum();
+        let parts: u64 = [
+            "metadata",
+            "metadata_floor",
+            "cleaner",
+            "streams",
+            "overprovision",
+        ]
+        .iter()
+        .map(|k| {
+            r[k].as_u64()
+                .unwrap_or_else(|| panic!("reserve.{k} in {st}"))
+        })
+        .sum();
         assert_eq!(total - usable, parts, "reserve parts {r} of {st}");
         assert!(
             st["raw_size"].as_u64().unwrap() >= total,
@@ -510,16 +532,7 @@ fn pool_sizes_are_the_truth_and_small_pools_keep_a_small_reserve() {
     let len = usable / MIB * MIB - 8 * MIB;
     d.create_volume("s/v", 192 * MIB);
     let src = d.path("rand.raw");
-    let mut buf = vec![0u8; len as usize];
-    Rng::new(192).fill(&mut buf);
-    write_file(&src, &buf);
-    drop(buf);
-    run_ok(
-        Command::new(qemu_img())
-            .args(["convert", "-n", "-f", "raw", "-O", "raw"])
-            .arg(&src)
-            .arg(d.uri("s/v")),
-    );
+    write_random_to(&src, len, 192, &d.uri("s/v"));
     run_ok(
         Command::new(qemu_img())
             .args(["compare", "-f", "raw", "-F", "raw"])

@@ -120,25 +120,20 @@ pub(crate) fn check(sh: &Shared) -> Result<CheckReport> {
     let mut chunk_entries: Vec<(Key, Value)> = Vec::new();
     // Records whose data is still to be read and verified, in batches.
     let mut data: Vec<Record> = Vec::new();
+    let mut end_chunk = |entries: &mut Vec<(Key, Value)>, r: &mut CheckReport, last: bool| {
+        check_chunk(sh, &cat, entries, r, &mut records, &mut live, &mut data);
+        entries.clear();
+        if last || data.len() >= verify::BATCH {
+            verify::records(sh, &cat, &mut data, r);
+        }
+    };
     loop {
         let page = sh.map.scan(lo, hi, 4096)?;
         for (k, v) in page.entries {
             if chunk_entries.first().is_some_and(|(f, _)| {
                 f.lineage != k.lineage || chunk_start(f.lba) != chunk_start(k.lba)
             }) {
-                check_chunk(
-                    sh,
-                    &cat,
-                    &chunk_entries,
-                    &mut r,
-                    &mut records,
-                    &mut live,
-                    &mut data,
-                );
-                chunk_entries.clear();
-                if data.len() >= verify::BATCH {
-                    verify::records(sh, &cat, &mut data, &mut r);
-                }
+                end_chunk(&mut chunk_entries, &mut r, false);
             }
             chunk_entries.push((k, v));
         }
@@ -147,16 +142,7 @@ pub(crate) fn check(sh: &Shared) -> Result<CheckReport> {
             None => break,
         }
     }
-    check_chunk(
-        sh,
-        &cat,
-        &chunk_entries,
-        &mut r,
-        &mut records,
-        &mut live,
-        &mut data,
-    );
-    verify::records(sh, &cat, &mut data, &mut r);
+    end_chunk(&mut chunk_entries, &mut r, true);
     r.records = records.len() as u64;
     // Referenced blocks per volume head, resolved through the whole chain.
     for v in cat.volumes.values() {

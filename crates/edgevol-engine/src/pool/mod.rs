@@ -40,8 +40,8 @@ use crate::format::label::GroupKind;
 use crate::layout::MIN_SEGMENT_SIZE;
 use crate::map::Map;
 
-pub use capacity::{Reserve, CLEANER_SEGMENTS, OVERPROVISION_PERCENT};
 pub(crate) use capacity::{data_reserve, memtable_budget, meta_floor, usable_bytes};
+pub use capacity::{Reserve, CLEANER_SEGMENTS, OVERPROVISION_PERCENT};
 pub use check::CheckReport;
 pub use info::{
     check_pool_property, DeviceStatus, GroupStatus, PoolStatus, ScanStatus, SmartHealth,

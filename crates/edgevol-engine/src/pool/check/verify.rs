@@ -174,9 +174,9 @@ fn verify_span(sh: &Shared, cat: &Catalog, span: &Span<'_>, out: &mut Tally) {
     };
     for rec in span.records {
         let (s, e) = rec.range();
-        let whole = read.is_ok().then(|| {
-            &mut buf.as_mut_slice()[(s - span.start) as usize..(e - span.start) as usize]
-        });
+        let whole = read
+            .is_ok()
+            .then(|| &mut buf.as_mut_slice()[(s - span.start) as usize..(e - span.start) as usize]);
         match whole.and_then(|a| a.get_mut(rec.stored())) {
             Some(stored) if rec.checksums_match(stored) => rec.verify(sh, cat, stored, out),
             // The span's copy is bad (or unreadable) here: the healing read
