@@ -865,15 +865,7 @@ fn corrupted_data_is_detected_not_returned() {
     d.create_pool("p", "256M", None);
     // Uncompressed, so the pattern can be found in the pool file and each
     // 4 KiB block carries its own checksum.
-    d.ok(&[
-        "volume",
-        "create",
-        "p/v",
-        "--size",
-        "16M",
-        "-o",
-        "compression=off",
-    ]);
+    d.create_uncompressed_volume("p/v", "16M");
     let uri = d.uri("p/v");
     // A recognisable 64 KiB at 1 MiB; zeros elsewhere.
     qemu_io_ok(

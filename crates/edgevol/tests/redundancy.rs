@@ -85,15 +85,7 @@ fn corrupted_mirror_side_heals_under_fio_verify() {
         "--size",
         "256M",
     ]);
-    d.ok(&[
-        "volume",
-        "create",
-        "p/v",
-        "--size",
-        "64M",
-        "-o",
-        "compression=off",
-    ]);
+    d.create_uncompressed_volume("p/v", "64M");
     fio_write_verify(&d, "fill");
     d.ok(&["pool", "check", "p"]);
     // Rot one side everywhere; clients must not notice.
@@ -134,15 +126,7 @@ fn parity1_drive_removed_during_writes_then_replaced() {
     args.extend(files.iter().map(String::as_str));
     args.extend(["--size", "192M"]);
     d.ok(&args);
-    d.ok(&[
-        "volume",
-        "create",
-        "p/v",
-        "--size",
-        "64M",
-        "-o",
-        "compression=off",
-    ]);
+    d.create_uncompressed_volume("p/v", "64M");
     // Remove a drive while fio writes and verifies.
     let victim = files[1].clone();
     let remover = std::thread::spawn(move || {
@@ -207,15 +191,7 @@ fn pool_grows_online_by_a_group_and_by_expanding_its_devices() {
     let f = |n: &str| d.path(n).display().to_string();
     let (a, b, c, e) = (f("a.img"), f("b.img"), f("c.img"), f("e.img"));
     d.ok(&["pool", "create", "p", "mirror", &a, &b, "--size", "256M"]);
-    d.ok(&[
-        "volume",
-        "create",
-        "p/v",
-        "--size",
-        "1G",
-        "-o",
-        "compression=off",
-    ]);
+    d.create_uncompressed_volume("p/v", "1G");
     let usable = |st: &serde_json::Value| st["usable"].as_u64().expect("usable") >> 20;
     let st = d.pool_status("p");
     let (size0, usable0) = (st["size"].as_u64().expect("size"), usable(&st));
@@ -336,15 +312,7 @@ fn block_device_health_and_online_expand() {
         assert!(blk.get("smart").is_none(), "{blk}");
     }
     // Resize the block device under the pool, then expand.
-    d.ok(&[
-        "volume",
-        "create",
-        "p/v",
-        "--size",
-        "512M",
-        "-o",
-        "compression=off",
-    ]);
+    d.create_uncompressed_volume("p/v", "512M");
     fio_region(&d, "before", "0", "96m", false);
     let size0 = st["size"].as_u64().expect("size");
     std::fs::OpenOptions::new()
@@ -440,15 +408,7 @@ fn removed_drive_then_replace_wait_and_scrub_wait() {
     let path = |n: &str| d.path(n).display().to_string();
     let (a, b, c) = (path("a.img"), path("b.img"), path("c.img"));
     d.ok(&["pool", "create", "p", "mirror", &a, &b, "--size", "256M"]);
-    d.ok(&[
-        "volume",
-        "create",
-        "p/v",
-        "--size",
-        "64M",
-        "-o",
-        "compression=off",
-    ]);
+    d.create_uncompressed_volume("p/v", "64M");
     fio_write_verify(&d, "fill");
     std::fs::remove_file(&b).expect("remove drive");
     let dev = wait_faulted(&d, "p", &b);
@@ -556,15 +516,7 @@ fn scrub_wait_fails_when_records_cannot_be_restored() {
     let (a, b) = (d.path("a.img"), d.path("b.img"));
     let (sa, sb) = (a.display().to_string(), b.display().to_string());
     d.ok(&["pool", "create", "p", "mirror", &sa, &sb, "--size", "256M"]);
-    d.ok(&[
-        "volume",
-        "create",
-        "p/v",
-        "--size",
-        "16M",
-        "-o",
-        "compression=off",
-    ]);
+    d.create_uncompressed_volume("p/v", "16M");
     qemu_io_ok(&d.uri("p/v"), &["write -P 0x5c 0 64k"]);
     // Rot the block on both sides (it is stored as written: no
     // compression, no encryption).

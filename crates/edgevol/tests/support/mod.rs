@@ -698,6 +698,20 @@ impl Daemon {
         info
     }
 
+    /// `volume create VOL --size SIZE -o compression=off`: each block is
+    /// stored as written, so tests can find (and damage) it in the pool file.
+    pub fn create_uncompressed_volume(&self, vol: &str, size: &str) {
+        self.ok(&[
+            "volume",
+            "create",
+            vol,
+            "--size",
+            size,
+            "-o",
+            "compression=off",
+        ]);
+    }
+
     pub fn pool_status(&self, pool: &str) -> Value {
         self.json(&["pool", "status", pool])
     }
