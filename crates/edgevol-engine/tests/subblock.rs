@@ -15,8 +15,8 @@ const VOL: u64 = 4 * MIB;
 
 fn pool_and_volume() -> (Pool, Volume) {
     let (pool, _dev) = mem_pool(64 * MIB);
-    pool.create_volume("v", VOL, no_props()).unwrap();
-    let v = pool.open_volume("v").unwrap();
+    pool.create_volume("v", VOL, no_props()).expect("create");
+    let v = pool.open_volume("v").expect("open");
     (pool, v)
 }
 
@@ -183,7 +183,7 @@ fn race(
     let barrier = Arc::new(std::sync::Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
         .map(|t| {
-            let v = pool.open_volume("v").unwrap();
+            let v = pool.open_volume("v").expect("open");
             let (op, barrier) = (op.clone(), barrier.clone());
             std::thread::spawn(move || {
                 for round in 0..rounds {
@@ -194,7 +194,7 @@ fn race(
         })
         .collect();
     for h in handles {
-        h.join().unwrap();
+        h.join().expect("a racing thread panicked");
     }
 }
 
