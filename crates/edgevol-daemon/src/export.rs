@@ -42,6 +42,10 @@ pub fn nbd_error(e: edgevol_engine::Error) -> ExportError {
     ExportError::new(errno, e.to_string())
 }
 
+/// Largest READ/WRITE payload of a client that did not negotiate block
+/// sizes (those that did are told 32 MiB).
+pub const UNNEGOTIATED_MAX_PAYLOAD: u32 = 64 << 20;
+
 /// One client's view of a volume or snapshot.
 pub struct VolumeExport {
     vol: Volume,
@@ -79,6 +83,18 @@ impl Export for VolumeExport {
             preferred: 4096,
             maximum: 32 << 20,
         }
+    }
+
+    fn unnegotiated_block_sizes(&self) -> Option<BlockSizes> {
+        // The engine serves any byte range (read-modify-write of partial
+        // blocks), so clients that do not negotiate block sizes get the
+        // spec's default minimum of 1, and a maximum payload above the
+        // spec's 2^25 floor for old clients that send larger requests.
+        Some(BlockSizes {
+            minimum: 1,
+            preferred: 4096,
+            maximum: UNNEGOTIATED_MAX_PAYLOAD,
+        })
     }
 
     fn can_multi_conn(&self) -> bool {

@@ -284,6 +284,15 @@ async fn wait_for_signal() {
     }
 }
 
+/// The NBD server's limits: the payload limit admits the larger requests
+/// of clients that did not negotiate block sizes (each export still
+/// advertises its own, smaller, maximum to clients that do).
+fn nbd_config() -> edgevol_nbd::ServerConfig {
+    let mut c = edgevol_nbd::ServerConfig::default();
+    c.max_payload = export::UNNEGOTIATED_MAX_PAYLOAD;
+    c
+}
+
 async fn nbd_tcp(
     l: tokio::net::TcpListener,
     p: Arc<export::Provider>,
@@ -293,7 +302,7 @@ async fn nbd_tcp(
     if let Err(e) = edgevol_nbd::serve_tcp_on(
         l,
         p,
-        edgevol_nbd::ServerConfig::default(),
+        nbd_config(),
         edgevol_nbd::Shutdown::new(stop),
         spawner,
     )
@@ -312,7 +321,7 @@ async fn nbd_unix(
     if let Err(e) = edgevol_nbd::serve_unix_on(
         l,
         p,
-        edgevol_nbd::ServerConfig::default(),
+        nbd_config(),
         edgevol_nbd::Shutdown::new(stop),
         spawner,
     )

@@ -35,13 +35,15 @@ fn write_read_overwrite_and_holes() {
 }
 
 #[test]
-fn out_of_range_and_misaligned_requests_fail_cleanly() {
+fn out_of_range_requests_fail_cleanly() {
     let (pool, _dev) = mem_pool(64 * MIB);
     pool.create_volume("v", MIB, no_props()).unwrap();
     let v = pool.open_volume("v").unwrap();
     let e = futures::executor::block_on(v.read(MIB, 4096)).unwrap_err();
     assert_eq!(e.kind(), edgevol_engine::ErrorKind::InvalidArgument);
-    let e = futures::executor::block_on(v.read(100, 4096)).unwrap_err();
+    let e = futures::executor::block_on(v.read(MIB - 100, 101)).unwrap_err();
+    assert_eq!(e.kind(), edgevol_engine::ErrorKind::InvalidArgument);
+    let e = futures::executor::block_on(v.write(MIB - 1, vec![0u8; 2].into(), false)).unwrap_err();
     assert_eq!(e.kind(), edgevol_engine::ErrorKind::InvalidArgument);
     let e = futures::executor::block_on(v.write(MIB - 4096, vec![0u8; 8192].into(), false))
         .unwrap_err();

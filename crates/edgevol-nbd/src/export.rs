@@ -153,8 +153,19 @@ pub trait Export: Send + Sync + 'static {
     fn size(&self) -> u64;
     /// True if writes, trims and zeroes must be refused with EPERM.
     fn read_only(&self) -> bool;
-    /// Block size constraints.
+    /// Block size constraints, advertised to (and enforced on) clients
+    /// that ask for them (`NBD_INFO_BLOCK_SIZE` in `NBD_OPT_GO`).
     fn block_sizes(&self) -> BlockSizes;
+    /// Size constraints for clients that did not ask for block sizes
+    /// (`NBD_OPT_EXPORT_NAME`, or `NBD_OPT_GO` without
+    /// `NBD_INFO_BLOCK_SIZE`). The spec's defaults for them are a minimum
+    /// of 1 and a maximum payload of at least 2^25; an export that serves
+    /// any byte alignment (doing any read-modify-write itself) says so
+    /// here. `None` (the default): [`Export::block_sizes`] apply to every
+    /// client, and requests outside them are answered `EINVAL`.
+    fn unnegotiated_block_sizes(&self) -> Option<BlockSizes> {
+        None
+    }
     /// True if a flush on any connection makes writes acknowledged on every
     /// connection durable, and all connections see one consistent cache
     /// (NBD_FLAG_CAN_MULTI_CONN).

@@ -235,7 +235,8 @@ impl<'a, P: ExportProvider> Negotiator<'a, P> {
                 })
             }
         };
-        let params = self.params(&export);
+        // EXPORT_NAME clients cannot ask for block sizes.
+        let params = self.params(&export, false);
         // Spec: size (64 bits), transmission flags (16 bits), then 124
         // zero bytes unless NBD_FLAG_C_NO_ZEROES was negotiated.
         out.extend_from_slice(&params.size.to_be_bytes());
@@ -262,7 +263,10 @@ impl<'a, P: ExportProvider> Negotiator<'a, P> {
                 return Step::Continue;
             }
         };
-        let params = self.params(&export);
+        // Only a client that asks for block sizes is held to them (spec,
+        // "Size constraints"); the others get the export's constraints for
+        // unnegotiated clients (the spec's defaults if it can serve them).
+        let params = self.params(&export, req.wants(proto::INFO_BLOCK_SIZE));
 
         // NBD_INFO_EXPORT is mandatory before a successful ACK.
         let mut info = [0u8; 12];
@@ -293,8 +297,8 @@ impl<'a, P: ExportProvider> Negotiator<'a, P> {
             }
         }
         // Always sent (even unrequested, which the spec allows): the
-        // constraints are enforced either way, and clients that did not ask
-        // simply ignore it.
+        // constraints that will be enforced on this client, which for one
+        // that did not ask are the defaults when the export allows them.
         let mut bs = [0u8; 14];
         bs[..2].copy_from_slice(&proto::INFO_BLOCK_SIZE.to_be_bytes());
         bs[2..6].copy_from_slice(&params.block.minimum.to_be_bytes());
@@ -373,12 +377,20 @@ impl<'a, P: ExportProvider> Negotiator<'a, P> {
         ack(out, code);
     }
 
-    fn params(&self, export: &P::Export) -> ExportParams {
-        let block = effective_block_sizes(export.block_sizes(), self.max_payload);
-        if block != export.block_sizes() {
+    /// What the client sees of `export`; `negotiated` if it asked for block
+    /// sizes and so must honour them.
+    fn params(&self, export: &P::Export, negotiated: bool) -> ExportParams {
+        let wanted = match negotiated {
+            true => export.block_sizes(),
+            false => export
+                .unnegotiated_block_sizes()
+                .unwrap_or_else(|| export.block_sizes()),
+        };
+        let block = effective_block_sizes(wanted, self.max_payload);
+        if block != wanted {
             debug!(
                 advertised = ?block,
-                export = ?export.block_sizes(),
+                export = ?wanted,
                 "nbd: adjusted block sizes to protocol limits"
             );
         }
@@ -645,6 +657,7 @@ mod tests {
 
     struct Dummy {
         read_only: bool,
+        any_alignment: bool,
     }
 
     impl Export for Dummy {
@@ -660,6 +673,9 @@ mod tests {
                 preferred: 4096,
                 maximum: 1 << 20,
             }
+        }
+        fn unnegotiated_block_sizes(&self) -> Option<BlockSizes> {
+            self.any_alignment.then(|| bs(1, 4096, 2 << 20))
         }
         fn can_multi_conn(&self) -> bool {
             true
@@ -707,8 +723,18 @@ mod tests {
         }
         fn open(&self, name: &str) -> Result<Dummy, OpenError> {
             match name {
-                "disk" | "" => Ok(Dummy { read_only: false }),
-                "ro" => Ok(Dummy { read_only: true }),
+                "disk" | "" => Ok(Dummy {
+                    read_only: false,
+                    any_alignment: false,
+                }),
+                "ro" => Ok(Dummy {
+                    read_only: true,
+                    any_alignment: false,
+                }),
+                "any" => Ok(Dummy {
+                    read_only: false,
+                    any_alignment: true,
+                }),
                 "locked" => Err(OpenError::Refused("volume is locked".into())),
                 "busy" => Err(OpenError::Unavailable("volume is being restored".into())),
                 other => Err(OpenError::Unknown(other.into())),
@@ -875,6 +901,52 @@ mod tests {
             let r = replies(&out);
             assert_eq!(r[0].1, proto::REP_ERR_UNSUP, "option {code}");
         }
+    }
+
+    /// The block-size info sent in `out` (minimum, preferred, maximum).
+    fn block_size_info(out: &[u8]) -> (u32, u32, u32) {
+        let r = replies(out);
+        let d = &r
+            .iter()
+            .find(|(_, t, d)| {
+                *t == proto::REP_INFO && d[..2] == proto::INFO_BLOCK_SIZE.to_be_bytes()
+            })
+            .expect("block size info")
+            .2;
+        let at = |i: usize| u32::from_be_bytes(d[i..i + 4].try_into().unwrap());
+        (at(2), at(6), at(10))
+    }
+
+    #[test]
+    fn only_clients_that_ask_for_block_sizes_are_held_to_them() {
+        let p = Provider;
+        let transmit = |code: u32, data: &[u8]| {
+            let mut n = Negotiator::new(&p, 1 << 25, proto::FLAG_C_FIXED_NEWSTYLE);
+            let mut out = Vec::new();
+            match n.handle(code, data, false, &mut out) {
+                Step::Transmit(s) => (s.params.block, out),
+                _ => panic!("expected transmission"),
+            }
+        };
+        // An export that serves any alignment: the defaults (minimum 1) for
+        // clients that did not ask, its own constraints for those that did.
+        let (b, _) = transmit(proto::OPT_EXPORT_NAME, b"any");
+        assert_eq!(b, bs(1, 4096, 2 << 20));
+        let (b, out) = transmit(proto::OPT_GO, &info_data("any", &[]));
+        assert_eq!(b, bs(1, 4096, 2 << 20));
+        assert_eq!(
+            block_size_info(&out),
+            (1, 4096, 2 << 20),
+            "what is enforced is sent"
+        );
+        let (b, out) = transmit(proto::OPT_GO, &info_data("any", &[proto::INFO_BLOCK_SIZE]));
+        assert_eq!(b, bs(512, 4096, 1 << 20));
+        assert_eq!(block_size_info(&out), (512, 4096, 1 << 20));
+        // An export that needs alignment holds everyone to it.
+        let (b, _) = transmit(proto::OPT_EXPORT_NAME, b"disk");
+        assert_eq!(b.minimum, 512);
+        let (b, _) = transmit(proto::OPT_GO, &info_data("disk", &[]));
+        assert_eq!(b.minimum, 512);
     }
 
     #[test]

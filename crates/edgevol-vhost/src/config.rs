@@ -13,8 +13,10 @@ use virtio_bindings::bindings::virtio_ring::{
 
 /// virtio-blk addresses in 512-byte sectors, whatever the block size.
 pub const SECTOR: u64 = 512;
-/// The block size edgevol volumes offer (`blk_size`): the guest then issues
-/// only 4 KiB-aligned I/O, which the engine requires.
+/// The block size edgevol volumes offer (`blk_size`): a guest driver that
+/// honours it issues only 4 KiB-aligned I/O, the engine's fast path. Smaller
+/// requests (512-byte sectors from firmware or drivers that ignore
+/// `blk_size`) still work: the engine read-modify-writes partial blocks.
 pub const BLOCK_SIZE: u32 = 4096;
 /// Largest data segment (`size_max`).
 pub const SIZE_MAX: u32 = 256 << 10;

@@ -55,10 +55,10 @@ impl DevError {
 }
 
 /// A block device behind a vhost-user-blk export. Offsets and lengths are
-/// bytes; the export only passes ranges inside [`size`](Self::size), and
-/// multiples of 4 KiB when the device's block size is 4 KiB (the guest
-/// driver honours `blk_size`). The futures run on the [`Spawner`]'s
-/// threads and need not be `Send`.
+/// bytes, multiples of the 512-byte virtio sector; the export only passes
+/// ranges inside [`size`](Self::size). Guests that honour `blk_size` send
+/// 4 KiB multiples, but any sector-aligned range must be served. The
+/// futures run on the [`Spawner`]'s threads and need not be `Send`.
 pub trait BlockDevice: Send + Sync + 'static {
     /// Size in bytes, read on every request (a resize shows at once, to
     /// the range checks; the guest learns it on its next config read).

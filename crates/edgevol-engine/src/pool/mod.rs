@@ -21,6 +21,7 @@ pub mod raid;
 mod read;
 mod scrub;
 pub mod space;
+mod subblock;
 pub mod vdev;
 mod walk;
 pub(crate) mod writer;
@@ -196,6 +197,8 @@ pub(crate) struct Shared {
     /// Client operations so far (reads, writes, flushes, discards): a
     /// scrub slows down while this moves.
     pub client_ops: AtomicU64,
+    /// Per-volume exclusion for sub-block writes (read-modify-write).
+    pub subblock: subblock::LockTable,
 }
 
 impl Shared {

@@ -282,6 +282,7 @@ fn shared(
         scan_stop: AtomicBool::new(false),
         scan_running: AtomicBool::new(false),
         client_ops: std::sync::atomic::AtomicU64::new(0),
+        subblock: Default::default(),
     });
     (sh, data_rx, maint_rx)
 }

@@ -1,5 +1,11 @@
 //! The data path for clients: [`Volume`] handles, reads, and the I/O threads.
 //!
+//! Offsets and lengths may be any byte values: a range that is not 4 KiB
+//! aligned is served by reading the blocks it touches and, for writes, by a
+//! read-modify-write of its partial blocks under the volume's
+//! [sub-block exclusion](super::subblock). Aligned ranges take the fast
+//! path (no copy, no lock while no read-modify-write runs).
+//!
 //! Reads never go through the writer: they resolve blocks through the map
 //! (a consistent snapshot of its sources), read the records from the
 //! devices, and verify every block's checksum before returning it. A reader
@@ -12,6 +18,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::subblock::{slice_extents, slice_segs, Span, VolumeLocks};
 use super::writer::{DataOp, DiscardMode};
 use super::Shared;
 use crate::catalog::Chain;
@@ -61,6 +68,8 @@ pub struct Volume {
     vol: u64,
     snap: Option<u64>,
     spec: String,
+    /// Shared by every handle of this volume.
+    locks: Arc<VolumeLocks>,
 }
 
 pub(crate) fn open_volume(sh: &Arc<Shared>, spec: &str) -> Result<Volume> {
@@ -76,6 +85,7 @@ pub(crate) fn open_volume(sh: &Arc<Shared>, spec: &str) -> Result<Volume> {
         vol,
         snap,
         spec: spec.to_string(),
+        locks: sh.subblock.get(vol),
     })
 }
 
@@ -145,12 +155,8 @@ impl Volume {
         }
     }
 
-    fn check_range(&self, offset: u64, len: u64) -> Result<(u64, u64)> {
-        if !offset.is_multiple_of(BLOCK_U64) || !len.is_multiple_of(BLOCK_U64) {
-            return Err(Error::invalid(format!(
-                "offset {offset} and length {len} must be multiples of 4096"
-            )));
-        }
+    /// Check that `[offset, offset + len)` lies within the volume.
+    fn check_range(&self, offset: u64, len: u64) -> Result<Span> {
         let size = self.size();
         if size == 0 {
             return Err(Error::not_found(format!(
@@ -167,17 +173,31 @@ impl Volume {
                 self.spec
             )));
         }
-        Ok((offset / BLOCK_U64, len / BLOCK_U64))
+        Ok(Span::new(offset, len))
     }
 
-    /// Read `len` bytes at `offset` (both multiples of 4 KiB).
+    /// Read `len` bytes at `offset`.
     ///
     /// Resolves the blocks through the map on the calling thread, then
     /// issues every device read at once (through the thread's io_uring on
     /// data-plane threads, so the request never changes threads) and
-    /// verifies every block's checksum.
+    /// verifies every block's checksum. An unaligned range reads the blocks
+    /// it touches and returns the asked part of them.
     pub async fn read(&self, offset: u64, len: u64) -> Result<Vec<ReadSeg>> {
-        let (lba, n) = self.check_range(offset, len)?;
+        if len == 0 {
+            self.check_range(offset, 0)?;
+            return Ok(Vec::new());
+        }
+        let span = self.check_range(offset, len)?;
+        let segs = self.read_blocks(span.first, span.blocks()).await?;
+        if span.is_aligned() {
+            return Ok(segs);
+        }
+        Ok(slice_segs(segs, span.head(), len))
+    }
+
+    /// Read `n` whole blocks from block `lba`.
+    async fn read_blocks(&self, lba: u64, n: u64) -> Result<Vec<ReadSeg>> {
         let chain = self.chain()?;
         let sh = &*self.sh;
         sh.client_ops
@@ -200,6 +220,11 @@ impl Volume {
             done += w;
         }
         Ok(out)
+    }
+
+    /// One block's current contents (inside a read-modify-write).
+    async fn read_block(&self, lba: u64) -> Result<Vec<u8>> {
+        Ok(ReadSeg::concat(self.read_blocks(lba, 1).await?))
     }
 
     fn writable(&self) -> Result<()> {
@@ -226,13 +251,39 @@ impl Volume {
             .map_err(|_| Error::new(ErrorKind::Shutdown, "pool is closing"))?
     }
 
-    /// Write `data` (a multiple of 4 KiB) at `offset`; durable on return if `fua`.
+    /// Write `data` at `offset`; durable on return if `fua`.
+    ///
+    /// An unaligned write is a read-modify-write of the blocks it touches,
+    /// exclusive against every other modifying op on those blocks (from any
+    /// handle), written back as one write (with `fua` if asked).
     pub async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<()> {
         self.writable()?;
-        let (lba, _) = self.check_range(offset, data.len() as u64)?;
         if data.is_empty() {
+            self.check_range(offset, 0)?;
             return Ok(());
         }
+        let span = self.check_range(offset, data.len() as u64)?;
+        if span.is_aligned() {
+            let _access = self.locks.aligned(span.first, span.end).await;
+            return self.write_blocks(span.first, data, fua).await;
+        }
+        let _exclusive = self.locks.exclusive(span.first, span.end).await;
+        let mut merged = vec![0u8; (span.blocks() * BLOCK_U64) as usize];
+        let partial = span.partial();
+        let old =
+            futures::future::try_join_all(partial.iter().map(|(b, _)| self.read_block(*b))).await?;
+        for ((b, _), old) in partial.iter().zip(old) {
+            let at = ((b - span.first) * BLOCK_U64) as usize;
+            merged[at..at + BLOCK].copy_from_slice(&old);
+        }
+        let head = span.head() as usize;
+        merged[head..head + data.len()].copy_from_slice(&data);
+        self.write_blocks(span.first, Bytes::from(merged), fua)
+            .await
+    }
+
+    /// Write whole blocks (the caller holds the exclusion it needs).
+    async fn write_blocks(&self, lba: u64, data: Bytes, fua: bool) -> Result<()> {
         let vol = self.vol;
         self.submit(|done| DataOp::Write {
             vol,
@@ -270,12 +321,47 @@ impl Volume {
         self.discard(offset, len, mode, fua).await
     }
 
+    /// Trim or zero a range. The blocks it covers whole are discarded;
+    /// the parts of blocks it covers in part are zeroed by a
+    /// read-modify-write (a block that becomes all zeroes is discarded
+    /// instead, so it can stay a hole).
     async fn discard(&self, offset: u64, len: u64, mode: DiscardMode, fua: bool) -> Result<()> {
         self.writable()?;
-        let (lba, nblocks) = self.check_range(offset, len)?;
-        if nblocks == 0 {
+        let span = self.check_range(offset, len)?;
+        if len == 0 {
             return Ok(());
         }
+        if span.is_aligned() {
+            let _access = self.locks.aligned(span.first, span.end).await;
+            return self
+                .discard_blocks(span.first, span.blocks(), mode, fua)
+                .await;
+        }
+        let _exclusive = self.locks.exclusive(span.first, span.end).await;
+        let (ws, we) = span.whole();
+        if we > ws {
+            self.discard_blocks(ws, we - ws, mode, fua).await?;
+        }
+        for (b, range) in span.partial() {
+            let mut block = self.read_block(b).await?;
+            block[range].fill(0);
+            if block.iter().all(|&x| x == 0) {
+                self.discard_blocks(b, 1, mode, fua).await?;
+            } else {
+                self.write_blocks(b, Bytes::from(block), fua).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Discard whole blocks (the caller holds the exclusion it needs).
+    async fn discard_blocks(
+        &self,
+        lba: u64,
+        nblocks: u64,
+        mode: DiscardMode,
+        fua: bool,
+    ) -> Result<()> {
         let vol = self.vol;
         self.submit(|done| DataOp::Discard {
             vol,
@@ -289,10 +375,16 @@ impl Volume {
     }
 
     /// Allocation of the range from `offset`: extents covering at least the
-    /// first block and at most `len` bytes (capped at 64 MiB per call).
+    /// first byte and at most `len` bytes (capped at 64 MiB per call). An
+    /// unaligned range reports the state of the blocks it touches, cut to
+    /// the range.
     pub async fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        let (lba, n) = self.check_range(offset, len)?;
-        let n = n.min(MAX_STATUS_BLOCKS);
+        if len == 0 {
+            self.check_range(offset, 0)?;
+            return Ok(Vec::new());
+        }
+        let span = self.check_range(offset, len)?;
+        let (lba, n) = (span.first, span.blocks().min(MAX_STATUS_BLOCKS));
         let chain = self.chain()?;
         let sh = &self.sh;
         let pieces = chunk::resolve(&chain, lba, n as u32, |l, f, t| {
@@ -314,7 +406,10 @@ impl Volume {
                 _ => out.push(Extent { length, hole, zero }),
             }
         }
-        Ok(out)
+        if span.is_aligned() {
+            return Ok(out);
+        }
+        Ok(slice_extents(out, span.head(), len))
     }
 }
 
