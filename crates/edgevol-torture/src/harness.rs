@@ -11,7 +11,9 @@ use edgevol_engine::{CreateOptions, ErrorKind, Pool, PoolConfig, ReadSeg, Volume
 use futures::executor::block_on;
 use rand::SeedableRng;
 
-use crate::model::{block_data, ensure, Ctx, Failure, MVol, Model, Op, BS, MAX_SNAPS, MAX_VOLS};
+use crate::model::{
+    block_data, content, ensure, Ctx, Failure, MVol, Mix, Model, Op, BS, MAX_SNAPS, MAX_VOLS,
+};
 
 const MIB: u64 = 1 << 20;
 /// Size of the devices of an added group.
@@ -242,6 +244,14 @@ impl Harness {
     fn apply(&mut self, op: &Op) -> Result<(), Failure> {
         match op.clone() {
             Op::Write { vol, lba, n, fua } => self.write(vol, lba, n, fua)?,
+            Op::Partial {
+                vol,
+                lba,
+                from,
+                len,
+                zero,
+                fua,
+            } => self.partial(vol, lba * BS + u64::from(from), u64::from(len), zero, fua)?,
             Op::Trim { vol, lba, n } | Op::Zero { vol, lba, n, .. } => {
                 let Some(name) = self.model.vol_name(vol) else {
                     return Ok(());
@@ -495,6 +505,73 @@ impl Harness {
         Ok(())
     }
 
+    /// Write (or trim, `zero`) `len` bytes at byte `at`, at any alignment;
+    /// each block touched gets a new tag, a [`Mix`] where it is touched
+    /// in part.
+    fn partial(
+        &mut self,
+        vol: usize,
+        at: u64,
+        len: u64,
+        zero: bool,
+        fua: bool,
+    ) -> Result<(), Failure> {
+        let Some(name) = self.model.vol_name(vol) else {
+            return Ok(());
+        };
+        let size = self.model.vols[&name].blocks * BS;
+        let start = at % size;
+        let end = (start + len).min(size);
+        let mut data = Vec::new();
+        let mut tags = Vec::new();
+        for b in start / BS..end.div_ceil(BS) {
+            let (from, to) = (start.max(b * BS) - b * BS, end.min(b * BS + BS) - b * BS);
+            let whole = from == 0 && to == BS;
+            let tag = if zero && whole {
+                0
+            } else {
+                self.model.next_tag += 1;
+                self.model.next_tag
+            };
+            if !whole {
+                let base = self.model.vols[&name]
+                    .cells
+                    .get(&b)
+                    .map_or(0, |c| c.latest());
+                let mix = Mix {
+                    base,
+                    from: from as u16,
+                    to: to as u16,
+                    zero,
+                };
+                self.model.mixes.insert(tag, mix);
+            }
+            if !zero {
+                data.extend_from_slice(&block_data(tag, b)[from as usize..to as usize]);
+            }
+            tags.push((b, tag));
+        }
+        let v = self.open(&name)?;
+        let what = format!(
+            "{} {len} bytes at byte {start} of {name}",
+            if zero { "trim" } else { "write" }
+        );
+        if zero {
+            block_on(v.trim(start, end - start, fua)).ctx(what)?;
+        } else {
+            block_on(v.write(start, Bytes::from(data), fua)).ctx(what)?;
+        }
+        let m = self.model.vols.get_mut(&name).expect("listed volume");
+        for (b, tag) in tags {
+            m.cells.entry(b).or_default().set(tag);
+        }
+        m.dirty = true;
+        if fua {
+            self.settle();
+        }
+        Ok(())
+    }
+
     fn read(&mut self, vol: usize, lba: u64, n: u64) -> Result<(), Failure> {
         let Some(name) = self.model.vol_name(vol) else {
             return Ok(());
@@ -508,7 +585,7 @@ impl Harness {
         for i in 0..n {
             let tag = m.cells.get(&(lba + i)).map_or(0, |c| c.latest());
             ensure!(
-                block_of(&got, i) == block_data(tag, lba + i).as_slice(),
+                block_of(&got, i) == self.model.content(tag, lba + i).as_slice(),
                 "read of {name} block {} is wrong (want tag {tag})",
                 lba + i
             );
@@ -727,9 +804,10 @@ impl Harness {
             let b = block_of(&got, lba);
             let cell = m.cells.get(&lba).cloned().unwrap_or_default();
             let ok = if after_crash {
-                cell.possible().any(|t| b == block_data(t, lba).as_slice())
+                cell.possible()
+                    .any(|t| b == self.model.content(t, lba).as_slice())
             } else {
-                b == block_data(cell.latest(), lba).as_slice()
+                b == self.model.content(cell.latest(), lba).as_slice()
             };
             ensure!(
                 ok,
@@ -759,7 +837,7 @@ impl Harness {
             );
             let got = read_all(&s, sname)?;
             for lba in 0..*sblocks {
-                let want = block_data(img.get(&lba).copied().unwrap_or(0), lba);
+                let want = self.model.content(img.get(&lba).copied().unwrap_or(0), lba);
                 ensure!(
                     block_of(&got, lba) == want.as_slice(),
                     "snapshot {name}@{sname} block {lba} changed"
@@ -775,13 +853,14 @@ impl Harness {
         let names: Vec<String> = self.model.vols.keys().cloned().collect();
         for name in names {
             let got = read_all(&self.open(&name)?, &name)?;
-            let m = self.model.vols.get_mut(&name).expect("listed volume");
+            let model = &mut self.model;
+            let m = model.vols.get_mut(&name).expect("listed volume");
             for lba in 0..m.blocks {
                 let b = block_of(&got, lba);
                 let cell = m.cells.entry(lba).or_default();
                 let actual = cell
                     .possible()
-                    .find(|t| b == block_data(*t, lba).as_slice())
+                    .find(|t| b == content(&model.mixes, *t, lba).as_slice())
                     .unwrap_or(0);
                 cell.durable = actual;
                 cell.pending.clear();

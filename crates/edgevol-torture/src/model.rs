@@ -47,6 +47,17 @@ pub enum Op {
         n: u64,
         no_hole: bool,
     },
+    /// Write (or, `zero`, trim) `len` bytes from byte `from` of block
+    /// `lba`: any alignment, so the partial blocks at either end are
+    /// read-modify-written by the engine.
+    Partial {
+        vol: usize,
+        lba: u64,
+        from: u16,
+        len: u32,
+        zero: bool,
+        fua: bool,
+    },
     /// Flush (all volumes: the pool has one log).
     Flush,
     /// Snapshot the volume.
@@ -91,6 +102,8 @@ impl Op {
             Op::Write { .. } => "Write",
             Op::Trim { .. } => "Trim",
             Op::Zero { .. } => "Zero",
+            Op::Partial { zero: false, .. } => "WritePart",
+            Op::Partial { zero: true, .. } => "TrimPart",
             Op::Flush => "Flush",
             Op::Snapshot { .. } => "Snapshot",
             Op::Rollback { .. } => "Rollback",
@@ -117,7 +130,16 @@ impl Op {
         let lba = rng.random_range(0..VOL_BLOCKS);
         let snap = rng.random_range(0..8);
         match rng.random_range(0..100u32) {
-            0..34 => {
+            0..4 => Op::Partial {
+                vol,
+                lba,
+                from: rng.random_range(0..BS as u16),
+                // Within a block, across one boundary, or a few blocks.
+                len: rng.random_range(1..3 * BS as u32),
+                zero: rng.random_bool(0.25),
+                fua: rng.random_bool(0.1),
+            },
+            4..34 => {
                 // Mostly small writes, some up to 1 MiB.
                 let n = if rng.random_bool(0.1) {
                     rng.random_range(1..=256)
@@ -281,10 +303,22 @@ impl MVol {
     }
 }
 
+/// A block written in part: the block of tag `base` with bytes
+/// `from..to` replaced by those of its own tag's block (or zeroed).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Mix {
+    pub base: u64,
+    pub from: u16,
+    pub to: u16,
+    pub zero: bool,
+}
+
 /// Every volume of the pool as the workload left it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Model {
     pub vols: BTreeMap<String, MVol>,
+    /// Tags of blocks written in part, and how to make their content.
+    pub mixes: BTreeMap<u64, Mix>,
     /// Last tag handed out (tags are never reused).
     pub next_tag: u64,
     /// Last name number handed out.
@@ -310,6 +344,11 @@ impl Model {
         }
     }
 
+    /// The content of a block that holds tag `tag` at `lba` ([`content`]).
+    pub fn content(&self, tag: u64, lba: u64) -> Vec<u8> {
+        content(&self.mixes, tag, lba)
+    }
+
     /// Whether `who` is a clone (directly or not) of `on`.
     pub fn depends_on(&self, who: &str, on: &str) -> bool {
         let mut cur = self.vols.get(who).and_then(|v| v.origin.clone());
@@ -328,7 +367,29 @@ impl Model {
     }
 }
 
-/// The content of a block that holds tag `tag` at `lba` (tag 0: zeroes).
+/// The content of a block that holds tag `tag` at `lba`: the generated
+/// block ([`block_data`]), or for a block written in part (`mixes`), its
+/// base with the written bytes laid over.
+pub fn content(mixes: &BTreeMap<u64, Mix>, tag: u64, lba: u64) -> Vec<u8> {
+    let mut chain = Vec::new();
+    let mut t = tag;
+    while let Some(m) = mixes.get(&t) {
+        chain.push((t, *m));
+        t = m.base;
+    }
+    let mut b = block_data(t, lba);
+    for (t, m) in chain.into_iter().rev() {
+        let r = usize::from(m.from)..usize::from(m.to);
+        if m.zero {
+            b[r].fill(0);
+        } else {
+            b[r.clone()].copy_from_slice(&block_data(t, lba)[r]);
+        }
+    }
+    b
+}
+
+/// The generated content of tag `tag` at `lba` (tag 0: zeroes).
 /// The first half is pseudo-random (so compression has real work and the
 /// pool fills), the second a pattern; both encode (tag, lba), so a block
 /// that lands in the wrong place or volume cannot pass.
@@ -367,11 +428,40 @@ mod tests {
     }
 
     #[test]
+    fn a_block_written_in_part_is_its_base_with_the_part_laid_over() {
+        let mut m = Model::default();
+        m.mixes.insert(
+            10,
+            Mix {
+                base: 3,
+                from: 100,
+                to: 600,
+                zero: false,
+            },
+        );
+        m.mixes.insert(
+            11,
+            Mix {
+                base: 10,
+                from: 500,
+                to: 4096,
+                zero: true,
+            },
+        );
+        let (base, top) = (block_data(3, 7), block_data(10, 7));
+        let b = m.content(11, 7);
+        assert_eq!(&b[..100], &base[..100]);
+        assert_eq!(&b[100..500], &top[100..500]);
+        assert!(b[500..].iter().all(|&x| x == 0));
+        assert_eq!(m.content(3, 7), base);
+    }
+
+    #[test]
     fn random_ops_cover_every_kind_but_crash() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let ops: Vec<Op> = (0..5000).map(|_| Op::random(&mut rng)).collect();
         let kinds: std::collections::BTreeSet<_> = ops.iter().map(Op::kind).collect();
-        assert_eq!(kinds.len(), 18, "{kinds:?}");
+        assert_eq!(kinds.len(), 20, "{kinds:?}");
         assert!(!ops.iter().any(|o| matches!(o, Op::Crash { .. })));
     }
 }

@@ -11,6 +11,7 @@ fn op() -> impl Strategy<Value = Op> {
     let lba = 0u64..edgevol_torture::model::VOL_BLOCKS;
     prop_oneof![
         30 => (vol.clone(), lba.clone(), 1u64..48, any::<bool>()).prop_map(|(vol, lba, n, f)| Op::Write { vol, lba, n, fua: f && lba % 5 == 0 }),
+        4 => (vol.clone(), lba.clone(), 0u16..4096, 1u32..12288, any::<bool>(), any::<bool>()).prop_map(|(vol, lba, from, len, zero, f)| Op::Partial { vol, lba, from, len, zero: zero && len % 4 == 0, fua: f && lba % 5 == 0 }),
         5 => (vol.clone(), lba.clone(), 1u64..200).prop_map(|(vol, lba, n)| Op::Trim { vol, lba, n }),
         3 => (vol.clone(), lba.clone(), 1u64..100, any::<bool>()).prop_map(|(vol, lba, n, no_hole)| Op::Zero { vol, lba, n, no_hole }),
         6 => Just(Op::Flush),
