@@ -22,8 +22,13 @@ use crate::catalog::Catalog;
 use crate::layout::{Paddr, SegId, BLOCK, BLOCK_U64};
 use crate::pool::Shared;
 
-/// Records per batch (bounds the memory the check holds: ~100 bytes each).
-pub(super) const BATCH: usize = 128 * 1024;
+/// Records per batch: bounds the memory the check holds (~120 bytes a
+/// record, so ~60 MiB). A pool with more live records reads its data in
+/// several passes over the segments, each picking out its share: at 128 Ki
+/// records a pool of 384 Ki 4 KiB records read its 1.5 GiB three times
+/// over (4.9 s, slower than reading the volume once through NBD; one batch:
+/// 2.7 s).
+pub(super) const BATCH: usize = 512 * 1024;
 
 /// Records whose gap on disk is at most this are read as one span.
 const MAX_GAP: u64 = 64 << 10;
