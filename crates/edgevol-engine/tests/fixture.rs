@@ -1,6 +1,6 @@
 //! The committed fixture pools of on-disk format 3 (`fixtures/v3/`): pools
-//! made by this release keep importing with every later one (DESIGN.md:
-//! on-disk formats are versioned and upgradable).
+//! made by this release keep importing with every later one (on-disk
+//! formats are versioned and upgradable; docs/format.md, "Versioning").
 //!
 //! Each fixture is made by replaying a script (volumes, writes, trims,
 //! snapshots, a rollback and roll-forward, a clone) and stored as
