@@ -269,19 +269,22 @@ fn is_encrypted(script: &[Op], vol: &str) -> bool {
     })
 }
 
-/// Import a fixture's devices and load the encrypted volumes' keys.
+/// Import a fixture's devices and load, with the committed test key, the
+/// key of every encrypted volume (their keylocation is `prompt`, so each
+/// must be locked at import).
 fn import(fx: &Fixture, paths: &[PathBuf]) -> Pool {
     let pool = Pool::open_paths(paths, cfg()).expect("import the fixture pool");
     for v in pool.volumes() {
-        let origin = v
-            .origin
-            .as_deref()
-            .map(|o| o.split('@').next().unwrap_or(o));
-        if is_encrypted(fx.script, &v.name) || origin.is_some_and(|o| is_encrypted(fx.script, o)) {
-            if !pool.key_available(&v.name).expect("key state") {
-                pool.load_key(&v.name, Some(test_key()))
-                    .expect("load the test key");
-            }
+        let locked = !pool.key_available(&v.name).expect("key state");
+        assert_eq!(
+            locked,
+            is_encrypted(fx.script, &v.name),
+            "{}: key state",
+            v.name
+        );
+        if locked {
+            pool.load_key(&v.name, Some(test_key()))
+                .expect("load the test key");
         }
     }
     pool
