@@ -64,9 +64,12 @@ impl Drop for VolumeExport {
 
 impl Export for VolumeExport {
     fn size(&self) -> u64 {
-        match self.vol.size() {
-            0 => self.shown.load(Ordering::Relaxed),
-            now => {
+        // Per request: a store only when the size changed (a resize).
+        let (now, shown) = (self.vol.size(), self.shown.load(Ordering::Relaxed));
+        match now {
+            0 => shown,
+            _ if now == shown => now,
+            _ => {
                 self.shown.store(now, Ordering::Relaxed);
                 now
             }

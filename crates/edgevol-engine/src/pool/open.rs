@@ -78,7 +78,7 @@ fn read_raw(dev: &dyn Device, offset: u64, len: usize) -> Result<Vec<u8>> {
 /// pool has at most 256 Ki segments, or halved (down to 1 MiB) until it has
 /// at least 256. The reserves are counted in segments (pool/capacity.rs), so
 /// a small pool of large segments would hold most of itself back: a 192 MiB
-/// pool of 8 MiB segments accepted 51 MiB of data, of 1 MiB segments 160.
+/// pool of 8 MiB segments accepted 44 MiB of data, of 1 MiB segments 158.
 fn default_segment_size(bytes: u64) -> u64 {
     let mut s = DEFAULT_SEGMENT_SIZE;
     while bytes / s > 256 * 1024 && s < MAX_SEGMENT_SIZE {
