@@ -43,3 +43,17 @@ fn cuts_on_a_mirror() {
 fn cuts_on_a_parity_group() {
     campaign(Layout::Parity1, 40, 3);
 }
+
+/// Two power cuts in a row between the members' uberblock writes (the
+/// second inside `pool replace`) left two members of a parity group two
+/// uberblocks behind; import took both for stale and could not read its
+/// own counters. Import now brings such members up to date.
+#[test]
+fn parity_members_behind_on_uberblocks_twice_still_import() {
+    let cfg = Config {
+        layout: Layout::Parity1,
+        ..Config::new(20261207, 6)
+    };
+    let r = run(&cfg, &mut |_| {}).unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(r.counts.cuts, 6);
+}

@@ -604,6 +604,7 @@ pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<P
             })
         })
         .collect();
+    catch_up_uberblocks(&vdevs, &ub, &stale)?;
     for &(g, m) in &stale {
         tracing::warn!(pool = %newest.pool_name, device = %vdevs.groups[g].members[m].dev().describe(), "device missed recent writes; resilvering it");
         vdevs.groups[g].members[m].set_state(super::vdev::MemberState::Resilvering);
@@ -683,6 +684,38 @@ pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<P
         pool.resume_scrub(from)?;
     }
     Ok(pool)
+}
+
+/// Write the newest uberblock on every healthy member that lacks it.
+///
+/// A power cut between the members' uberblock writes leaves some of them
+/// one uberblock behind, which is harmless (the checkpoint was
+/// flushed on every member first). But if the pool then runs without a
+/// checkpoint and the next one is cut the same way, those members are two
+/// behind and would be taken for stale; in a parity group that can be more
+/// members than it tolerates, and the pool would not import (found by
+/// `edgevol test crash --layout parity1 --seed 20261207`). Copying the
+/// uberblock to them at import keeps every healthy member at most one
+/// behind.
+fn catch_up_uberblocks(vdevs: &Vdevs, ub: &Uberblock, stale: &[(usize, usize)]) -> Result<()> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let block = ub.encode();
+    for (gi, g) in vdevs.groups.iter().enumerate() {
+        for (mi, m) in g.members.iter().enumerate() {
+            if stale.contains(&(gi, mi))
+                || m.state() != super::vdev::MemberState::Online
+                || m.newest_seq.load(SeqCst) >= ub.seq
+            {
+                continue;
+            }
+            let dev = m.dev();
+            write_raw(&*dev, Uberblock::slot_offset(ub.seq), &block)?;
+            dev.flush()
+                .map_err(|e| Error::io(format!("flush of {} failed", dev.describe()), e))?;
+            m.newest_seq.store(ub.seq, SeqCst);
+        }
+    }
+    Ok(())
 }
 
 /// The newest uberblock whose checkpoint reads back intact.
