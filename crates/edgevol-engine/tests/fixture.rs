@@ -523,6 +523,46 @@ fn damaged_fixture_is_caught() {
     assert!(!r.is_clean(), "check must report the flipped byte");
 }
 
+/// A pool written by a newer release (its labels carry a format version
+/// this one does not know) is refused with an error that says so — not
+/// taken for a foreign or corrupt device — and nothing is written to it.
+#[test]
+fn newer_format_version_is_refused_clearly() {
+    use edgevol_engine::layout::{LABEL_A_OFFSET, LABEL_B_OFFSET};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = unpack(&SINGLE, dir.path());
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&paths[0])
+        .expect("open device file");
+    // Envelope header: magic (8), version (4), kind (4), body length (8),
+    // body crc (4), then the crc of those 28 bytes (docs/format.md).
+    for off in [LABEL_A_OFFSET, LABEL_B_OFFSET] {
+        let mut h = [0u8; 32];
+        f.read_exact_at(&mut h, off).expect("read label header");
+        h[8..12].copy_from_slice(&4u32.to_le_bytes());
+        let crc = crc32c::crc32c(&h[..28]);
+        h[28..32].copy_from_slice(&crc.to_le_bytes());
+        f.write_all_at(&h, off).expect("write label header");
+    }
+    f.sync_all().expect("sync");
+    let before = std::fs::read(&paths[0]).expect("read device");
+    let Err(e) = Pool::open_paths(&paths, cfg()) else {
+        panic!("a newer format must be refused");
+    };
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("format version 4") && msg.contains("format 3"),
+        "{msg}"
+    );
+    assert!(
+        std::fs::read(&paths[0]).expect("read device") == before,
+        "a refused import writes nothing"
+    );
+}
+
 /// Regenerate `fixtures/v3/` (never needed for the tests to pass):
 /// `cargo test -p edgevol-engine --test fixture -- --ignored make_fixture`.
 #[test]

@@ -341,20 +341,40 @@ fn start(
 fn read_label(dev: &dyn Device) -> Result<Label> {
     let mut best: Option<Label> = None;
     let mut last_err = None;
+    let mut newer = None;
     for off in [LABEL_A_OFFSET, LABEL_B_OFFSET] {
         if dev.len() < off + LABEL_SIZE {
             continue;
         }
-        match read_raw(dev, off, LABEL_SIZE as usize)
-            .and_then(|b| Label::decode(&b).map_err(Error::from))
-        {
+        let buf = match read_raw(dev, off, LABEL_SIZE as usize) {
+            Ok(b) => b,
+            Err(e) => {
+                last_err = Some(e);
+                continue;
+            }
+        };
+        match Label::decode(&buf) {
             Ok(l) => {
                 if best.as_ref().is_none_or(|b| l.txg > b.txg) {
                     best = Some(l);
                 }
             }
-            Err(e) => last_err = Some(e),
+            Err(crate::error::DecodeError::Version(v)) if best.is_none() => {
+                newer = Some(v);
+            }
+            Err(e) => last_err = Some(Error::from(e)),
         }
+    }
+    if let (None, Some(v)) = (&best, newer) {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "{} holds an edgevol pool of format version {v}, which this release \
+                 (format {}) cannot read: import it with the release that made it or a newer one",
+                dev.describe(),
+                crate::format::envelope::FORMAT_VERSION
+            ),
+        ));
     }
     best.ok_or_else(|| {
         let what = last_err.map(|e| e.to_string()).unwrap_or_default();
