@@ -83,17 +83,43 @@ pub struct FileDevice {
 /// after a crash must not mistake that for a second live daemon.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Take `file`'s exclusive lock, retrying for up to [`LOCK_WAIT`].
-fn lock_exclusive(file: &File) -> std::result::Result<(), std::fs::TryLockError> {
+/// Run `attempt` until it succeeds or fails other than `busy`, for up to
+/// [`LOCK_WAIT`].
+fn retry_while_busy<T, E>(
+    mut attempt: impl FnMut() -> std::result::Result<T, E>,
+    busy: impl Fn(&E) -> bool,
+) -> std::result::Result<T, E> {
     let end = std::time::Instant::now() + LOCK_WAIT;
     loop {
-        match file.try_lock() {
-            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < end => {
+        match attempt() {
+            Err(e) if busy(&e) && std::time::Instant::now() < end => {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             r => return r,
         }
     }
+}
+
+/// Take `file`'s exclusive (or shared) lock, retrying for up to
+/// [`LOCK_WAIT`].
+fn lock(file: &File, exclusive: bool) -> std::result::Result<(), std::fs::TryLockError> {
+    retry_while_busy(
+        || {
+            if exclusive {
+                file.try_lock()
+            } else {
+                file.try_lock_shared()
+            }
+        },
+        |e| matches!(e, std::fs::TryLockError::WouldBlock),
+    )
+}
+
+/// Open with `open`, retrying on EBUSY for up to [`LOCK_WAIT`]: the
+/// exclusive claim on a block device outlives a killed daemon for a
+/// moment, as its lock does.
+fn retry_busy(open: impl Fn() -> io::Result<File>) -> io::Result<File> {
+    retry_while_busy(open, |e| e.raw_os_error() == Some(libc::EBUSY))
 }
 
 /// Usable bytes of an open file or block device: whole blocks only.
@@ -109,6 +135,17 @@ fn size_of(mut file: &File, block_device: bool) -> io::Result<u64> {
 impl FileDevice {
     /// Open an existing file or block device, exclusively.
     pub fn open(path: &Path) -> Result<FileDevice> {
+        FileDevice::open_as(path, true)
+    }
+
+    /// Open read-only to look at it (a label probe) while leaving it to
+    /// whoever holds it: no `O_EXCL`, a shared lock — which still fails
+    /// while an edgevol daemon holds the device (Busy).
+    pub fn open_for_probe(path: &Path) -> Result<FileDevice> {
+        FileDevice::open_as(path, false)
+    }
+
+    fn open_as(path: &Path, exclusive: bool) -> Result<FileDevice> {
         let meta = std::fs::metadata(path)
             .map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
         let block_device = meta.file_type().is_block_device();
@@ -118,13 +155,21 @@ impl FileDevice {
                 path.display()
             )));
         }
+        // A block device is claimed with O_EXCL for as long as the pool
+        // uses it: the kernel then refuses to mount it, and mkfs, LVM, md
+        // and other exclusive openers get EBUSY instead of writing over
+        // the pool. (On regular files O_EXCL means nothing; the lock below
+        // keeps a second daemon away.)
+        let excl = if block_device && exclusive {
+            libc::O_EXCL
+        } else {
+            0
+        };
         let open = |direct: bool| {
             let mut o = OpenOptions::new();
-            o.read(true).write(true);
-            if direct {
-                o.custom_flags(libc::O_DIRECT);
-            }
-            o.open(path)
+            o.read(true).write(exclusive);
+            o.custom_flags(excl | if direct { libc::O_DIRECT } else { 0 });
+            retry_busy(|| o.open(path))
         };
         let (file, direct) = match open(true) {
             Ok(f) => (f, true),
@@ -138,9 +183,18 @@ impl FileDevice {
                     false,
                 )
             }
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                return Err(Error::new(
+                    ErrorKind::Busy,
+                    format!(
+                        "{} is in use (mounted, part of another device, or held open exclusively by another program or edgevol daemon)",
+                        path.display()
+                    ),
+                ))
+            }
             Err(e) => return Err(Error::io(format!("cannot open {}", path.display()), e)),
         };
-        match lock_exclusive(&file) {
+        match lock(&file, exclusive) {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(Error::new(

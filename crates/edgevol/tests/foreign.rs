@@ -488,3 +488,59 @@ fn a_destroyed_pools_files_are_taken_again_without_force() {
     usable(&d, "q");
     d.finish(1);
 }
+
+/// While a pool serves from a block device, the daemon holds it open
+/// exclusively (O_EXCL): mkfs, a mount and another exclusive opener are
+/// refused by the kernel, and the pool's data stays intact. Once the pool
+/// is destroyed the device is free again.
+#[test]
+fn a_served_pool_device_cannot_be_formatted_or_mounted() {
+    let d = Daemon::start();
+    let file = d.path("served.img");
+    sparse(&file, 64 * MIB);
+    let Some(lo) = Loop::new(&file) else {
+        return;
+    };
+    let dev = Path::new(&lo.dev);
+    d.ok(&["pool", "create", "b", s(dev), "-o", "segment_size=1M"]);
+    usable(&d, "b");
+
+    let o = output(
+        Command::new(require("mkfs.ext4", "e2fsprogs"))
+            .args(["-q", "-F"])
+            .arg(dev),
+    );
+    assert!(!o.status.success(), "mkfs.ext4 on a served pool device: {}", show(&o));
+    let mnt = d.path("mnt");
+    std::fs::create_dir(&mnt).expect("mount point");
+    let o = output(Command::new("mount").arg(dev).arg(&mnt));
+    if o.status.success() {
+        let _ = Command::new("umount").arg(&mnt).status();
+        panic!("mounted a served pool device");
+    }
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let e = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(dev)
+            .expect_err("an exclusive open of a served pool device");
+        assert_eq!(e.raw_os_error(), Some(libc::EBUSY), "{e}");
+    }
+    // The pool's data is intact.
+    assert_eq!(d.pool_status("b")["state"], "ONLINE");
+    qemu_io_ok(&d.uri("b/v"), &["read -P 0x5a 0 1M"]);
+    let r = d.json(&["pool", "check", "b"]);
+    assert!(r["errors"].as_array().expect("errors").is_empty(), "{r}");
+
+    d.ok(&["pool", "destroy", "b", "--force"]);
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(dev)
+            .expect("a destroyed pool's device is free");
+    }
+    d.finish(0);
+}

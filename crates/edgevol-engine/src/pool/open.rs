@@ -439,7 +439,7 @@ pub(crate) fn erase_uberblocks(dev: &dyn Device) -> Result<()> {
 }
 
 pub(crate) fn probe(path: &Path) -> Result<(String, u128)> {
-    let d = FileDevice::open(path)?;
+    let d = FileDevice::open_for_probe(path)?;
     let l = read_label(&d)?;
     Ok((l.pool_name, l.pool_guid))
 }
