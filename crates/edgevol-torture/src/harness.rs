@@ -93,6 +93,9 @@ pub struct Harness {
     /// of the new one in `devs`. If a cut makes the pool forget it, the
     /// replacement is issued again after recovery, as an operator would.
     replacing: Option<(String, usize)>,
+    /// `Op::Corrupt` damaged the first device and no scrub has repaired it
+    /// since. A replace now would be a double fault (below).
+    latent: bool,
     /// The pool's layout.
     layout: Layout,
 }
@@ -178,6 +181,7 @@ impl Harness {
             counts: Counts::default(),
             made: n,
             replacing: None,
+            latent: false,
             layout,
         })
     }
@@ -368,12 +372,17 @@ impl Harness {
                 self.pool().scrub_start().ctx("scrub")?;
                 self.pool().wait_scans();
                 self.scans_succeeded("scrub")?;
+                self.latent &= self.rail.fired();
             }
             Op::Replace { member } => self.replace(member)?,
             Op::Corrupt { at } => {
                 // Only the first device: with one bad member in a group,
-                // every block still has a good copy or can be rebuilt.
+                // every block still has a good copy or can be rebuilt —
+                // unless a member is being rebuilt (a resilver after a
+                // cut), which is a double fault: wait for it.
                 if self.layout != Layout::Single {
+                    self.pool().wait_scans();
+                    self.latent = true;
                     let d = &self.devs[0];
                     let start = edgevol_engine::layout::DATA_START;
                     let sectors = (d.len() - start) / 512;
@@ -390,6 +399,19 @@ impl Harness {
     fn replace(&mut self, member: usize) -> Result<(), Failure> {
         if self.layout == Layout::Single {
             return Ok(());
+        }
+        // `pool replace` drops the old member at once and rebuilds the new
+        // one from the others without checksums (docs/redundancy.md): a
+        // latent bad sector on another member of the group is then a
+        // second fault, and data is lost, as on any single-parity array.
+        // An operator scrubs first; so does the workload.
+        if self.latent {
+            self.pool().scrub_start().ctx("scrub before replace")?;
+            self.pool().wait_scans();
+            self.scans_succeeded("scrub before replace")?;
+            if self.rail.fired() {
+                return Ok(());
+            }
         }
         let i = member % self.devs.len();
         let old = self.devs[i].clone();
