@@ -18,13 +18,15 @@ pub use grow::Expanded;
 mod maint;
 mod open;
 pub mod raid;
-mod read;
 mod scrub;
 pub mod space;
 mod subblock;
 pub mod vdev;
+mod volume;
 mod walk;
 pub(crate) mod writer;
+// The old name of `volume`, for maint.rs until its paths say `volume::`.
+use volume as read;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,7 +50,7 @@ pub use info::{
     check_pool_property, DeviceStatus, GroupStatus, PoolStatus, ScanStatus, SmartHealth,
     SnapshotInfo, SpaceReport, VolumeInfo,
 };
-pub use read::{ReadSeg, Volume};
+pub use volume::{ReadSeg, Volume};
 
 use gate::ReuseGate;
 use space::SegmentTable;
@@ -632,7 +634,7 @@ impl Pool {
 
     /// Open a volume (`NAME`) or a snapshot (`NAME@SNAP`, read-only) for I/O.
     pub fn open_volume(&self, spec: &str) -> Result<Volume> {
-        read::open_volume(&self.sh, spec)
+        volume::open_volume(&self.sh, spec)
     }
 
     /// Resize a volume. Shrinking below the current size needs `force`.

@@ -522,7 +522,7 @@ impl Item {
 
     fn verify(&self, b: &[u8]) -> bool {
         match self.stored {
-            None => super::read::blocks_match(b, &self.csums),
+            None => super::volume::blocks_match(b, &self.csums),
             Some((lo, n, crc)) => b.get(lo..lo + n).map(crc32c::crc32c) == Some(crc),
         }
     }

@@ -4,7 +4,7 @@
 //! Data segments: live bytes count whole records that are still referenced
 //! by at least one map entry. Freeing is two-phase: a data segment whose
 //! live bytes reach zero is only returned to the free list when the
-//! *persisted* state no longer needs it (see `writer.rs`: the counters
+//! *persisted* state no longer needs it (see `writer/flush.rs`: the counters
 //! captured at memtable rotation, and the replay point), and after
 //! in-flight readers drained.
 //!

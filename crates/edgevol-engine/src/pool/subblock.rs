@@ -47,7 +47,7 @@ use std::sync::{Arc, Weak};
 use event_listener::Event;
 use parking_lot::Mutex;
 
-use super::read::{Extent, ReadSeg};
+use super::volume::{Extent, ReadSeg};
 use crate::layout::BLOCK_U64;
 
 /// A block range `[start, end)`, in blocks.

@@ -67,7 +67,7 @@ impl Record {
             let s = usize::from(d.rec_off) * BLOCK;
             stored
                 .get(s..s + d.csums.len() * BLOCK)
-                .is_some_and(|x| crate::pool::read::blocks_match(x, &d.csums))
+                .is_some_and(|x| crate::pool::volume::blocks_match(x, &d.csums))
         })
     }
 

@@ -12,6 +12,13 @@
 //! holds a [reuse gate](super::gate) ticket from before the map lookup
 //! until its device reads finish, so the segments it reads cannot be reused
 //! under it.
+//!
+//! Keeps invariant 2 (every read is verified) by checking every block's
+//! crc32c (or a packed record's crc and seal) through `read_verified`,
+//! which heals from redundancy or fails (EIO); invariant 3 (zeroes, no
+//! foreign bytes) by answering holes and zeroed blocks with zeroes and
+//! resolving only through the volume's own chain; invariant 7 (clear
+//! errors) by refusing out-of-range and read-only requests up front.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -1,0 +1,381 @@
+//! The writer thread: the only mutator of a pool's state.
+//!
+//! ```text
+//!  clients ──data ops (bounded)──┐
+//!                                ├──▶ writer thread ──▶ batches ──▶ devices
+//!  maintenance ──maint ops───────┘        │
+//!                                         ├─▶ map (memtable)  ├─▶ segment table
+//!                                         └─▶ catalog + checkpoints
+//! ```
+//!
+//! One round: take every op that is ready, pack client writes into batches
+//! (one device write each), write them, apply their map changes in lsn
+//! order, flush the devices once if any op asked for durability (group
+//! commit), then acknowledge. A write is acknowledged only after its batch
+//! is on the device and the map points at it; it is durable after a flush.
+//!
+//! The same `apply_entry` code runs in replay, so a recovered pool reaches
+//! exactly the state the running pool had for every batch that survived.
+//!
+//! When no segment is free for client data, the writer stops taking client
+//! ops (they wait, back-pressure) but keeps serving maintenance ops: the
+//! cleaner's relocations and the flushes that free segments. Client writes
+//! fail with ENOSPC only when live data has reached the usable capacity.
+//!
+//! This module holds the [`Writer`] itself and its round; the jobs live in
+//! [`ops`] (what it is asked), [`client`] (admitting and batching client
+//! ops), [`batch`] (a batch and its records), [`stream`] (filling, sealing
+//! and writing the streams' batches), [`apply`] (the state machine shared
+//! with replay), [`control`] (catalog changes and maintenance ops) and
+//! [`flush`] (map flushes, compaction, checkpoints).
+//!
+//! Keeps invariant 1 (acknowledged writes survive) by acknowledging a
+//! round's ops only after its batches are written and applied, and a flush
+//! or FUA op only after the devices were flushed; invariant 6 (memory
+//! budget) by making client ops wait while the map's maintenance is behind
+//! (`map_backlogged`); invariant 7 (bad input and failures are contained)
+//! by poisoning the pool on an I/O failure: every later mutation gets a
+//! clear error instead of building on a state the devices may not hold.
+
+mod apply;
+mod batch;
+mod client;
+mod control;
+mod flush;
+mod ops;
+mod stream;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::buf::AlignedBuf;
+use crate::catalog::Catalog;
+use crate::compress::Compression;
+use crate::error::{Error, ErrorKind, Result};
+use crate::layout::SegId;
+
+use super::ckpt::{BlobRef, ReplayPoint, StreamPos};
+use super::Shared;
+use batch::{Batch, Sealed};
+use flush::Rotation;
+
+pub(crate) use ops::{Control, DataOp, DiscardMode, Done, MaintOp, RelocItem, RelocKind};
+
+/// L0 runs at which client writes wait for compaction.
+const L0_STOP: usize = 12;
+
+/// The writer flushes the devices at least once per this many batches, even
+/// if no client asks: a power cut can then lose at most this many batches
+/// (plus one round's) past the last one recovery finds, fewer than the
+/// 2^20 lsns recovery skips — so an lsn, and with it an encryption nonce,
+/// is never used twice (see crypt.rs).
+const UNFLUSHED_BATCHES_MAX: u64 = 1 << 16;
+
+/// Lsns recovery skips past the last batch it found.
+pub(crate) const RECOVERY_LSN_SKIP: u64 = 1 << 20;
+const _: () = assert!(UNFLUSHED_BATCHES_MAX * 4 <= RECOVERY_LSN_SKIP);
+
+/// Stream numbers.
+pub(crate) const STREAM_DATA: usize = 0;
+pub(crate) const STREAM_CLEANER: usize = 1;
+pub(crate) const STREAMS: usize = 2;
+
+/// A client op in progress: how far it got into batches.
+struct Job {
+    op: DataOp,
+    /// Blocks already batched.
+    progress: u64,
+}
+
+/// Where a round's acknowledgements go.
+#[derive(Default)]
+struct Round {
+    waiters: Vec<(Done<()>, bool)>,
+    sync: bool,
+}
+
+/// The writer.
+pub(crate) struct Writer {
+    pub(crate) sh: Arc<Shared>,
+    pub(crate) cat: Catalog,
+    pub(crate) streams: Vec<StreamPos>,
+    batches: Vec<Batch>,
+    pub(crate) next_lsn: u64,
+    pub(crate) flushed_lsn: u64,
+    last_written_lsn: u64,
+    pub(crate) ckpt_seq: u64,
+    pub(crate) ckpt_log: (SegId, u32),
+    pub(crate) counters_ref: BlobRef,
+    pub(crate) replay: ReplayPoint,
+    pub(crate) lineage_delta: BTreeMap<u32, i64>,
+    rotation: Option<Rotation>,
+    rotations: u64,
+    gc_done: Vec<(u32, u64)>,
+    poisoned: Option<String>,
+    /// Bytes of live data added by batched, not yet applied records.
+    pending_bytes: u64,
+    /// Bytes of log written since the persisted replay point.
+    pub(crate) log_since_replay: u64,
+    stalled: VecDeque<Job>,
+    /// Writes over the usable capacity while garbage collection of
+    /// destroyed history is still to free space: retried after every
+    /// maintenance op, failed with ENOSPC once nothing is pending.
+    space_waiters: VecDeque<Job>,
+    /// Bumped whenever `cat` is replaced.
+    cat_gen: u64,
+    /// Storage settings per volume, valid for one catalog (`storage_of`).
+    storage_cache: (u64, BTreeMap<u64, (Compression, u8)>),
+    /// Compression attempts per volume (skipped on incompressible streams).
+    backoff: std::collections::HashMap<u64, crate::compress::Backoff>,
+    /// Views per (lineage, epoch), valid for one catalog (see `views_of`).
+    #[allow(clippy::type_complexity)]
+    view_cache: (
+        u64,
+        u64,
+        u64,
+        BTreeMap<(u32, u64), (Arc<[u64]>, Arc<crate::catalog::Chain>)>,
+    ),
+    /// Batches sealed and not yet written and applied, in lsn order.
+    sealed: Vec<Sealed>,
+    /// Batch buffers to reuse.
+    spare: Vec<AlignedBuf>,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn complete<T>(done: Done<T>, r: Result<T>) {
+    // The receiver may have gone away (client disconnected): nothing to do.
+    let _ = done.send(r);
+}
+
+impl Writer {
+    /// A writer over loaded state (see `open.rs`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        sh: Arc<Shared>,
+        cat: Catalog,
+        streams: Vec<StreamPos>,
+        next_lsn: u64,
+        ckpt_seq: u64,
+        ckpt_log: (SegId, u32),
+        counters_ref: BlobRef,
+        replay: ReplayPoint,
+        lineage_delta: BTreeMap<u32, i64>,
+    ) -> Writer {
+        Writer {
+            sh,
+            cat,
+            streams,
+            batches: (0..STREAMS).map(|_| Batch::new()).collect(),
+            next_lsn,
+            flushed_lsn: next_lsn.saturating_sub(1),
+            last_written_lsn: next_lsn.saturating_sub(1),
+            ckpt_seq,
+            ckpt_log,
+            counters_ref,
+            replay,
+            lineage_delta,
+            rotation: None,
+            rotations: 0,
+            gc_done: Vec::new(),
+            poisoned: None,
+            pending_bytes: 0,
+            log_since_replay: 0,
+            stalled: VecDeque::new(),
+            space_waiters: VecDeque::new(),
+            cat_gen: 0,
+            storage_cache: (u64::MAX, BTreeMap::new()),
+            backoff: std::collections::HashMap::new(),
+            view_cache: (0, 0, 0, BTreeMap::new()),
+            sealed: Vec::new(),
+            spare: Vec::new(),
+        }
+    }
+
+    // ------------------------------------------------------------------
+    // The loop
+
+    /// Run until shutdown.
+    pub(crate) async fn run(
+        mut self,
+        data_rx: async_channel::Receiver<DataOp>,
+        maint_rx: async_channel::Receiver<MaintOp>,
+    ) {
+        self.publish();
+        loop {
+            let mut round = Round::default();
+            // Wait for something to do.
+            let first = if self.can_take_data() && !self.stalled.is_empty() {
+                None
+            } else if self.can_take_data() {
+                match next_op(&data_rx, &maint_rx).await {
+                    Some(w) => Some(w),
+                    None => return, // both channels closed
+                }
+            } else {
+                match maint_rx.recv().await {
+                    Ok(m) => Some(Work::Maint(m)),
+                    Err(_) => return,
+                }
+            };
+            let mut exit = false;
+            if let Some(w) = first {
+                exit |= self.handle(w, &mut round).await;
+            }
+            // Take whatever else is ready, maintenance first.
+            let mut budget = 4096usize;
+            while budget > 0 && !exit {
+                budget -= 1;
+                if let Ok(m) = maint_rx.try_recv() {
+                    exit |= self.handle(Work::Maint(m), &mut round).await;
+                    continue;
+                }
+                if !self.can_take_data() {
+                    break;
+                }
+                if let Some(job) = self.stalled.pop_front() {
+                    self.run_job(job, &mut round);
+                    continue;
+                }
+                match data_rx.try_recv() {
+                    Ok(d) => exit |= self.handle(Work::Data(d), &mut round).await,
+                    Err(_) => break,
+                }
+            }
+            self.finish_round(round).await;
+            if self.sh.map.active_bytes() >= self.sh.memtable_budget {
+                self.sh.wake_maintenance();
+            }
+            // Waiting for a free segment (not for map maintenance).
+            let blocked = !self.stalled.is_empty() && {
+                self.refill_next(STREAM_DATA);
+                self.streams[STREAM_DATA].next.is_none()
+            };
+            self.sh.space_blocked.store(blocked, Ordering::Relaxed);
+            if exit {
+                return;
+            }
+        }
+    }
+
+    fn can_take_data(&mut self) -> bool {
+        if self.map_backlogged() {
+            return false;
+        }
+        if self.stalled.is_empty() {
+            return true;
+        }
+        // A stalled job waits for a segment; retry when one may be free.
+        self.refill_next(STREAM_DATA);
+        self.streams[STREAM_DATA].next.is_some()
+    }
+
+    /// The map's maintenance is behind: the active memtable passed twice
+    /// its budget (its flush is late) or L0 holds too many runs (every
+    /// lookup reads each of them). Client ops then wait for maintenance,
+    /// which bounds both memory and lookup cost.
+    fn map_backlogged(&self) -> bool {
+        if !self.sh.cfg.background {
+            return false; // maintenance is driven by hand (tests)
+        }
+        let over = self.sh.map.active_bytes() > 2 * self.sh.memtable_budget
+            || self.sh.map.levels().l0.len() >= L0_STOP;
+        if over {
+            self.sh.wake_maintenance();
+        }
+        over
+    }
+
+    /// Handle one op. Returns true on shutdown.
+    async fn handle(&mut self, w: Work, round: &mut Round) -> bool {
+        match w {
+            Work::Data(op) => {
+                self.run_job(Job { op, progress: 0 }, round);
+                false
+            }
+            Work::Maint(m) => {
+                // Everything batched so far is written and applied first, so
+                // maintenance and control ops see all earlier writes.
+                self.write_all_batches().await;
+                let exit = self.maint(m, round).await;
+                // Maintenance may have freed space.
+                for job in std::mem::take(&mut self.space_waiters) {
+                    self.run_job(job, round);
+                }
+                exit
+            }
+        }
+    }
+
+    async fn finish_round(&mut self, round: Round) {
+        self.write_all_batches().await;
+        let mut sync_err = None;
+        let overdue =
+            self.last_written_lsn.saturating_sub(self.flushed_lsn) >= UNFLUSHED_BATCHES_MAX;
+        if (round.sync || overdue) && self.poisoned.is_none() {
+            if let Err(e) = self.sync_devices().await {
+                sync_err = Some(e);
+            }
+        }
+        for (done, needs_sync) in round.waiters {
+            let r = match (&self.poisoned, needs_sync, &sync_err) {
+                (Some(p), _, _) => Err(Error::new(ErrorKind::Poisoned, p.clone())),
+                (None, true, Some(e)) => Err(e.duplicate()),
+                _ => Ok(()),
+            };
+            complete(done, r);
+        }
+    }
+
+    fn poison(&mut self, e: &Error) {
+        if self.poisoned.is_none() {
+            tracing::error!(pool = %self.sh.name, error = %e, "pool stopped accepting writes after an I/O failure");
+            let msg = format!(
+                "pool {} stopped accepting writes after an earlier failure: {e}",
+                self.sh.name
+            );
+            self.poisoned = Some(msg.clone());
+            *self.sh.poisoned.lock() = Some(msg);
+        }
+    }
+
+    /// Make `self.cat` the catalog readers see (and drop cached views).
+    fn publish(&mut self) {
+        self.cat_gen += 1;
+        *self.sh.catalog.write() = Arc::new(self.cat.clone());
+    }
+}
+
+/// Work for the writer.
+enum Work {
+    Data(DataOp),
+    Maint(MaintOp),
+}
+
+async fn next_op(
+    data: &async_channel::Receiver<DataOp>,
+    maint: &async_channel::Receiver<MaintOp>,
+) -> Option<Work> {
+    use futures::future::{select, Either};
+    let a = std::pin::pin!(data.recv());
+    let b = std::pin::pin!(maint.recv());
+    match select(a, b).await {
+        Either::Left((Ok(d), _)) => Some(Work::Data(d)),
+        Either::Right((Ok(m), _)) => Some(Work::Maint(m)),
+        Either::Left((Err(_), other)) => other.await.ok().map(Work::Maint),
+        Either::Right((Err(_), other)) => other.await.ok().map(Work::Data),
+    }
+}
+
+fn fail(op: DataOp, e: Error) {
+    match op {
+        DataOp::Write { done, .. } | DataOp::Discard { done, .. } | DataOp::Flush { done } => {
+            complete(done, Err(e))
+        }
+    }
+}
