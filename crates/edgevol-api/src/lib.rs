@@ -36,6 +36,8 @@
 #![deny(missing_docs)]
 
 mod client;
+#[cfg(test)]
+mod wire_shape;
 
 use std::collections::BTreeMap;
 
