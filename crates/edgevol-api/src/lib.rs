@@ -36,6 +36,9 @@
 #![deny(missing_docs)]
 
 mod client;
+mod convert;
+mod pool;
+mod volume;
 #[cfg(test)]
 mod wire_shape;
 
@@ -44,7 +47,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use client::{Client, ClientError};
-pub use edgevol_engine::{CheckReport, PoolStatus, SnapshotInfo, SpaceReport, VolumeInfo};
+pub use pool::{
+    CheckReport, DeviceStatus, Expanded, GroupStatus, PoolStatus, Reserve, ScanStatus, SmartHealth,
+};
+pub use volume::{SnapshotInfo, SpaceReport, VolumeInfo};
 
 /// Create a pool.
 #[derive(Debug, Clone, Serialize, Deserialize)]
