@@ -1,7 +1,8 @@
 //! The management API server (HTTP/JSON on a Unix socket).
 //!
 //! Handlers parse the request into engine calls, run them on the blocking
-//! pool (engine management calls wait for the writer), and map engine
+//! pool (engine management calls wait for the writer), reply with the
+//! engine's reports converted to `edgevol-api`'s wire types, and map engine
 //! errors to HTTP statuses:
 //!
 //! | engine | HTTP |
