@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 use crate::layout::{chunk_start, BLOCK_U64};
 use crate::map::{Key, Value};
 
-/// A volume as the API shows it.
+/// What a volume is: size, data, origin, properties, key state (the API
+/// sends it as `edgevol_api::VolumeInfo`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeInfo {
     /// Name within the pool.
@@ -56,7 +57,8 @@ pub struct VolumeInfo {
     pub keykdf: Option<String>,
 }
 
-/// A snapshot as the API shows it.
+/// What a snapshot is: its data, size, place in the history and clones (the
+/// API sends it as `edgevol_api::SnapshotInfo`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotInfo {
     /// Snapshot name (after the `@`).
