@@ -36,13 +36,21 @@
 #![deny(missing_docs)]
 
 mod client;
+mod convert;
+mod pool;
+mod volume;
+#[cfg(test)]
+mod wire_shape;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 pub use client::{Client, ClientError};
-pub use edgevol_engine::{CheckReport, PoolStatus, SnapshotInfo, SpaceReport, VolumeInfo};
+pub use pool::{
+    CheckReport, DeviceStatus, Expanded, GroupStatus, PoolStatus, Reserve, ScanStatus, SmartHealth,
+};
+pub use volume::{SnapshotInfo, SpaceReport, VolumeInfo};
 
 /// Create a pool.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,7 +1,8 @@
 //! The management API server (HTTP/JSON on a Unix socket).
 //!
 //! Handlers parse the request into engine calls, run them on the blocking
-//! pool (engine management calls wait for the writer), and map engine
+//! pool (engine management calls wait for the writer), reply with the
+//! engine's reports converted to `edgevol-api`'s wire types, and map engine
 //! errors to HTTP statuses:
 //!
 //! | engine | HTTP |
@@ -23,9 +24,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use edgevol_api::{
-    AddVhostUserExport, ChangeKey, CloneVolume, CreatePool, CreateSnapshot, CreateVolume,
-    ErrorBody, ErrorDetail, ExportInfo, KeyRequest, Resize, RollbackResult, SetProperties,
-    VhostUserExportInfo,
+    AddVhostUserExport, ChangeKey, CheckReport, CloneVolume, CreatePool, CreateSnapshot,
+    CreateVolume, ErrorBody, ErrorDetail, Expanded, ExportInfo, KeyRequest, PoolStatus, Resize,
+    RollbackResult, SetProperties, SnapshotInfo, SpaceReport, VhostUserExportInfo, VolumeInfo,
 };
 use edgevol_engine::{Error, ErrorKind};
 use serde::{Deserialize, Serialize};
@@ -89,6 +90,17 @@ async fn blocking<T: Send + 'static>(
             format!("API worker failed: {e}"),
         ))),
     }
+}
+
+/// Reply with an engine report in its wire type (`edgevol-api` owns the
+/// JSON shapes).
+fn wire<T, W: From<T>>(report: T) -> ApiResult<W> {
+    Ok(Json(W::from(report)))
+}
+
+/// Reply with a list of engine reports, each in its wire type.
+fn wire_all<T, W: From<T>>(reports: Vec<T>) -> ApiResult<Vec<W>> {
+    Ok(Json(reports.into_iter().map(W::from).collect()))
 }
 
 type St = State<Arc<Registry>>;
@@ -194,7 +206,7 @@ async fn health() -> Json<Health> {
 #[derive(Serialize)]
 #[serde(untagged)]
 enum PoolListEntry {
-    Ok(Box<edgevol_engine::PoolStatus>),
+    Ok(Box<PoolStatus>),
     Failed {
         name: String,
         state: &'static str,
@@ -207,7 +219,7 @@ async fn list_pools(State(reg): St) -> ApiResult<Vec<PoolListEntry>> {
         let mut v: Vec<PoolListEntry> = reg
             .pools()
             .iter()
-            .map(|p| PoolListEntry::Ok(Box::new(p.status())))
+            .map(|p| PoolListEntry::Ok(Box::new(p.status().into())))
             .collect();
         v.extend(
             reg.failed()
@@ -224,10 +236,7 @@ async fn list_pools(State(reg): St) -> ApiResult<Vec<PoolListEntry>> {
     Ok(Json(r))
 }
 
-async fn create_pool(
-    State(reg): St,
-    Json(req): Json<CreatePool>,
-) -> ApiResult<edgevol_engine::PoolStatus> {
+async fn create_pool(State(reg): St, Json(req): Json<CreatePool>) -> ApiResult<PoolStatus> {
     let r = blocking(move || {
         // Validate the properties before anything is written.
         for (k, v) in &req.properties {
@@ -246,22 +255,19 @@ async fn create_pool(
         Ok(p.status())
     })
     .await?;
-    Ok(Json(r))
+    wire(r)
 }
 
-async fn pool_status(
-    State(reg): St,
-    Path(pool): Path<String>,
-) -> ApiResult<edgevol_engine::PoolStatus> {
-    Ok(Json(blocking(move || reg.pool_status(&pool)).await?))
+async fn pool_status(State(reg): St, Path(pool): Path<String>) -> ApiResult<PoolStatus> {
+    wire(blocking(move || reg.pool_status(&pool)).await?)
 }
 
 async fn set_pool_properties(
     State(reg): St,
     Path(pool): Path<String>,
     Json(req): Json<SetProperties>,
-) -> ApiResult<edgevol_engine::PoolStatus> {
-    Ok(Json(
+) -> ApiResult<PoolStatus> {
+    wire(
         blocking(move || {
             let p = reg.pool(&pool)?;
             for (k, v) in &req.properties {
@@ -270,7 +276,7 @@ async fn set_pool_properties(
             Ok(p.status())
         })
         .await?,
-    ))
+    )
 }
 
 #[derive(Deserialize)]
@@ -288,19 +294,16 @@ async fn destroy_pool(
     Ok(Json(()))
 }
 
-async fn check_pool(
-    State(reg): St,
-    Path(pool): Path<String>,
-) -> ApiResult<edgevol_engine::CheckReport> {
-    Ok(Json(blocking(move || reg.pool(&pool)?.check()).await?))
+async fn check_pool(State(reg): St, Path(pool): Path<String>) -> ApiResult<CheckReport> {
+    wire(blocking(move || reg.pool(&pool)?.check()).await?)
 }
 
 async fn scrub_pool(
     State(reg): St,
     Path(pool): Path<String>,
     Json(req): Json<edgevol_api::ScrubRequest>,
-) -> ApiResult<edgevol_engine::PoolStatus> {
-    Ok(Json(
+) -> ApiResult<PoolStatus> {
+    wire(
         blocking(move || {
             let p = reg.pool(&pool)?;
             if req.stop {
@@ -311,42 +314,42 @@ async fn scrub_pool(
             Ok(p.status())
         })
         .await?,
-    ))
+    )
 }
 
 async fn replace_device(
     State(reg): St,
     Path(pool): Path<String>,
     Json(req): Json<edgevol_api::ReplaceDevice>,
-) -> ApiResult<edgevol_engine::PoolStatus> {
-    Ok(Json(
+) -> ApiResult<PoolStatus> {
+    wire(
         blocking(move || {
             reg.replace_device(&pool, &req.old, &req.new, req.force)?;
             Ok(reg.pool(&pool)?.status())
         })
         .await?,
-    ))
+    )
 }
 
 async fn add_devices(
     State(reg): St,
     Path(pool): Path<String>,
     Json(req): Json<edgevol_api::AddDevices>,
-) -> ApiResult<edgevol_engine::PoolStatus> {
-    Ok(Json(
+) -> ApiResult<PoolStatus> {
+    wire(
         blocking(move || {
             reg.add_devices(&pool, &req.devices, req.size, req.force)?;
             Ok(reg.pool(&pool)?.status())
         })
         .await?,
-    ))
+    )
 }
 
 /// The groups that grew, and the pool's status after.
 #[derive(serde::Serialize)]
 struct OnlineReply {
-    expanded: Vec<edgevol_engine::pool::Expanded>,
-    status: edgevol_engine::PoolStatus,
+    expanded: Vec<Expanded>,
+    status: PoolStatus,
 }
 
 async fn online_devices(
@@ -365,36 +368,31 @@ async fn online_devices(
             let p = reg.pool(&pool)?;
             let expanded = p.expand(req.device.as_deref())?;
             Ok(OnlineReply {
-                expanded,
-                status: p.status(),
+                expanded: expanded.into_iter().map(Expanded::from).collect(),
+                status: p.status().into(),
             })
         })
         .await?,
     ))
 }
 
-async fn list_volumes(
-    State(reg): St,
-    Path(pool): Path<String>,
-) -> ApiResult<Vec<edgevol_engine::VolumeInfo>> {
-    Ok(Json(
-        blocking(move || Ok(reg.pool(&pool)?.volumes())).await?,
-    ))
+async fn list_volumes(State(reg): St, Path(pool): Path<String>) -> ApiResult<Vec<VolumeInfo>> {
+    wire_all(blocking(move || Ok(reg.pool(&pool)?.volumes())).await?)
 }
 
 async fn create_volume(
     State(reg): St,
     Path(pool): Path<String>,
     Json(req): Json<CreateVolume>,
-) -> ApiResult<edgevol_engine::VolumeInfo> {
-    Ok(Json(
+) -> ApiResult<VolumeInfo> {
+    wire(
         blocking(move || {
             let secret = secret_of(req.secret_hex.as_deref())?;
             reg.pool(&pool)?
                 .create_volume_with_key(&req.name, req.size, req.properties, secret)
         })
         .await?,
-    ))
+    )
 }
 
 /// Decode an API secret (hex) into zeroed-on-drop bytes.
@@ -411,24 +409,24 @@ async fn load_key(
     State(reg): St,
     Path((pool, vol)): Path<(String, String)>,
     body: Option<Json<KeyRequest>>,
-) -> ApiResult<edgevol_engine::VolumeInfo> {
+) -> ApiResult<VolumeInfo> {
     let req = body.map(|b| b.0).unwrap_or_default();
-    Ok(Json(
+    wire(
         blocking(move || {
             let p = reg.pool(&pool)?;
             p.load_key(&vol, secret_of(req.secret_hex.as_deref())?)?;
             p.volume_info(&vol)
         })
         .await?,
-    ))
+    )
 }
 
 async fn unload_key(
     State(reg): St,
     Path((pool, vol)): Path<(String, String)>,
     Query(q): Query<ForceQuery>,
-) -> ApiResult<edgevol_engine::VolumeInfo> {
-    Ok(Json(
+) -> ApiResult<VolumeInfo> {
+    wire(
         blocking(move || {
             let users = reg.attached_to_volume(&pool, &vol);
             if users > 0 && !q.force {
@@ -442,15 +440,15 @@ async fn unload_key(
             p.volume_info(&vol)
         })
         .await?,
-    ))
+    )
 }
 
 async fn change_key(
     State(reg): St,
     Path((pool, vol)): Path<(String, String)>,
     Json(req): Json<ChangeKey>,
-) -> ApiResult<edgevol_engine::VolumeInfo> {
-    Ok(Json(
+) -> ApiResult<VolumeInfo> {
+    wire(
         blocking(move || {
             let p = reg.pool(&pool)?;
             p.change_key(
@@ -466,24 +464,22 @@ async fn change_key(
             p.volume_info(&vol)
         })
         .await?,
-    ))
+    )
 }
 
 async fn volume_info(
     State(reg): St,
     Path((pool, vol)): Path<(String, String)>,
-) -> ApiResult<edgevol_engine::VolumeInfo> {
-    Ok(Json(
-        blocking(move || reg.pool(&pool)?.volume_info(&vol)).await?,
-    ))
+) -> ApiResult<VolumeInfo> {
+    wire(blocking(move || reg.pool(&pool)?.volume_info(&vol)).await?)
 }
 
 async fn set_properties(
     State(reg): St,
     Path((pool, vol)): Path<(String, String)>,
     Json(req): Json<SetProperties>,
-) -> ApiResult<edgevol_engine::VolumeInfo> {
-    Ok(Json(
+) -> ApiResult<VolumeInfo> {
+    wire(
         blocking(move || {
             let p = reg.pool(&pool)?;
             for (k, v) in &req.properties {
@@ -492,7 +488,7 @@ async fn set_properties(
             p.volume_info(&vol)
         })
         .await?,
-    ))
+    )
 }
 
 async fn destroy_volume(
@@ -518,55 +514,51 @@ async fn resize_volume(
     State(reg): St,
     Path((pool, vol)): Path<(String, String)>,
     Json(req): Json<Resize>,
-) -> ApiResult<edgevol_engine::VolumeInfo> {
-    Ok(Json(
+) -> ApiResult<VolumeInfo> {
+    wire(
         blocking(move || {
             let p = reg.pool(&pool)?;
             p.resize_volume(&vol, req.size, req.force)?;
             p.volume_info(&vol)
         })
         .await?,
-    ))
+    )
 }
 
 async fn promote_volume(
     State(reg): St,
     Path((pool, vol)): Path<(String, String)>,
-) -> ApiResult<edgevol_engine::VolumeInfo> {
-    Ok(Json(
+) -> ApiResult<VolumeInfo> {
+    wire(
         blocking(move || {
             let p = reg.pool(&pool)?;
             p.promote(&vol)?;
             p.volume_info(&vol)
         })
         .await?,
-    ))
+    )
 }
 
 async fn volume_space(
     State(reg): St,
     Path((pool, vol)): Path<(String, String)>,
-) -> ApiResult<edgevol_engine::SpaceReport> {
-    Ok(Json(blocking(move || reg.pool(&pool)?.space(&vol)).await?))
+) -> ApiResult<SpaceReport> {
+    wire(blocking(move || reg.pool(&pool)?.space(&vol)).await?)
 }
 
 async fn list_snapshots(
     State(reg): St,
     Path((pool, vol)): Path<(String, String)>,
-) -> ApiResult<Vec<edgevol_engine::SnapshotInfo>> {
-    Ok(Json(
-        blocking(move || reg.pool(&pool)?.snapshots(&vol)).await?,
-    ))
+) -> ApiResult<Vec<SnapshotInfo>> {
+    wire_all(blocking(move || reg.pool(&pool)?.snapshots(&vol)).await?)
 }
 
 async fn create_snapshot(
     State(reg): St,
     Path((pool, vol)): Path<(String, String)>,
     Json(req): Json<CreateSnapshot>,
-) -> ApiResult<edgevol_engine::SnapshotInfo> {
-    Ok(Json(
-        blocking(move || reg.pool(&pool)?.snapshot(&vol, &req.name)).await?,
-    ))
+) -> ApiResult<SnapshotInfo> {
+    wire(blocking(move || reg.pool(&pool)?.snapshot(&vol, &req.name)).await?)
 }
 
 async fn destroy_snapshot(
@@ -597,7 +589,7 @@ async fn rollback(
             let previous_head = p.rollback(&vol, &snap)?;
             Ok(RollbackResult {
                 previous_head,
-                volume: p.volume_info(&vol)?,
+                volume: p.volume_info(&vol)?.into(),
             })
         })
         .await?,
@@ -608,10 +600,8 @@ async fn clone_snapshot(
     State(reg): St,
     Path((pool, vol, snap)): Path<(String, String, String)>,
     Json(req): Json<CloneVolume>,
-) -> ApiResult<edgevol_engine::VolumeInfo> {
-    Ok(Json(
-        blocking(move || reg.pool(&pool)?.clone_snapshot(&vol, &snap, &req.name)).await?,
-    ))
+) -> ApiResult<VolumeInfo> {
+    wire(blocking(move || reg.pool(&pool)?.clone_snapshot(&vol, &snap, &req.name)).await?)
 }
 
 async fn exports(State(reg): St) -> ApiResult<Vec<ExportInfo>> {

@@ -172,8 +172,8 @@ impl Registry {
     }
 
     /// A pool's status with the SMART health of its block devices.
-    pub fn pool_status(&self, pool: &str) -> Result<edgevol_engine::PoolStatus> {
-        let mut st = self.pool(pool)?.status();
+    pub fn pool_status(&self, pool: &str) -> Result<edgevol_api::PoolStatus> {
+        let mut st = self.pool(pool)?.status().into();
         self.smart.annotate(&mut st);
         Ok(st)
     }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use edgevol_engine::{PoolStatus, SmartHealth};
+use edgevol_api::{PoolStatus, SmartHealth};
 use parking_lot::Mutex;
 use serde_json::Value;
 

@@ -25,6 +25,6 @@ pub mod pool;
 
 pub use pool::{
     check_pool_property, parse_layout, CheckReport, CreateOptions, DeviceStatus, LocalTaskFactory,
-    Pool, PoolConfig, PoolStatus, ReadSeg, ScanStatus, SmartHealth, SnapshotInfo, SpaceReport,
-    Spawner, Volume, VolumeInfo,
+    Pool, PoolConfig, PoolStatus, ReadSeg, ScanStatus, SnapshotInfo, SpaceReport, Spawner, Volume,
+    VolumeInfo,
 };

@@ -388,7 +388,7 @@ pub enum PoolCmd {
 }
 
 /// One line of a drive's SMART report: verdict, then what is known.
-fn smart_line(h: &edgevol_engine::SmartHealth) -> String {
+fn smart_line(h: &edgevol_api::SmartHealth) -> String {
     let mut parts = vec![match h.passed {
         Some(true) => "PASSED".to_string(),
         Some(false) => "FAILING".to_string(),
@@ -1626,7 +1626,7 @@ fn seg_query(s: &str) -> String {
 }
 
 /// `pool status`'s reserve, by purpose (docs/architecture.md, "Space").
-fn reserve_parts(r: &edgevol_engine::pool::Reserve) -> String {
+fn reserve_parts(r: &edgevol_api::Reserve) -> String {
     [
         ("over-provisioning for the cleaner", r.overprovision),
         ("metadata", r.metadata),

@@ -15,8 +15,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use edgevol_api::PoolStatus;
-use edgevol_engine::ScanStatus;
+use edgevol_api::{PoolStatus, ScanStatus};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 

@@ -24,8 +24,6 @@
 //! Invariant kept (shared/DESIGN.md): 5 — full is not fatal: metadata and
 //! the cleaner always find the segments they need.
 
-use serde::{Deserialize, Serialize};
-
 use super::{space, writer, PoolConfig, Shared};
 
 /// Segments kept free for the cleaner beyond the metadata floor.
@@ -61,7 +59,7 @@ pub(crate) fn data_reserve(sh: &Shared) -> u64 {
 
 /// The part of a pool's size that client data cannot fill, by purpose
 /// (bytes). `size - total()` is the usable capacity.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Reserve {
     /// Metadata in use now: map runs, counters, the checkpoint log, and
     /// room for a compaction that rewrites the whole map.

@@ -16,8 +16,6 @@ mod verify;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 
-use serde::{Deserialize, Serialize};
-
 use super::space::SegState;
 use super::Shared;
 use crate::chunk;
@@ -26,7 +24,7 @@ use crate::layout::{chunk_start, Paddr, SegId, BLOCK_U64, CHUNK_BLOCKS};
 use crate::map::{DataRef, Key, Value};
 
 /// What `pool check` found.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CheckReport {
     /// Inconsistencies (the check fails if any).
     pub errors: Vec<String>,
@@ -42,7 +40,6 @@ pub struct CheckReport {
     pub data_bytes: u64,
     /// Encrypted records whose key is not loaded: checksummed, but not
     /// authenticated.
-    #[serde(default)]
     pub encrypted_unverified: u64,
 }
 

@@ -133,7 +133,7 @@ pub(crate) fn add_group(
 }
 
 /// What [`expand`] did to one group.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expanded {
     /// The group's index.
     pub group: usize,

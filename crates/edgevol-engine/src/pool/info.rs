@@ -1,10 +1,11 @@
 //! Reports: pool status, volume and snapshot information, space accounting,
 //! and property validation.
+//!
+//! The reports are plain structs: the JSON the management API sends is
+//! `edgevol-api`'s business (its wire types convert from these).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-
-use serde::{Deserialize, Serialize};
 
 use super::space::SegState;
 use super::Shared;
@@ -14,8 +15,9 @@ use crate::error::{Error, Result};
 use crate::layout::{chunk_start, BLOCK_U64};
 use crate::map::{Key, Value};
 
-/// A volume as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a volume is: size, data, origin, properties, key state (the API
+/// sends it as `edgevol_api::VolumeInfo`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeInfo {
     /// Name within the pool.
     pub name: String,
@@ -40,30 +42,24 @@ pub struct VolumeInfo {
     /// Properties set on the volume.
     pub properties: BTreeMap<String, String>,
     /// Compression of new writes (`off`, `lz4`, `zstd-N`).
-    #[serde(default)]
     pub compression: String,
     /// Where `compression` comes from: `local`, `pool` (the pool property) or `default`.
-    #[serde(default)]
     pub compression_source: String,
     /// `off` or `aes-256-gcm`.
-    #[serde(default)]
     pub encryption: String,
     /// Encrypted volumes: `passphrase`, `raw` or `hex`.
-    #[serde(default)]
     pub keyformat: Option<String>,
     /// Encrypted volumes: `prompt`, `file:///...` or `exec:/...`.
-    #[serde(default)]
     pub keylocation: Option<String>,
     /// Encrypted volumes: `available` (key loaded) or `unavailable`.
-    #[serde(default)]
     pub keystatus: Option<String>,
     /// Passphrase keys: the key derivation, e.g. `argon2id m=65536KiB,t=3,p=1`.
-    #[serde(default)]
     pub keykdf: Option<String>,
 }
 
-/// A snapshot as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What a snapshot is: its data, size, place in the history and clones (the
+/// API sends it as `edgevol_api::SnapshotInfo`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotInfo {
     /// Snapshot name (after the `@`).
     pub name: String,
@@ -84,7 +80,7 @@ pub struct SnapshotInfo {
 }
 
 /// `zfs list -o space`-like accounting for one volume (a map scan).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SpaceReport {
     /// Volume name.
     pub volume: String,
@@ -101,15 +97,13 @@ pub struct SpaceReport {
     /// Per snapshot: what destroying just it would free.
     pub snapshots: BTreeMap<String, u64>,
     /// Bytes `used` takes on the devices (after compression).
-    #[serde(default)]
     pub stored: u64,
     /// `used / stored`, as ZFS's `compressratio` (1.0 for no data).
-    #[serde(default)]
     pub compressratio: f64,
 }
 
 /// One device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceStatus {
     /// Path.
     pub path: String,
@@ -118,7 +112,6 @@ pub struct DeviceStatus {
     /// ONLINE, FAULTED or RESILVERING.
     pub state: String,
     /// Why it is FAULTED.
-    #[serde(default)]
     pub reason: Option<String>,
     /// Usable bytes.
     pub size: u64,
@@ -129,74 +122,13 @@ pub struct DeviceStatus {
     /// Checksum failures (bad copies found on this device).
     pub checksum_errors: u64,
     /// Bytes rewritten with good data on this device (self-healing, scrub).
-    #[serde(default)]
     pub repaired_bytes: u64,
     /// A real block device (not a file).
-    #[serde(default)]
     pub block_device: bool,
-    /// The drive's own health report (SMART), for block devices when the
-    /// daemon can read it (`smartctl` installed); filled in by the daemon.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub smart: Option<SmartHealth>,
-}
-
-/// A drive's SMART health, as `smartctl` reports it: the verdict and the
-/// attributes that predict failure. Fields the drive does not report are
-/// absent.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SmartHealth {
-    /// The drive's overall self-assessment (false: failing).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub passed: Option<bool>,
-    /// Model name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    /// Serial number.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub serial: Option<String>,
-    /// `ATA`, `NVMe`, `SCSI`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<String>,
-    /// Current temperature, °C.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub temperature_c: Option<i64>,
-    /// Power-on hours.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub power_on_hours: Option<u64>,
-    /// ATA 5: sectors remapped to spares.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reallocated_sectors: Option<u64>,
-    /// ATA 197: sectors waiting to be remapped (unreadable now).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending_sectors: Option<u64>,
-    /// ATA 198: sectors found unreadable offline.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub offline_uncorrectable: Option<u64>,
-    /// ATA 187: errors the drive could not correct.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reported_uncorrectable: Option<u64>,
-    /// NVMe: critical warning bits (0: none).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub critical_warning: Option<u64>,
-    /// NVMe: share of the rated endurance used, percent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub percentage_used: Option<u64>,
-    /// NVMe: spare capacity left, percent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub available_spare: Option<u64>,
-    /// NVMe: unrecovered data integrity errors.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media_errors: Option<u64>,
-    /// Why no (or only part of a) report could be read.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// When it was read (seconds since the epoch).
-    #[serde(default)]
-    pub checked_at: u64,
 }
 
 /// One top-level group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupStatus {
     /// `single`, `mirror`, `parity1` or `parity2`.
     pub kind: String,
@@ -208,7 +140,7 @@ pub struct GroupStatus {
 }
 
 /// Progress and result of the last scrub or resilver.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ScanStatus {
     /// `scrub` or `resilver`.
     pub kind: String,
@@ -234,7 +166,7 @@ pub struct ScanStatus {
 }
 
 /// Pool status.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PoolStatus {
     /// Name.
     pub name: String,
@@ -255,10 +187,8 @@ pub struct PoolStatus {
     /// Bytes of live data records (as stored, after compression).
     pub data: u64,
     /// Logical bytes of the live data records.
-    #[serde(default)]
     pub logical: u64,
     /// `logical / data`: the pool's compression ratio.
-    #[serde(default)]
     pub compressratio: f64,
     /// Bytes of metadata (map runs, checkpoints).
     pub metadata: u64,
@@ -269,10 +199,8 @@ pub struct PoolStatus {
     /// Bytes of live data the pool can hold in all (`size - reserve`).
     pub usable: u64,
     /// What is held back from `size` and why (`size - usable`).
-    #[serde(default)]
     pub reserve: super::Reserve,
     /// Bytes of the devices, before redundancy and labels.
-    #[serde(default)]
     pub raw_size: u64,
     /// Segments free right now (without cleaning).
     pub free_segments: u64,
@@ -287,13 +215,10 @@ pub struct PoolStatus {
     /// Devices.
     pub devices: Vec<DeviceStatus>,
     /// Top-level groups (stripes across them).
-    #[serde(default)]
     pub groups: Vec<GroupStatus>,
     /// The last or running scrub.
-    #[serde(default)]
     pub scrub: Option<ScanStatus>,
     /// The last or running resilver.
-    #[serde(default)]
     pub resilver: Option<ScanStatus>,
     /// Engine counters.
     pub counters: BTreeMap<String, u64>,
@@ -302,7 +227,6 @@ pub struct PoolStatus {
     /// Lineages waiting for garbage collection.
     pub gc_pending: usize,
     /// Pool properties (defaults for its volumes, e.g. `compression`).
-    #[serde(default)]
     pub properties: BTreeMap<String, String>,
 }
 
@@ -456,7 +380,6 @@ pub(crate) fn pool_status(sh: &Shared) -> PoolStatus {
             checksum_errors: m.stats.checksum_errors.load(Ordering::Relaxed),
             repaired_bytes: m.stats.repaired_bytes.load(Ordering::Relaxed),
             block_device: m.dev().is_block_device(),
-            smart: None,
         })
         .collect();
     let groups = sh

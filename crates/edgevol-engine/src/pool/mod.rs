@@ -47,8 +47,8 @@ pub(crate) use capacity::{data_reserve, memtable_budget, meta_floor, usable_byte
 pub use capacity::{Reserve, CLEANER_SEGMENTS, OVERPROVISION_PERCENT};
 pub use check::CheckReport;
 pub use info::{
-    check_pool_property, DeviceStatus, GroupStatus, PoolStatus, ScanStatus, SmartHealth,
-    SnapshotInfo, SpaceReport, VolumeInfo,
+    check_pool_property, DeviceStatus, GroupStatus, PoolStatus, ScanStatus, SnapshotInfo,
+    SpaceReport, VolumeInfo,
 };
 pub use volume::{ReadSeg, Volume};
 
