@@ -85,7 +85,20 @@ fn quick_bench_reports_every_job() {
             .find(|r| r["job"] == *job && r["target"] == "edgevol" && r.get("scenario").is_none())
             .unwrap_or_else(|| panic!("no record of {job} on edgevol"));
         assert_eq!(rec["facts"]["snapshot_present"], "bench-present", "{rec}");
+        // Write jobs too run on the filled volume (`--writes-on filled`),
+        // so the snapshot holds data they overwrite: afterwards the pool
+        // stores more than the volume references.
+        assert_eq!(rec["state"], "filled", "{rec}");
+        if job.starts_with("randwrite") {
+            let f = &rec["facts"];
+            let (data, referenced) = (f["pool_data"].as_u64(), f["pool_referenced"].as_u64());
+            assert!(
+                data.zip(referenced).is_some_and(|(d, r)| d > r),
+                "the kept snapshot holds overwritten data: {f}"
+            );
+        }
     }
+    assert_eq!(doc["meta"]["writes_on"], "filled");
     // Every run left its fio JSON, and the edgevol runs their server log.
     let fio_dir = res.join("fio");
     assert!(fio_dir.join("p0-edgevol-randwrite-4k-4x16.json").is_file());

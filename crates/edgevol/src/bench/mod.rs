@@ -86,6 +86,12 @@ pub struct BenchArgs {
     /// Keep the scratch run directory (images, pools) for inspection.
     #[arg(long)]
     keep: bool,
+    /// What the write-only jobs write into: `filled` (default) — every
+    /// target's image written once first, so writes overwrite data (and,
+    /// on edgevol, data a snapshot holds: the common case on a VM host); or
+    /// `fresh` — new images for thin targets (allocating writes).
+    #[arg(long, value_enum, default_value = "filled")]
+    writes_on: runner::WritesOn,
     /// Run the matrix on edgevol without a snapshot of its volume (by
     /// default one is taken before the first job on each image and kept:
     /// the performance targets hold with a snapshot present).
@@ -291,6 +297,7 @@ fn resolve(a: &BenchArgs, stamp: &str) -> Result<(Config, Vec<String>)> {
             run_dir,
             keep: a.keep,
             snapshot: !a.no_snapshot,
+            writes_on: a.writes_on,
         },
         notes,
     ))
@@ -352,6 +359,7 @@ fn meta(cfg: &Config, stamp: &str) -> serde_json::Value {
         "jobs": cfg.jobs.iter().map(|j| j.name).collect::<Vec<_>>(),
         "scenarios": cfg.scenarios.iter().map(|s| s.name()).collect::<Vec<_>>(),
         "edgevol_snapshot_present": cfg.snapshot.then_some(runner::PRESENT_SNAPSHOT),
+        "writes_on": cfg.writes_on,
         "scratch": cfg.run_dir,
         "host": {
             "kernel": read("/proc/sys/kernel/osrelease").trim(),

@@ -46,15 +46,31 @@ pub struct Config {
     /// Keep a snapshot of edgevol's volume during the matrix (the targets
     /// are stated with one present).
     pub snapshot: bool,
+    /// The image state write-only jobs run on.
+    pub writes_on: WritesOn,
+}
+
+/// The image state of the write-only jobs (`--writes-on`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum WritesOn {
+    /// Every target's image written once first: writes overwrite data,
+    /// on edgevol data the kept snapshot holds (taken after the fill).
+    Filled,
+    /// A new image for thin targets (allocating writes); raw targets use
+    /// their filled file either way.
+    Fresh,
 }
 
 impl Config {
-    /// Sizes for servers: edgevol pools are twice the volume plus 1 GiB, so
-    /// the matrix never waits for the cleaner (the full pool is a scenario).
+    /// Sizes for servers: edgevol pools hold the volume three times plus
+    /// 1 GiB — the filled data, a full rewrite of it under the kept
+    /// snapshot, and room to spare — so the matrix never waits for the
+    /// cleaner (the full pool is a scenario).
     pub fn sizes(&self) -> Sizes {
         Sizes {
             image: self.size,
-            pool: self.size * 2 + (1 << 30),
+            pool: self.size * 3 + (1 << 30),
         }
     }
 }
@@ -439,7 +455,8 @@ impl Bench {
         for job in jobs::execution_order(&self.cfg.jobs) {
             for &t in &order {
                 let data = self.cfg.data;
-                if job.kind == Kind::Write && t.fresh_writes() {
+                if job.kind == Kind::Write && t.fresh_writes() && self.cfg.writes_on == WritesOn::Fresh
+                {
                     let path = self.image_path(t.format());
                     match Image::create(t.format(), &path, self.cfg.size) {
                         Ok(mut img) => {
