@@ -249,9 +249,20 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    /// A memtable of 1 MiB: L1's target is 8 MiB, L2's 80 MiB.
-    fn policy() -> Policy {
-        Policy::new(1 << 20)
+    /// L0 run sizes, deep level sizes, and the merge the policy must choose.
+    type Case<'a> = (&'a [u64], &'a [Option<u64>], Option<Merge>);
+
+    /// Check every case against a policy for a 1 MiB memtable (L1's target
+    /// is then 8 MiB, L2's 80 MiB).
+    fn expect(l0_only: bool, cases: &[Case]) {
+        let p = Policy::new(1 << 20);
+        for (l0, deep, want) in cases {
+            assert_eq!(
+                &p.plan(l0, deep, l0_only),
+                want,
+                "L0 {l0:?}, deep {deep:?}, l0_only {l0_only}"
+            );
+        }
     }
 
     fn merge(l0: bool, deep: Range<usize>, out: Output, keep_deletions: bool) -> Option<Merge> {
@@ -265,129 +276,153 @@ mod tests {
 
     #[test]
     fn a_tree_in_shape_needs_no_merge() {
-        let p = policy();
-        assert_eq!(p.plan(&[], &[], false), None);
-        assert_eq!(p.plan(&[MIB; 3], &[Some(8 * MIB)], false), None);
-        assert_eq!(p.plan(&[MIB], &[None, Some(80 * MIB)], false), None);
+        expect(
+            false,
+            &[
+                (&[], &[], None),
+                (&[MIB; 3], &[Some(8 * MIB)], None),
+                (&[MIB], &[None, Some(80 * MIB)], None),
+            ],
+        );
     }
 
     #[test]
     fn four_l0_runs_without_l1_become_l1() {
-        let p = policy();
-        assert_eq!(
-            p.plan(&[MIB; 4], &[], false),
-            merge(true, 0..0, Output::Deep(0), false)
-        );
-        // An empty L1 above a deeper level: deletions must stay.
-        assert_eq!(
-            p.plan(&[MIB; 4], &[None, Some(MIB)], false),
-            merge(true, 0..0, Output::Deep(0), true)
+        expect(
+            false,
+            &[
+                (&[MIB; 4], &[], merge(true, 0..0, Output::Deep(0), false)),
+                // An empty L1 above a deeper level: deletions must stay.
+                (
+                    &[MIB; 4],
+                    &[None, Some(MIB)],
+                    merge(true, 0..0, Output::Deep(0), true),
+                ),
+            ],
         );
     }
 
     #[test]
     fn l0_under_a_quarter_of_l1_merges_into_one_l0_run() {
-        let p = policy();
-        // 4 MiB of L0 against 17 MiB of L1: 4 * 4 < 17.
-        assert_eq!(
-            p.plan(&[MIB; 4], &[Some(17 * MIB)], false),
-            merge(true, 0..0, Output::L0, true)
-        );
-        // More than four runs trigger it too.
-        assert_eq!(
-            p.plan(&[MIB; 6], &[Some(25 * MIB), Some(MIB)], false),
-            merge(true, 0..0, Output::L0, true)
+        expect(
+            false,
+            &[
+                // 4 MiB of L0 against 17 MiB of L1: 4 * 4 < 17.
+                (
+                    &[MIB; 4],
+                    &[Some(17 * MIB)],
+                    merge(true, 0..0, Output::L0, true),
+                ),
+                // More than four runs trigger it too.
+                (
+                    &[MIB; 6],
+                    &[Some(25 * MIB), Some(MIB)],
+                    merge(true, 0..0, Output::L0, true),
+                ),
+            ],
         );
     }
 
     #[test]
     fn l0_of_a_quarter_of_l1_or_more_merges_into_l1() {
-        let p = policy();
-        // Exactly a quarter is not under it.
-        assert_eq!(
-            p.plan(&[MIB; 4], &[Some(16 * MIB)], false),
-            merge(true, 0..1, Output::Deep(0), false)
-        );
-        // With L2 below, deletion markers stay.
-        assert_eq!(
-            p.plan(&[MIB; 4], &[Some(MIB), Some(MIB)], false),
-            merge(true, 0..1, Output::Deep(0), true)
-        );
-    }
-
-    #[test]
-    fn l0_rule_comes_before_level_targets() {
-        let p = policy();
-        assert_eq!(
-            p.plan(&[MIB; 4], &[Some(9 * MIB)], false),
-            merge(true, 0..1, Output::Deep(0), false)
+        expect(
+            false,
+            &[
+                // Exactly a quarter is not under it.
+                (
+                    &[MIB; 4],
+                    &[Some(16 * MIB)],
+                    merge(true, 0..1, Output::Deep(0), false),
+                ),
+                // With L2 below, deletion markers stay.
+                (
+                    &[MIB; 4],
+                    &[Some(MIB), Some(MIB)],
+                    merge(true, 0..1, Output::Deep(0), true),
+                ),
+                // The L0 rule comes before the level targets.
+                (
+                    &[MIB; 4],
+                    &[Some(9 * MIB)],
+                    merge(true, 0..1, Output::Deep(0), false),
+                ),
+            ],
         );
     }
 
     #[test]
     fn a_level_over_its_target_merges_into_the_next() {
-        let p = policy();
-        assert_eq!(p.plan(&[], &[Some(8 * MIB)], false), None, "at target");
-        assert_eq!(
-            p.plan(&[], &[Some(8 * MIB + 1)], false),
-            merge(false, 0..1, Output::Deep(1), false)
-        );
-        // With the next level: both are inputs.
-        assert_eq!(
-            p.plan(&[MIB; 3], &[Some(9 * MIB), Some(MIB)], false),
-            merge(false, 0..2, Output::Deep(1), false)
-        );
-        // Something older below the output keeps deletion markers.
-        assert_eq!(
-            p.plan(&[], &[Some(9 * MIB), None, Some(MIB)], false),
-            merge(false, 0..1, Output::Deep(1), true)
-        );
-        // L2's target is ten times L1's.
-        assert_eq!(p.plan(&[], &[None, Some(80 * MIB)], false), None);
-        assert_eq!(
-            p.plan(&[], &[None, Some(80 * MIB + 1)], false),
-            merge(false, 1..2, Output::Deep(2), false)
-        );
-    }
-
-    #[test]
-    fn the_shallowest_level_over_target_goes_first() {
-        let p = policy();
-        assert_eq!(
-            p.plan(&[], &[Some(9 * MIB), Some(81 * MIB), Some(MIB)], false),
-            merge(false, 0..2, Output::Deep(1), true)
-        );
-        assert_eq!(
-            p.plan(&[], &[Some(MIB), Some(81 * MIB)], false),
-            merge(false, 1..2, Output::Deep(2), false)
+        expect(
+            false,
+            &[
+                (&[], &[Some(8 * MIB)], None), // at its target
+                (
+                    &[],
+                    &[Some(8 * MIB + 1)],
+                    merge(false, 0..1, Output::Deep(1), false),
+                ),
+                // With the next level: both are inputs.
+                (
+                    &[MIB; 3],
+                    &[Some(9 * MIB), Some(MIB)],
+                    merge(false, 0..2, Output::Deep(1), false),
+                ),
+                // Something older below the output keeps deletion markers.
+                (
+                    &[],
+                    &[Some(9 * MIB), None, Some(MIB)],
+                    merge(false, 0..1, Output::Deep(1), true),
+                ),
+                // L2's target is ten times L1's.
+                (&[], &[None, Some(80 * MIB)], None),
+                (
+                    &[],
+                    &[None, Some(80 * MIB + 1)],
+                    merge(false, 1..2, Output::Deep(2), false),
+                ),
+                // The shallowest level over its target goes first.
+                (
+                    &[],
+                    &[Some(9 * MIB), Some(81 * MIB), Some(MIB)],
+                    merge(false, 0..2, Output::Deep(1), true),
+                ),
+                (
+                    &[],
+                    &[Some(MIB), Some(81 * MIB)],
+                    merge(false, 1..2, Output::Deep(2), false),
+                ),
+            ],
         );
     }
 
     #[test]
     fn the_cleaners_scope_merges_l0_only() {
-        let p = policy();
-        // Under four L0 runs nothing, even with a level over its target.
-        assert_eq!(p.plan(&[MIB; 3], &[Some(9 * MIB)], true), None);
-        // L0 merges among itself however large it is against L1 ...
-        assert_eq!(
-            p.plan(&[MIB; 4], &[Some(MIB)], true),
-            merge(true, 0..0, Output::L0, true)
-        );
-        // ... and becomes L1 only while there is none.
-        assert_eq!(
-            p.plan(&[MIB; 4], &[], true),
-            merge(true, 0..0, Output::Deep(0), false)
+        expect(
+            true,
+            &[
+                // Under four L0 runs nothing, even with a level over target.
+                (&[MIB; 3], &[Some(9 * MIB)], None),
+                // L0 merges among itself however large it is against L1 ...
+                (&[MIB; 4], &[Some(MIB)], merge(true, 0..0, Output::L0, true)),
+                // ... and becomes L1 only while there is none.
+                (&[MIB; 4], &[], merge(true, 0..0, Output::Deep(0), false)),
+            ],
         );
     }
 
     #[test]
     fn sizes_saturate_instead_of_overflowing() {
-        let p = policy();
-        assert_eq!(p.level_target(40), u64::MAX);
-        assert_eq!(p.plan(&[], &[None; 40], false), None);
-        assert_eq!(
-            p.plan(&[u64::MAX / 8; 4], &[Some(u64::MAX)], false),
-            merge(true, 0..1, Output::Deep(0), false)
+        assert_eq!(Policy::new(1 << 20).level_target(40), u64::MAX);
+        expect(
+            false,
+            &[
+                (&[], &[None; 40], None),
+                (
+                    &[u64::MAX / 8; 4],
+                    &[Some(u64::MAX)],
+                    merge(true, 0..1, Output::Deep(0), false),
+                ),
+            ],
         );
     }
 
