@@ -87,3 +87,32 @@ pub(super) fn place(out: &mut [u8], off: u64, lb: u64, blk: &[u8]) {
             .copy_from_slice(&blk[(s - start) as usize..(e - start) as usize]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_span_touches_the_blocks_it_overlaps() {
+        assert_eq!(span_blocks(0, 4096), (0, 1));
+        assert_eq!(span_blocks(4095, 2), (0, 2));
+        assert_eq!(span_blocks(8192, 1), (2, 3));
+        assert_eq!(span_blocks(4096, 3 * 4096), (1, 4));
+    }
+
+    #[test]
+    fn place_copies_only_the_part_inside_the_span() {
+        let blk: Vec<u8> = (0..BLOCK_U64).map(|i| i as u8).collect();
+        // Span [4000, 4200): the tail of block 0 and the head of block 1.
+        let mut out = vec![0xee; 200];
+        place(&mut out, 4000, 0, &blk);
+        assert_eq!(&out[..96], &blk[4000..]);
+        assert!(out[96..].iter().all(|&b| b == 0xee));
+        place(&mut out, 4000, 1, &blk);
+        assert_eq!(&out[96..], &blk[..104]);
+        // A block outside the span leaves it alone.
+        let before = out.clone();
+        place(&mut out, 4000, 5, &blk);
+        assert_eq!(out, before);
+    }
+}

@@ -337,3 +337,25 @@ fn erasure_sets(of: &[usize], p: usize) -> Vec<Vec<usize>> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::erasure_sets;
+
+    #[test]
+    fn erasure_sets_are_singles_then_pairs_up_to_the_tolerance() {
+        assert_eq!(erasure_sets(&[0, 1, 2], 1), vec![vec![0], vec![1], vec![2]]);
+        assert_eq!(
+            erasure_sets(&[0, 1, 2], 2),
+            vec![
+                vec![0],
+                vec![1],
+                vec![2],
+                vec![0, 1],
+                vec![0, 2],
+                vec![1, 2]
+            ]
+        );
+        assert!(erasure_sets(&[], 2).is_empty());
+    }
+}
