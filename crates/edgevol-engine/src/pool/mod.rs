@@ -25,8 +25,6 @@ pub mod vdev;
 mod volume;
 mod walk;
 pub(crate) mod writer;
-// The old name of `volume`, for maint.rs until its paths say `volume::`.
-use volume as read;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

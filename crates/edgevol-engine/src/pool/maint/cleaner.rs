@@ -196,7 +196,7 @@ fn clean_segment(sh: &Shared, seg: SegId) -> Result<()> {
                 let Some(data) = b.get(s..s + len) else {
                     continue;
                 };
-                let good = |x: &[u8]| crate::pool::read::blocks_match(x, &d.csums);
+                let good = |x: &[u8]| crate::pool::volume::blocks_match(x, &d.csums);
                 let healed;
                 let data = if good(data) {
                     data
@@ -251,10 +251,10 @@ fn restore_fragments(
     let (_, d0) = frags.first()?;
     let key = match d0.enc {
         crate::crypt::ENC_NONE => None,
-        _ => Some(crate::pool::read::lineage_key(sh, e.lineage).ok()?),
+        _ => Some(crate::pool::volume::lineage_key(sh, e.lineage).ok()?),
     };
     let mut buf = stored.to_vec();
-    let plain = match crate::pool::read::open_record(
+    let plain = match crate::pool::volume::open_record(
         sh,
         e.lineage,
         e.lba,

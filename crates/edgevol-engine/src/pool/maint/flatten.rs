@@ -93,7 +93,7 @@ fn copy_origin(
             }
             // Plain data (decrypted and decompressed): the copy is stored
             // the way the clone stores new writes.
-            let segs = futures::executor::block_on(crate::pool::read::read_pieces(
+            let segs = futures::executor::block_on(crate::pool::volume::read_pieces(
                 sh,
                 std::slice::from_ref(p),
             ))
@@ -104,7 +104,7 @@ fn copy_origin(
                 )
             })?;
             for seg in segs {
-                if let crate::pool::read::ReadSeg::Data(b) = seg {
+                if let crate::pool::volume::ReadSeg::Data(b) = seg {
                     copies.push((p.lba, b));
                 }
             }
