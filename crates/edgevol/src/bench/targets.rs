@@ -79,7 +79,7 @@ impl Target {
             Target::QemuNbdQcow2 => {
                 "qemu-nbd --cache=none --aio=io_uring --shared=16 --persistent, qcow2"
             }
-            Target::Edgevol => "edgevol serve, file-backed pool (2x size + 1G), one thin volume",
+            Target::Edgevol => "edgevol serve, file-backed pool (3x size + 1G), one thin volume",
         }
     }
 
