@@ -84,9 +84,6 @@ pub struct SegmentTable {
     row_blocks: Vec<u32>,
     /// Blocks per segment.
     seg_blocks: u32,
-    /// Bumped by every change of segment states or metadata use (not by
-    /// data live-byte changes): lets callers cache values derived from them.
-    generation: u64,
 }
 
 impl SegmentTable {
@@ -106,7 +103,6 @@ impl SegmentTable {
             meta_cur: None,
             row_blocks: Vec::new(),
             seg_blocks: (segment_size / BLOCK_U64) as u32,
-            generation: 0,
         };
         t.rebuild_free();
         t
@@ -127,14 +123,8 @@ impl SegmentTable {
         t
     }
 
-    /// See the `generation` field.
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
     /// Recompute the free lists and totals from states.
     pub fn rebuild_free(&mut self) {
-        self.generation += 1;
         self.free = self
             .segs
             .iter()
@@ -197,7 +187,6 @@ impl SegmentTable {
     /// are free. Never shrinks. A group not known yet is added (`rows`
     /// blocks per row).
     pub fn grow(&mut self, g: usize, n: u32, rows: u32) {
-        self.generation += 1;
         while self.segs.len() <= g {
             self.segs.push(Vec::new());
             self.free.push(BTreeSet::new());
@@ -215,7 +204,6 @@ impl SegmentTable {
 
     /// Take a free segment for `state`, rotating across groups (striping).
     pub fn alloc(&mut self, state: SegState) -> Option<SegId> {
-        self.generation += 1;
         let n = self.free.len();
         for k in 0..n {
             let g = (self.next_group + k) % n;
@@ -237,7 +225,6 @@ impl SegmentTable {
 
     /// Mark a segment as used for `state` (replay, load).
     pub fn claim(&mut self, seg: SegId, state: SegState) {
-        self.generation += 1;
         if let Some(set) = self.free.get_mut(seg.group as usize) {
             set.remove(&seg.index);
         }
@@ -257,7 +244,6 @@ impl SegmentTable {
     /// segment and then to fresh ones. None (and nothing taken) if the free
     /// segments do not suffice.
     pub fn alloc_meta_blocks(&mut self, blocks: u32) -> Option<Vec<MetaExtent>> {
-        self.generation += 1;
         let room = self.meta_cur.map_or(0, |(_, next)| self.seg_blocks - next);
         let fresh = blocks.saturating_sub(room).div_ceil(self.seg_blocks.max(1));
         if u64::from(fresh) > self.free_count() {
@@ -306,7 +292,6 @@ impl SegmentTable {
     /// Give back metadata extents; segments left without live blocks (and
     /// not being appended to) become free.
     pub fn release_meta_blocks(&mut self, extents: &[MetaExtent]) {
-        self.generation += 1;
         for e in extents {
             if let Some(s) = self.get_mut(e.seg) {
                 if s.state == SegState::Meta {
@@ -337,7 +322,6 @@ impl SegmentTable {
 
     /// Mark a whole segment as used metadata (import: the checkpoint log).
     pub fn pin_meta(&mut self, seg: SegId) {
-        self.generation += 1;
         self.claim(seg, SegState::Meta);
         let full = u64::from(self.seg_blocks) * BLOCK_U64;
         if let Some(s) = self.get_mut(seg) {
@@ -370,7 +354,6 @@ impl SegmentTable {
 
     /// Return a segment to the free list.
     pub fn release(&mut self, seg: SegId) {
-        self.generation += 1;
         let (live, logical) = match self.get_mut(seg) {
             Some(s) => {
                 let x = if s.state == SegState::Data {

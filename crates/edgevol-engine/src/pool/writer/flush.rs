@@ -309,6 +309,7 @@ impl Writer {
             }
             segs.release_meta_blocks(&release.extents);
         }
+        super::super::capacity::settle_metadata(&self.sh);
         self.sh.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

@@ -167,6 +167,8 @@ impl Writer {
         replay: ReplayPoint,
         lineage_delta: BTreeMap<u32, i64>,
     ) -> Writer {
+        // The segment table is what the checkpoint references: settled.
+        super::capacity::settle_metadata(&sh);
         Writer {
             sh,
             cat,
