@@ -93,3 +93,77 @@ fn small_l0_runs_merge_among_themselves_and_keep_deletions() {
     check_all(&v, &model, blocks, "after more flushes");
     assert_clean(&pool);
 }
+
+/// Names of this process's threads (`/proc/self/task/*/comm`).
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|s| s.trim().to_string())
+        .collect()
+}
+
+/// With background maintenance, merges run on their own thread beside the
+/// maintenance thread (so a long merge into L1 never holds up the cleaner
+/// or a flush), keep L0 short under a stream of small flushes, and lose
+/// nothing.
+#[test]
+fn background_compaction_runs_on_its_own_thread() {
+    let dev = std::sync::Arc::new(edgevol_engine::device::MemDevice::new("d0", 128 * MIB));
+    let pool = edgevol_engine::Pool::create(
+        "p",
+        vec![dev as std::sync::Arc<dyn edgevol_engine::device::Device>],
+        &edgevol_engine::CreateOptions {
+            segment_size: Some(MIB),
+        },
+        edgevol_engine::PoolConfig {
+            memtable_bytes: 64 * 1024,
+            cache_bytes: 4 * MIB,
+            flush_interval: std::time::Duration::from_millis(20),
+            ..edgevol_engine::PoolConfig::default()
+        },
+    )
+    .expect("create pool");
+    // The maintenance thread starts it.
+    let has_compactor = || thread_names().iter().any(|n| n == "ev-compact-p");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !has_compactor() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(has_compactor(), "a compaction thread: {:?}", thread_names());
+    pool.create_volume("v", 16 * MIB, uncompressed()).unwrap();
+    let v = pool.open_volume("v").unwrap();
+    let blocks = 16 * MIB / 4096;
+    let mut model: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut tag = 0u64;
+    // Scattered one-block writes, many small flushes.
+    for round in 0..40u64 {
+        for i in 0..64u64 {
+            let lba = (i * 67 + round * 13) % blocks;
+            tag += 1;
+            model.insert(lba, tag);
+            write(&v, lba, &tagged(tag, lba));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while counter(&pool, "compactions") == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        counter(&pool, "compactions") > 0,
+        "{:?}",
+        pool.status().counters
+    );
+    assert!(
+        counter(&pool, "map_runs") < 12,
+        "{:?}",
+        pool.status().counters
+    );
+    check_all(&v, &model, blocks, "with background compaction");
+    pool.sync_maintenance().unwrap();
+    check_all(&v, &model, blocks, "after maintenance");
+    assert_clean(&pool);
+    pool.close().unwrap();
+}

@@ -510,7 +510,11 @@ fn a_served_pool_device_cannot_be_formatted_or_mounted() {
             .args(["-q", "-F"])
             .arg(dev),
     );
-    assert!(!o.status.success(), "mkfs.ext4 on a served pool device: {}", show(&o));
+    assert!(
+        !o.status.success(),
+        "mkfs.ext4 on a served pool device: {}",
+        show(&o)
+    );
     let mnt = d.path("mnt");
     std::fs::create_dir(&mnt).expect("mount point");
     let o = output(Command::new("mount").arg(dev).arg(&mnt));

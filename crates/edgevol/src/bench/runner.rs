@@ -455,7 +455,9 @@ impl Bench {
         for job in jobs::execution_order(&self.cfg.jobs) {
             for &t in &order {
                 let data = self.cfg.data;
-                if job.kind == Kind::Write && t.fresh_writes() && self.cfg.writes_on == WritesOn::Fresh
+                if job.kind == Kind::Write
+                    && t.fresh_writes()
+                    && self.cfg.writes_on == WritesOn::Fresh
                 {
                     let path = self.image_path(t.format());
                     match Image::create(t.format(), &path, self.cfg.size) {
