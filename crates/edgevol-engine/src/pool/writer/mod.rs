@@ -56,7 +56,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::layout::SegId;
 
 use super::ckpt::{BlobRef, ReplayPoint, StreamPos};
-use super::Shared;
+use super::{now_secs, Shared};
 use batch::{Batch, Sealed};
 use flush::Rotation;
 
@@ -140,12 +140,6 @@ pub(crate) struct Writer {
     sealed: Vec<Sealed>,
     /// Batch buffers to reuse.
     spare: Vec<AlignedBuf>,
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn complete<T>(done: Done<T>, r: Result<T>) {
