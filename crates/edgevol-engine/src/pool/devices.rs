@@ -112,6 +112,7 @@ impl Pool {
         self.replace_with(old, dev)
     }
 
+    /// `(group, member)` of device `old`: its path, or its guid in hex.
     fn find_member(&self, old: &str) -> Result<(usize, usize)> {
         let sh = &self.sh;
         sh.vdevs

@@ -3,8 +3,8 @@
 //!
 //! Keeps invariant 7 (a wrong key gets a clear error): a secret that does
 //! not unwrap the data key fails with PermissionDenied and changes
-//! nothing; and invariant 3 (a volume never sees another's bytes) by
-//! sharing a data key only along a volume's own clones.
+//! nothing; and invariant 4 (snapshots are immutable): a new secret only
+//! rewraps the data key, no data is rewritten.
 
 use std::sync::Arc;
 
@@ -13,10 +13,12 @@ use super::{maint, Pool};
 use crate::error::{Error, ErrorKind, Result};
 
 impl Pool {
+    /// Load (Some) or forget (None) data key `id`, through the writer.
     pub(super) fn set_key(&self, id: u64, key: Option<Arc<crate::crypt::DataKey>>) -> Result<()> {
         maint::send_op(&self.sh, |d| MaintOp::SetKey(id, key, d))
     }
 
+    /// The key record of an encrypted volume.
     fn key_rec(&self, vol: &str) -> Result<crate::crypt::KeyRec> {
         self.sh
             .catalog()

@@ -167,6 +167,9 @@ impl Pool {
         let _ = self.shutdown(false);
     }
 
+    /// Stop the pool once (later calls return at once): with `clean`, run
+    /// maintenance and a final checkpoint first; then end the writer and
+    /// join every thread.
     fn shutdown(&self, clean: bool) -> Result<()> {
         if self.sh.closing.swap(true, Ordering::SeqCst) {
             return Ok(());

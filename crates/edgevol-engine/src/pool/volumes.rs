@@ -25,10 +25,12 @@ pub fn split_snapshot(spec: &str) -> (&str, Option<&str>) {
 }
 
 impl Pool {
+    /// A volume's id.
     pub(super) fn vol_id(&self, name: &str) -> Result<u64> {
         Ok(self.sh.catalog().volume_by_name(name)?.id)
     }
 
+    /// The ids of a volume and one of its snapshots.
     fn snap_id(&self, vol: &str, snap: &str) -> Result<(u64, u64)> {
         let cat = self.sh.catalog();
         let v = cat.volume_by_name(vol)?.id;

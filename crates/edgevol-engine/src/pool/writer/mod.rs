@@ -148,7 +148,7 @@ fn complete<T>(done: Done<T>, r: Result<T>) {
 }
 
 impl Writer {
-    /// A writer over loaded state (see `open.rs`).
+    /// A writer over loaded state (see `pool/open/`: create and import).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         sh: Arc<Shared>,
