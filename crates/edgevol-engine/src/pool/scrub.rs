@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use super::info::ScanStatus;
 use super::space::SegState;
 use super::vdev::MemberState;
-use super::Shared;
+use super::{now_secs, Shared};
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{Paddr, SegId, BLOCK, BLOCK_U64};
 use crate::map::Key;
@@ -48,12 +48,6 @@ const MAX_SPAN: u64 = 1 << 20;
 pub(crate) struct Scans {
     pub scrub: Option<ScanStatus>,
     pub resilver: Option<ScanStatus>,
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Marks a scan failed and frees the slot if its thread panics (a scan

@@ -56,7 +56,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::layout::SegId;
 
 use super::ckpt::{BlobRef, ReplayPoint, StreamPos};
-use super::Shared;
+use super::{now_secs, Shared};
 use batch::{Batch, Sealed};
 use flush::Rotation;
 
@@ -142,19 +142,13 @@ pub(crate) struct Writer {
     spare: Vec<AlignedBuf>,
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn complete<T>(done: Done<T>, r: Result<T>) {
     // The receiver may have gone away (client disconnected): nothing to do.
     let _ = done.send(r);
 }
 
 impl Writer {
-    /// A writer over loaded state (see `open.rs`).
+    /// A writer over loaded state (see `pool/open/`: create and import).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         sh: Arc<Shared>,
