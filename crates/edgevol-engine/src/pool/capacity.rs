@@ -96,21 +96,19 @@ impl Reserve {
 /// map is for, so they need not be counted twice.
 pub(crate) fn settle_metadata(sh: &Shared) {
     let t = sh.segs.lock();
-    *sh.usable_cache.lock() = (1, t.count(space::SegState::Meta), t.meta_live());
+    *sh.settled_metadata.lock() = Some((t.count(space::SegState::Meta), t.meta_live()));
 }
 
 /// What is held back from client data right now.
 pub(crate) fn reserve(sh: &Shared) -> Reserve {
     let seg = sh.vdevs.segment_size;
     let (meta_segs, map_bytes) = {
-        let c = *sh.usable_cache.lock();
-        if c.0 == 0 {
+        let settled = *sh.settled_metadata.lock();
+        settled.unwrap_or_else(|| {
             // Not settled yet (a pool being opened): the table as it is.
             let t = sh.segs.lock();
             (t.count(space::SegState::Meta), t.meta_live())
-        } else {
-            (c.1, c.2)
-        }
+        })
     };
     let total = sh.vdevs.total_segments();
     let floor = meta_floor(sh);

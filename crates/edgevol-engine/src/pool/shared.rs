@@ -81,8 +81,9 @@ pub(crate) struct Shared {
     /// Metadata the last checkpoint owns besides map runs: the counters
     /// table's extents and the checkpoint-log segment (for `pool check`).
     pub(crate) meta_roots: Mutex<(Vec<crate::layout::MetaExtent>, Option<crate::layout::SegId>)>,
-    /// (segment table generation, metadata segments, metadata bytes).
-    pub(crate) usable_cache: Mutex<(u64, u64, u64)>,
+    /// Metadata segments and bytes as of the last checkpoint (None before
+    /// the first): what the reserve counts (`capacity::settle_metadata`).
+    pub(crate) settled_metadata: Mutex<Option<(u64, u64)>>,
     /// Loaded data keys, by id (never persisted).
     pub(crate) keys: RwLock<std::collections::HashMap<u64, Arc<crate::crypt::DataKey>>>,
     /// The last or running scrub and resilver.
@@ -185,7 +186,7 @@ pub(super) fn shared(
         next_run_id: AtomicU64::new(1),
         memtable_budget: super::memtable_budget(&cfg_budget, pool_bytes),
         meta_roots: Mutex::new((Vec::new(), None)),
-        usable_cache: Mutex::new((0, 0, 0)),
+        settled_metadata: Mutex::new(None),
         keys: RwLock::new(std::collections::HashMap::new()),
         scans: Mutex::new(scrub::Scans::default()),
         scan_stop: AtomicBool::new(false),
