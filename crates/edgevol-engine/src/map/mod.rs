@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 pub use entry::{Csums, DataRef, Key, Value};
@@ -191,9 +191,6 @@ pub struct Map {
     cache: BlockCache,
     reader: Arc<dyn BlockReader>,
     segment_size: u64,
-    /// Held by a compaction from choosing its inputs to installing its
-    /// output: two merges never take the same runs.
-    compaction: Mutex<()>,
 }
 
 /// A consistent view of every source at one instant.
@@ -222,15 +219,7 @@ impl Map {
             cache: BlockCache::new(cache_bytes),
             reader,
             segment_size,
-            compaction: Mutex::new(()),
         }
-    }
-
-    /// The lock a compaction holds from choosing its inputs to installing
-    /// its output (flushes may run meanwhile: they only add L0 runs, which
-    /// the install keeps in front of the merged run).
-    pub fn compaction_lock(&self) -> &Mutex<()> {
-        &self.compaction
     }
 
     /// Open the runs of a manifest (reads their index blocks).

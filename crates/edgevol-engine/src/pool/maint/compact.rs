@@ -148,16 +148,6 @@ fn room_for(input_bytes: u64, segment_size: u64, free: u64, reserved: u64) -> bo
 
 /// One compaction step if the tree needs it (and `scope` allows it).
 pub(super) fn compact(sh: &Shared, scope: Scope) -> Result<bool> {
-    // One merge at a time; the cleaner's small merges give way to a
-    // running one rather than wait for it.
-    let lock = sh.map.compaction_lock();
-    let _merging = match scope {
-        Scope::Full => lock.lock(),
-        Scope::L0Only { .. } => match lock.try_lock() {
-            Some(g) => g,
-            None => return Ok(false),
-        },
-    };
     let levels = sh.map.levels();
     let (l0_only, keep_free) = match scope {
         Scope::Full => (false, 0),

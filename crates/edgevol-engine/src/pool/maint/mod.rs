@@ -7,8 +7,7 @@
 //!
 //! This module holds the thread loop and what triggers each job; the
 //! jobs live beside it: `runs` (building map runs, memtable flushes),
-//! `compact` (the level policy and merges, run by the `compactor` thread
-//! beside this one), `gc` (destroyed history),
+//! `compact` (the level policy and merges), `gc` (destroyed history),
 //! `cleaner` (victim choice, relocation) and `flatten` (promote). Keeps
 //! invariant 5 (a full pool fails waiting writes with ENOSPC instead of
 //! hanging, and cleaning never eats the data reserve) and invariant 6
@@ -16,7 +15,6 @@
 
 mod cleaner;
 mod compact;
-mod compactor;
 mod flatten;
 mod gc;
 mod runs;
@@ -33,7 +31,6 @@ use crate::error::{Error, ErrorKind, Result};
 pub(crate) use cleaner::clean;
 use cleaner::{clean_locked, reclaimable_bytes, MAX_VICTIM_UTIL};
 use compact::{compact, Scope};
-use compactor::Compactor;
 pub(crate) use flatten::flatten;
 use gc::gc_pending;
 pub(crate) use runs::{build_run_with, flush_memtable, TableAlloc};
@@ -70,7 +67,6 @@ fn send<T>(sh: &Shared, make: impl FnOnce(super::writer::Done<T>) -> MaintOp) ->
 pub(crate) fn run(sh: Arc<Shared>) {
     let mut last_flush = Instant::now();
     let mut more = false;
-    let compactor = Compactor::start(&sh);
     loop {
         if !more {
             let (m, cv) = &sh.maint_wake;
@@ -87,7 +83,7 @@ pub(crate) fn run(sh: Arc<Shared>) {
         if sh.poisoned.lock().is_some() {
             continue;
         }
-        let r = step(&sh, &mut last_flush, &compactor);
+        let r = step(&sh, &mut last_flush);
         let mut st = sh.maint_status.lock();
         match r {
             Ok(m) => {
@@ -105,7 +101,7 @@ pub(crate) fn run(sh: Arc<Shared>) {
 
 /// One round of maintenance. Ok(true): more is due right away (the map's
 /// levels are not in shape yet), so do not sleep.
-fn step(sh: &Arc<Shared>, last_flush: &mut Instant, compactor: &Compactor) -> Result<bool> {
+fn step(sh: &Arc<Shared>, last_flush: &mut Instant) -> Result<bool> {
     let _g = sh.maint_lock.lock();
     let blocked = sh.space_blocked.load(Ordering::Relaxed);
     let (free, total) = {
@@ -157,7 +153,6 @@ fn step(sh: &Arc<Shared>, last_flush: &mut Instant, compactor: &Compactor) -> Re
                 },
             )?;
             force_install(sh)?;
-            compactor.nudge();
             let free = sh.segs.lock().free_count();
             if cleaned == 0 || free >= high {
                 break;
@@ -183,12 +178,7 @@ fn step(sh: &Arc<Shared>, last_flush: &mut Instant, compactor: &Compactor) -> Re
     if due && flush_memtable(sh)? {
         *last_flush = Instant::now();
     }
-    let compacted = if compactor.running() {
-        compactor.nudge();
-        false
-    } else {
-        compact(sh, Scope::Full)?
-    };
+    let compacted = compact(sh, Scope::Full)?;
     gc_pending(sh)?;
     Ok(compacted || sh.map.active_bytes() >= sh.memtable_budget)
 }
