@@ -61,18 +61,7 @@ impl Catalog {
         // view: collect it.
         fx.reap.insert(root);
         if let Some((p, e)) = parent {
-            let still_pinned = self.lineages.values().any(|c| c.parent == Some((p, e)));
-            if !still_pinned {
-                let hidden: Vec<u64> = self
-                    .snapshots
-                    .values()
-                    .filter(|s| s.lineage == p && s.epoch == e && s.hidden)
-                    .map(|s| s.id)
-                    .collect();
-                for h in hidden {
-                    self.snapshots.remove(&h);
-                }
-            }
+            self.release_branch_point(p, e);
             fx.reap.insert(p);
             self.collect_dead(p, &mut fx);
         }

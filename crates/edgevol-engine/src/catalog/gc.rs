@@ -27,22 +27,28 @@ impl Catalog {
             // A hidden snapshot that pinned this lineage's branch point may now be free.
             cur = None;
             if let Some((p, e)) = rec.parent {
-                let still_pinned = self.lineages.values().any(|c| c.parent == Some((p, e)));
-                if !still_pinned {
-                    let hidden: Vec<u64> = self
-                        .snapshots
-                        .values()
-                        .filter(|s| s.lineage == p && s.epoch == e && s.hidden)
-                        .map(|s| s.id)
-                        .collect();
-                    for h in hidden {
-                        self.snapshots.remove(&h);
-                    }
-                }
+                self.release_branch_point(p, e);
                 fx.reap.insert(p);
                 self.gc_todo.insert(p);
                 cur = Some(p);
             }
+        }
+    }
+
+    /// A branch point `(p, e)` lost a child lineage: if no lineage branches
+    /// there any more, the hidden snapshots that pinned it go.
+    pub(super) fn release_branch_point(&mut self, p: u32, e: u64) {
+        if self.lineages.values().any(|c| c.parent == Some((p, e))) {
+            return;
+        }
+        let hidden: Vec<u64> = self
+            .snapshots
+            .values()
+            .filter(|s| s.lineage == p && s.epoch == e && s.hidden)
+            .map(|s| s.id)
+            .collect();
+        for h in hidden {
+            self.snapshots.remove(&h);
         }
     }
 

@@ -178,7 +178,11 @@ mod tests {
             .lock()
             .alloc_meta_blocks(blocks)
             .expect("metadata blocks");
-        assert_eq!(usable_bytes(sh), before, "unchanged while the run is written");
+        assert_eq!(
+            usable_bytes(sh),
+            before,
+            "unchanged while the run is written"
+        );
         // Installed: the checkpoint settles it (map + room to rewrite it).
         settle_metadata(sh);
         let with_run = usable_bytes(sh);
@@ -193,7 +197,10 @@ mod tests {
         settle_metadata(sh);
         // (The segment the next run will continue in stays metadata's.)
         let after = usable_bytes(sh);
-        assert!(after > with_run && after + (1 << 20) >= before, "{after} vs {before}");
+        assert!(
+            after > with_run && after + (1 << 20) >= before,
+            "{after} vs {before}"
+        );
         pool.close().expect("close");
     }
 }
