@@ -114,15 +114,7 @@ mod tests {
 
     #[test]
     fn relocation_is_conditional() {
-        let mut m = M::default();
-        m.apply(&plan_write(
-            &[],
-            &head(1, 1),
-            0,
-            4,
-            &[],
-            &NewValue::Data(rec(0, 4)),
-        ));
+        let mut m = M::one_record();
         let key = Key::new(1, 0, 1);
         let old = Paddr::new(SegId::new(0, 0), 0);
         let c = plan_relocate(&m.chunk(1, 0), key, old, 0, 4, rec(4096 * 50, 4)).unwrap();

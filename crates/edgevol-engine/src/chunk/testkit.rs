@@ -38,6 +38,20 @@ pub(super) fn head(l: u32, e: u64) -> ViewStep {
 #[derive(Default)]
 pub(super) struct M(pub(super) BTreeMap<Key, Value>);
 impl M {
+    /// A map holding one 4-block record (address 0) at blocks 0..4 of
+    /// lineage 1, born at epoch 1.
+    pub(super) fn one_record() -> M {
+        let mut m = M::default();
+        m.apply(&super::plan_write(
+            &[],
+            &head(1, 1),
+            0,
+            4,
+            &[],
+            &super::NewValue::Data(rec(0, 4)),
+        ));
+        m
+    }
     pub(super) fn chunk(&self, l: u32, lo: u64) -> Vec<(Key, Value)> {
         let lo = chunk_start(lo);
         self.0

@@ -219,20 +219,12 @@ pub fn data_blocks(pieces: &[Piece]) -> u64 {
 mod tests {
     use super::*;
     use crate::catalog::ViewStep;
-    use crate::chunk::testkit::{head, rec, M};
-    use crate::chunk::{plan_gc, plan_write, NewValue};
+    use crate::chunk::plan_gc;
+    use crate::chunk::testkit::{head, M};
 
     #[test]
     fn barrier_hides_old_data_from_new_views_only() {
-        let mut m = M::default();
-        m.apply(&plan_write(
-            &[],
-            &head(1, 1),
-            0,
-            4,
-            &[],
-            &NewValue::Data(rec(0, 4)),
-        ));
+        let mut m = M::one_record();
         let b = Barrier {
             lba: 2,
             end: u64::MAX,

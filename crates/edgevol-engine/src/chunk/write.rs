@@ -191,15 +191,7 @@ mod tests {
 
     #[test]
     fn clone_falls_through_and_trim_needs_a_tombstone() {
-        let mut m = M::default();
-        m.apply(&plan_write(
-            &[],
-            &head(1, 1),
-            0,
-            4,
-            &[],
-            &NewValue::Data(rec(0, 4)),
-        ));
+        let mut m = M::one_record();
         let clone: Chain = vec![head(2, 3), head(1, 1)];
         let p = m.read(&clone, 0, 4);
         assert_eq!(data_blocks(&p), 4);
