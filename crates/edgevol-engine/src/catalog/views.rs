@@ -77,23 +77,13 @@ impl Catalog {
     /// (hidden ones too), branch points of child lineages, and the head epoch
     /// if it is a live head.
     pub fn views(&self, l: u32) -> Vec<u64> {
-        let mut v: Vec<u64> = self
-            .snapshots
-            .values()
-            .filter(|s| s.lineage == l)
-            .map(|s| s.epoch)
-            .chain(
-                self.lineages
-                    .values()
-                    .filter_map(|c| c.parent.filter(|p| p.0 == l).map(|p| p.1)),
-            )
-            .chain(
-                self.volumes
-                    .values()
-                    .filter(|v| v.head == l)
-                    .map(|v| v.head_epoch),
-            )
-            .collect();
+        let mut v = self.frozen_views(l);
+        v.extend(
+            self.volumes
+                .values()
+                .filter(|v| v.head == l)
+                .map(|v| v.head_epoch),
+        );
         v.sort_unstable();
         v.dedup();
         v
