@@ -61,9 +61,7 @@ pub(super) fn read_label(dev: &dyn Device) -> Result<Label> {
                     best = Some(l);
                 }
             }
-            Err(crate::error::DecodeError::Version(v)) if best.is_none() => {
-                newer = Some(v);
-            }
+            Err(crate::error::DecodeError::Version(v)) => newer = Some(v),
             Err(e) => last_err = Some(Error::from(e)),
         }
     }
