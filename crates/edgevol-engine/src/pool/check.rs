@@ -73,6 +73,8 @@ pub(crate) fn check(sh: &Shared) -> Result<CheckReport> {
     // writes go on; they only make the accounting comparison inexact,
     // which `idle` below detects.
     let _maint = sh.maint_lock.lock();
+    // Counters and map agree only where no blind write is pending.
+    super::maint::settle(sh)?;
     let mut r = CheckReport::default();
     let batches_before =
         sh.stats.batches.load(Ordering::SeqCst) + sh.stats.checkpoints.load(Ordering::SeqCst);
@@ -125,7 +127,7 @@ pub(crate) fn check(sh: &Shared) -> Result<CheckReport> {
         }
     };
     loop {
-        let page = sh.map.scan(lo, hi, 4096)?;
+        let page = sh.scan(lo, hi, 4096)?;
         for (k, v) in page.entries {
             if chunk_entries.first().is_some_and(|(f, _)| {
                 f.lineage != k.lineage || chunk_start(f.lba) != chunk_start(k.lba)

@@ -72,6 +72,7 @@ pub fn parse_layout(spec: &[String]) -> Result<Vec<(GroupKind, Vec<String>)>> {
 impl Pool {
     /// Pool status.
     pub fn status(&self) -> PoolStatus {
+        self.sh.settle_for_report();
         info::pool_status(&self.sh)
     }
 

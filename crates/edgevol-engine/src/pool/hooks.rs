@@ -32,10 +32,7 @@ impl Pool {
         let chain = cat.head_chain(cat.volume_by_name(vol)?.id)?;
         let sh = &self.sh;
         let pieces = crate::chunk::resolve(&chain, lba, 1, |l, f, t| {
-            Ok(sh
-                .map
-                .scan(map_key(l, f), map_key(l, t), usize::MAX)?
-                .entries)
+            Ok(sh.scan(map_key(l, f), map_key(l, t), usize::MAX)?.entries)
         })?;
         match pieces.first().map(|p| &p.kind) {
             Some(crate::chunk::PieceKind::Data(d)) => Ok((

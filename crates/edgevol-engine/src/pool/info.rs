@@ -557,7 +557,7 @@ pub(crate) fn space_report(sh: &Shared, name: &str) -> Result<SpaceReport> {
             entries.clear();
         };
         loop {
-            let page = sh.map.scan(lo, hi, 4096)?;
+            let page = sh.scan(lo, hi, 4096)?;
             for (k, val) in page.entries {
                 if chunk_entries
                     .first()

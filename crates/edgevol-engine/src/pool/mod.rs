@@ -30,6 +30,7 @@ mod keys;
 mod lifecycle;
 mod maint;
 mod open;
+mod overlay;
 pub mod raid;
 mod scrub;
 mod shared;

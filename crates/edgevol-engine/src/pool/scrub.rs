@@ -343,7 +343,7 @@ fn scrub(sh: &Shared, from: Key) -> Result<bool> {
             return Ok(false);
         }
         let ticket = sh.gate.enter();
-        let page = sh.map.scan(lo, hi, PAGE)?;
+        let page = sh.scan(lo, hi, PAGE)?;
         let mut seen: std::collections::BTreeSet<Paddr> = Default::default();
         let mut items: Vec<Item> = Vec::new();
         for (k, v) in &page.entries {

@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     pub(crate) created: u64,
     pub(crate) vdevs: Arc<Vdevs>,
     pub(crate) map: Map,
+    /// Head writes not yet settled into the map (`overlay.rs`).
+    pub(crate) overlay: RwLock<super::overlay::Overlay>,
     pub(crate) catalog: RwLock<Arc<Catalog>>,
     pub(crate) segs: Mutex<SegmentTable>,
     pub(crate) gate: Arc<ReuseGate>,
@@ -97,6 +99,8 @@ pub(crate) struct Shared {
     pub(crate) client_ops: AtomicU64,
     /// Per-volume exclusion for sub-block writes (read-modify-write).
     pub(crate) subblock: subblock::LockTable,
+    /// The thread the writer runs on (a reactor's, or its own).
+    pub(crate) writer_thread: Mutex<Option<std::thread::ThreadId>>,
 }
 
 impl Shared {
@@ -120,6 +124,19 @@ impl Shared {
             .map_err(|_| Error::new(ErrorKind::Shutdown, "pool is closing"))?;
         futures::executor::block_on(rx)
             .map_err(|_| Error::new(ErrorKind::Shutdown, "pool is closing"))?
+    }
+
+    /// Before a report of space or referenced data: let the writer settle
+    /// its pending blind writes, so the numbers are exact (overlay.rs).
+    /// Skipped on the writer's own thread (it would wait for itself).
+    pub(crate) fn settle_for_report(&self) {
+        if self.overlay.read().is_empty()
+            || *self.writer_thread.lock() == Some(std::thread::current().id())
+        {
+            return;
+        }
+        // A closing pool settles at its final flush.
+        let _ = super::maint::settle(self);
     }
 
     pub(super) fn catalog(&self) -> Arc<Catalog> {
@@ -169,6 +186,7 @@ pub(super) fn shared(
         created,
         vdevs,
         map,
+        overlay: RwLock::default(),
         catalog: RwLock::new(Arc::new(cat)),
         segs: Mutex::new(segs),
         gate: Arc::new(ReuseGate::default()),
@@ -193,6 +211,7 @@ pub(super) fn shared(
         scan_running: AtomicBool::new(false),
         client_ops: AtomicU64::new(0),
         subblock: Default::default(),
+        writer_thread: Mutex::new(None),
     });
     (sh, data_rx, maint_rx)
 }

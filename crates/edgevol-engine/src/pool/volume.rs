@@ -219,7 +219,6 @@ impl Volume {
             let w = (n - done).min(8192);
             let pieces = chunk::resolve(&chain, lba + done, w as u32, |l, f, t| {
                 Ok(sh
-                    .map
                     .scan(Key::lower(l, f), Key::lower(l, t), usize::MAX)?
                     .entries)
             })?;
@@ -396,7 +395,6 @@ impl Volume {
         let sh = &self.sh;
         let pieces = chunk::resolve(&chain, lba, n as u32, |l, f, t| {
             Ok(sh
-                .map
                 .scan(Key::lower(l, f), Key::lower(l, t), usize::MAX)?
                 .entries)
         })?;

@@ -116,6 +116,7 @@ impl Pool {
 
     /// Every volume.
     pub fn volumes(&self) -> Vec<VolumeInfo> {
+        self.sh.settle_for_report();
         let cat = self.sh.catalog();
         let mut v: Vec<VolumeInfo> = cat
             .volumes
@@ -128,6 +129,7 @@ impl Pool {
 
     /// One volume.
     pub fn volume_info(&self, name: &str) -> Result<VolumeInfo> {
+        self.sh.settle_for_report();
         let cat = self.sh.catalog();
         let v = cat.volume_by_name(name)?;
         Ok(info::volume_info(&self.sh, &cat, v))
@@ -269,6 +271,7 @@ impl Pool {
 
     /// Space used by a volume and its snapshots (scans the volume's map).
     pub fn space(&self, vol: &str) -> Result<SpaceReport> {
+        self.sh.settle_for_report();
         info::space_report(&self.sh, vol)
     }
 }

@@ -39,7 +39,7 @@ pub(crate) fn for_each_populated(
             let mut lo = Key::lower(step.lineage, chunk_start(w));
             let hi = Key::lower(step.lineage, wend);
             loop {
-                let page = sh.map.scan(lo, hi, 4096)?;
+                let page = sh.scan(lo, hi, 4096)?;
                 chunks.extend(page.entries.iter().map(|(k, _)| chunk_start(k.lba)));
                 match page.resume {
                     Some(r) => lo = r,
@@ -60,7 +60,6 @@ pub(crate) fn for_each_populated(
                 let n = (stop - x).min(RESOLVE);
                 let pieces = chunk::resolve(chain, x, n as u32, |l, a, b| {
                     Ok(sh
-                        .map
                         .scan(Key::lower(l, a), Key::lower(l, b), usize::MAX)?
                         .entries)
                 })?;

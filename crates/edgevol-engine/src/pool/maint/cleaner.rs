@@ -121,7 +121,6 @@ fn clean_segment(sh: &Shared, seg: SegId) -> Result<()> {
             let rec = Paddr::new(seg, (off as u32) + e.payload_off);
             let c = chunk_start(e.lba);
             let entries = sh
-                .map
                 .scan(
                     Key::lower(e.lineage, c),
                     Key::lower(e.lineage, c + CHUNK_BLOCKS),

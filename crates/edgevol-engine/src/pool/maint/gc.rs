@@ -52,7 +52,7 @@ fn gc_lineage(sh: &Shared, l: u32) -> Result<()> {
     let hi = Key::lower(l.saturating_add(1), 0);
     let mut chunks: Vec<u64> = Vec::new();
     loop {
-        let page = sh.map.scan(lo, hi, 4096)?;
+        let page = sh.scan(lo, hi, 4096)?;
         for (k, _) in &page.entries {
             let c = chunk_start(k.lba);
             if chunks.last() != Some(&c) {

@@ -195,6 +195,11 @@ pub(crate) fn flush_now(sh: &Shared) -> Result<()> {
     force_install(sh)
 }
 
+/// Settle every pending blind write, so the map and the counters agree.
+pub(crate) fn settle(sh: &Shared) -> Result<()> {
+    send(sh, MaintOp::Settle)
+}
+
 /// Flush the memtable, run pending GC; with `full`, until nothing is pending.
 pub(crate) fn run_all(sh: &Arc<Shared>, full: bool) -> Result<()> {
     let _g = sh.maint_lock.lock();

@@ -55,7 +55,15 @@ impl Writer {
         Ok(())
     }
 
-    fn scan(&self, l: u32, from: u64, to: u64) -> Result<Vec<(Key, Value)>> {
+    /// The map's entries of lineage `l` in `[from, to)`, pending writes
+    /// there settled first.
+    fn scan(&mut self, l: u32, from: u64, to: u64) -> Result<Vec<(Key, Value)>> {
+        self.settle_range(l, from, to)?;
+        self.raw_scan(l, from, to)
+    }
+
+    /// The map's entries as they are (pending writes not applied).
+    pub(super) fn raw_scan(&self, l: u32, from: u64, to: u64) -> Result<Vec<(Key, Value)>> {
         Ok(self
             .sh
             .map
@@ -63,7 +71,7 @@ impl Writer {
             .entries)
     }
 
-    pub(super) fn chunk_entries(&self, l: u32, lba: u64) -> Result<Vec<(Key, Value)>> {
+    pub(super) fn chunk_entries(&mut self, l: u32, lba: u64) -> Result<Vec<(Key, Value)>> {
         let c = chunk_start(lba);
         self.scan(l, c, c + CHUNK_BLOCKS)
     }
@@ -122,8 +130,8 @@ impl Writer {
                     epoch: e.birth,
                     barriers,
                 };
-                let d = data_ref(e.nblocks);
-                self.apply_head(&head, e.lba, u64::from(e.nblocks), NewValue::Data(d))?;
+                self.apply_blind(head, e.lba, e.nblocks as u8, data_ref(e.nblocks));
+                self.mark_dirty(e.lineage, e.birth);
                 Ok(0)
             }
             EntryKind::Trim | EntryKind::Zero => {
@@ -137,7 +145,7 @@ impl Writer {
                 } else {
                     NewValue::Trim
                 };
-                self.apply_head(&head, e.lba, u64::from(e.nblocks), nv)?;
+                self.apply_discard(&head, e.lba, u64::from(e.nblocks), nv)?;
                 Ok(0)
             }
             EntryKind::Relocate => {
@@ -186,94 +194,81 @@ impl Writer {
         }
     }
 
-    /// A head write, trim or zero of `[lba, lba + n)` at `head.epoch`.
-    fn apply_head(&mut self, head: &ViewStep, lba: u64, n: u64, new: NewValue) -> Result<()> {
+    /// A head trim or zero of `[lba, lba + n)` at `head.epoch` (writes
+    /// are applied blind: settle.rs).
+    fn apply_discard(&mut self, head: &ViewStep, lba: u64, n: u64, new: NewValue) -> Result<()> {
+        debug_assert!(!matches!(new, NewValue::Data(_)));
         let l = head.lineage;
         let (frozen, chain) = self.views_of(l, head.epoch);
         let end = lba + n;
         // Change of data blocks the head sees (for `referenced`).
         let mut delta: i64 = 0;
-        match &new {
-            NewValue::Data(d) => {
-                // One scan of the head's chunk serves both the resolution of
-                // what the head saw and the plan.
-                let entries = self.chunk_entries(l, lba)?;
-                let before = self.resolve_with(&chain, &entries, lba, n)?;
-                delta = n as i64 - chunk::data_blocks(&before) as i64;
-                let plan = chunk::plan_write(&entries, head, lba, n as u8, &frozen, &new);
-                self.apply_changes(plan, Some(d));
-            }
-            NewValue::ZeroAlloc | NewValue::Trim => {
-                // Bounded windows: a discard may cover a whole volume.
-                let mut w = lba;
-                while w < end {
-                    let wend = (chunk_start(w) + DISCARD_WINDOW).min(end);
-                    // Whole chunks: deciding whether a record dies needs
-                    // every fragment in its chunk, not only those in range.
-                    let all = self.scan(l, chunk_start(w), chunk_start(wend - 1) + CHUNK_BLOCKS)?;
-                    let before = self.resolve_with(&chain, &all, w, wend - w)?;
-                    delta -= chunk::data_blocks(&before) as i64;
-                    let mut x = w;
-                    while x < wend {
-                        let stop = (chunk_start(x) + CHUNK_BLOCKS).min(wend);
-                        let c = chunk_start(x);
-                        let entries: Vec<(Key, Value)> = all
-                            .iter()
-                            .filter(|(k, _)| chunk_start(k.lba) == c)
-                            .cloned()
-                            .collect();
-                        // Only chunks where this lineage has entries need punching.
-                        if !entries.is_empty() || matches!(new, NewValue::ZeroAlloc) {
-                            let plan = chunk::plan_write(
-                                &entries,
-                                head,
-                                x,
-                                (stop - x) as u8,
-                                &frozen,
-                                &new,
-                            );
-                            self.apply_changes(plan, None);
-                        }
-                        x = stop;
-                    }
-                    let shows = before
-                        .iter()
-                        .any(|p| !matches!(p.kind, chunk::PieceKind::Hole));
-                    if matches!(new, NewValue::Trim) && shows {
-                        let sh = self.sh.clone();
-                        let after = chunk::resolve(&chain, w, (wend - w) as u32, |l, f, t| {
-                            Ok(sh
-                                .map
-                                .scan(Key::lower(l, f), Key::lower(l, t), usize::MAX)?
-                                .entries)
-                        })?;
-                        let t = chunk::plan_tombstones(l, head.epoch, &after);
-                        self.sh.map.insert_all(t);
-                    }
-                    w = wend;
+        // Bounded windows: a discard may cover a whole volume.
+        let mut w = lba;
+        while w < end {
+            let wend = (chunk_start(w) + DISCARD_WINDOW).min(end);
+            // Whole chunks: deciding whether a record dies needs
+            // every fragment in its chunk, not only those in range.
+            let all = self.scan(l, chunk_start(w), chunk_start(wend - 1) + CHUNK_BLOCKS)?;
+            // The tombstones below resolve through the ancestors too.
+            self.settle_chain(&chain, w, wend)?;
+            let before = self.resolve_with(&chain, &all, w, wend - w)?;
+            delta -= chunk::data_blocks(&before) as i64;
+            let mut x = w;
+            while x < wend {
+                let stop = (chunk_start(x) + CHUNK_BLOCKS).min(wend);
+                let c = chunk_start(x);
+                let entries: Vec<(Key, Value)> = all
+                    .iter()
+                    .filter(|(k, _)| chunk_start(k.lba) == c)
+                    .cloned()
+                    .collect();
+                // Only chunks where this lineage has entries need punching.
+                if !entries.is_empty() || matches!(new, NewValue::ZeroAlloc) {
+                    let plan =
+                        chunk::plan_write(&entries, head, x, (stop - x) as u8, &frozen, &new);
+                    self.apply_changes(plan, None);
                 }
+                x = stop;
             }
+            let shows = before
+                .iter()
+                .any(|p| !matches!(p.kind, chunk::PieceKind::Hole));
+            if matches!(new, NewValue::Trim) && shows {
+                let sh = self.sh.clone();
+                let after = chunk::resolve(&chain, w, (wend - w) as u32, |l, f, t| {
+                    Ok(sh
+                        .map
+                        .scan(Key::lower(l, f), Key::lower(l, t), usize::MAX)?
+                        .entries)
+                })?;
+                let t = chunk::plan_tombstones(l, head.epoch, &after);
+                self.sh.map.insert_all(t);
+            }
+            w = wend;
         }
 
-        if delta != 0 {
-            *self.lineage_delta.entry(l).or_insert(0) += delta;
-            *self.sh.lineage_delta.lock().entry(l).or_insert(0) += delta;
-        }
+        self.add_referenced(l, delta);
+        self.mark_dirty(l, head.epoch);
+        Ok(())
+    }
+
+    /// The volume whose head is `(l, epoch)` changed.
+    fn mark_dirty(&mut self, l: u32, epoch: u64) {
         if let Some(v) = self
             .cat
             .volumes
             .values_mut()
-            .find(|v| v.head == l && v.head_epoch == head.epoch)
+            .find(|v| v.head == l && v.head_epoch == epoch)
         {
             v.dirty = true;
         }
-        Ok(())
     }
 
     /// Resolve `[lba, lba + n)` through `chain`, taking the head lineage's
     /// entries from `head_entries` (a scan covering the range from its
     /// chunk's start) and scanning the map for the ancestors only.
-    fn resolve_with(
+    pub(super) fn resolve_with(
         &self,
         chain: &crate::catalog::Chain,
         head_entries: &[(Key, Value)],
@@ -299,7 +294,11 @@ impl Writer {
 
     /// The frozen views and the read chain of `(l, epoch)`, cached until
     /// the catalog changes.
-    fn views_of(&mut self, l: u32, epoch: u64) -> (Arc<[u64]>, Arc<crate::catalog::Chain>) {
+    pub(super) fn views_of(
+        &mut self,
+        l: u32,
+        epoch: u64,
+    ) -> (Arc<[u64]>, Arc<crate::catalog::Chain>) {
         if self.view_cache.0 != self.cat.next_id
             || self.view_cache.1 != self.cat.next_epoch
             || self.view_cache.2 != self.cat_gen

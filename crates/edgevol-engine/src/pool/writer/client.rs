@@ -51,7 +51,21 @@ impl Writer {
                 let data = data.clone();
                 let nblocks = (data.len() / BLOCK) as u64;
                 if job.progress == 0 {
-                    if let Err(e) = self.admit(vol, lba, nblocks, true) {
+                    let mut admitted = self.admit(vol, lba, nblocks, true);
+                    if admitted
+                        .as_ref()
+                        .is_err_and(|e| e.kind() == ErrorKind::NoSpace)
+                        && !self.sh.overlay.read().is_empty()
+                    {
+                        // Decide on settled numbers: pending overwrites
+                        // still count the space they will free.
+                        if let Err(e) = self.settle_all() {
+                            self.poison(&e);
+                            return fail(job.op, e);
+                        }
+                        admitted = self.admit(vol, lba, nblocks, true);
+                    }
+                    if let Err(e) = admitted {
                         if e.kind() == ErrorKind::NoSpace && self.gc_pending() {
                             // Space destroyed history holds is about to come back.
                             self.space_waiters.push_back(job);

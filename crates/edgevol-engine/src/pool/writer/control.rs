@@ -107,6 +107,13 @@ impl Writer {
                 };
                 complete(done, r);
             }
+            MaintOp::Settle(done) => {
+                let r = self.settle_all();
+                if let Err(e) = &r {
+                    self.poison(e);
+                }
+                complete(done, r);
+            }
             MaintOp::FailStalled => {
                 let waiting = std::mem::take(&mut self.space_waiters);
                 for job in std::mem::take(&mut self.stalled).into_iter().chain(waiting) {
@@ -137,6 +144,11 @@ impl Writer {
     async fn control(&mut self, c: Control) -> Result<u64> {
         if let Some(p) = &self.poisoned {
             return Err(Error::new(ErrorKind::Poisoned, p.clone()));
+        }
+        // No view is added or removed while writes are pending (overlay.rs).
+        if let Err(e) = self.settle_all() {
+            self.poison(&e);
+            return Err(e);
         }
         let now = now_secs();
         let mut cat = self.cat.clone();

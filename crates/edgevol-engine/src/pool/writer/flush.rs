@@ -37,6 +37,11 @@ impl Writer {
         if self.rotation.is_some() {
             return None;
         }
+        // A checkpoint covers settled state only (overlay.rs).
+        if let Err(e) = self.settle_all() {
+            self.poison(&e);
+            return None;
+        }
         let frozen = self.sh.map.rotate()?;
         self.capture_rotation();
         Some(frozen)
@@ -77,6 +82,7 @@ impl Writer {
                 "a map flush is in progress; retry",
             ));
         }
+        self.settle_all()?;
         let frozen = self.sh.map.rotate();
         self.capture_rotation();
         let run = match frozen {

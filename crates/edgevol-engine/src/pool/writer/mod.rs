@@ -43,6 +43,7 @@ mod client;
 mod control;
 mod flush;
 mod ops;
+mod settle;
 mod stream;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -140,6 +141,8 @@ pub(crate) struct Writer {
     sealed: Vec<Sealed>,
     /// Batch buffers to reuse.
     spare: Vec<AlignedBuf>,
+    /// Where background settlement of blind writes goes on (settle.rs).
+    settle_cursor: (u32, u64),
 }
 
 fn complete<T>(done: Done<T>, r: Result<T>) {
@@ -190,6 +193,7 @@ impl Writer {
             view_cache: (0, 0, 0, BTreeMap::new()),
             sealed: Vec::new(),
             spare: Vec::new(),
+            settle_cursor: (0, 0),
         }
     }
 
@@ -203,7 +207,22 @@ impl Writer {
         maint_rx: async_channel::Receiver<MaintOp>,
     ) {
         self.publish();
+        *self.sh.writer_thread.lock() = Some(std::thread::current().id());
         loop {
+            // Idle: settle pending blind writes a step at a time, giving
+            // the thread back between steps (a reactor's other tasks).
+            if data_rx.is_empty()
+                && maint_rx.is_empty()
+                && self.stalled.is_empty()
+                && self.poisoned.is_none()
+                && !self.sh.overlay.read().is_empty()
+            {
+                if let Err(e) = self.settle_some(settle::IDLE_STEP) {
+                    self.poison(&e);
+                }
+                YieldNow(false).await;
+                continue;
+            }
             let mut round = Round::default();
             // Wait for something to do.
             let first = if self.can_take_data() && !self.stalled.is_empty() {
@@ -244,6 +263,9 @@ impl Writer {
                 }
             }
             self.finish_round(round).await;
+            if let Err(e) = self.settle_background() {
+                self.poison(&e);
+            }
             if self.sh.map.active_bytes() >= self.sh.memtable_budget {
                 self.sh.wake_maintenance();
             }
@@ -344,6 +366,25 @@ impl Writer {
     fn publish(&mut self) {
         self.cat_gen += 1;
         *self.sh.catalog.write() = Arc::new(self.cat.clone());
+    }
+}
+
+/// Gives the executor one turn (tokio's `yield_now` without tokio: the
+/// engine runs on any executor).
+struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
     }
 }
 

@@ -182,6 +182,8 @@ pub(crate) enum MaintOp {
     FailStalled,
     /// Flush the memtable from the writer and move the replay point to now.
     FlushNow(Done<()>),
+    /// Settle every blind write still pending (overlay.rs).
+    Settle(Done<()>),
     /// Load (Some) or unload (None) a data key, after every write batched
     /// so far is sealed (so no record waits for a key that is gone).
     SetKey(u64, Option<Arc<crate::crypt::DataKey>>, Done<()>),
