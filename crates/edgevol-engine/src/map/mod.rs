@@ -21,6 +21,7 @@
 
 pub mod entry;
 pub mod run;
+mod sorted;
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -31,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 pub use entry::{Csums, DataRef, Key, Value};
 use run::{BlockCache, BlockReader, Run, RunMeta};
+pub use sorted::SortedScan;
 
 use crate::error::Result;
 

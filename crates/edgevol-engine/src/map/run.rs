@@ -561,7 +561,7 @@ impl Run {
         })
     }
 
-    fn cached(
+    pub(super) fn cached(
         &self,
         block: u32,
         cache: &BlockCache,
@@ -573,7 +573,7 @@ impl Run {
     }
 
     /// Leaf block number that may hold `key` (the last leaf whose first key <= key).
-    fn leaf_for(&self, key: &Key) -> Result<Option<u32>> {
+    pub(super) fn leaf_for(&self, key: &Key) -> Result<Option<u32>> {
         let ti = self.top.partition_point(|k| k <= key);
         if ti == 0 {
             return Ok(if self.meta.leaf_blocks > 0 {
@@ -594,7 +594,7 @@ impl Run {
         Ok(Some(entry.1))
     }
 
-    fn damaged(&self, block: u32, e: DecodeError) -> Error {
+    pub(super) fn damaged(&self, block: u32, e: DecodeError) -> Error {
         Error::corrupt(format!("map run {} block {block} is damaged", self.meta.id)).with_source(e)
     }
 
@@ -673,14 +673,14 @@ impl Run {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::layout::Paddr;
     use crate::map::entry::DataRef;
     use parking_lot::Mutex;
     use std::collections::HashMap;
 
-    struct MemBlocks(Mutex<HashMap<(SegId, u64), Vec<u8>>>);
+    pub(in crate::map) struct MemBlocks(Mutex<HashMap<(SegId, u64), Vec<u8>>>);
     impl BlockReader for MemBlocks {
         fn read_meta_block(&self, seg: SegId, offset: u64) -> Result<Vec<u8>> {
             self.0
@@ -691,7 +691,8 @@ mod tests {
         }
     }
 
-    fn build(n: u64, seg_size: u64) -> (Run, MemBlocks) {
+    /// A run of `n` entries at lbas 0, 2, 4, … (every third a deletion).
+    pub(in crate::map) fn build(n: u64, seg_size: u64) -> (Run, MemBlocks) {
         let mut b = RunBuilder::new(7);
         for i in 0..n {
             let v = if i % 3 == 0 {

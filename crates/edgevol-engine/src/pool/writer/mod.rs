@@ -143,6 +143,8 @@ pub(crate) struct Writer {
     spare: Vec<AlignedBuf>,
     /// Where background settlement of blind writes goes on (settle.rs).
     settle_cursor: (u32, u64),
+    /// The runs' positions of settlement's ascending scans.
+    settle_scan: crate::map::SortedScan,
 }
 
 fn complete<T>(done: Done<T>, r: Result<T>) {
@@ -194,6 +196,7 @@ impl Writer {
             sealed: Vec::new(),
             spare: Vec::new(),
             settle_cursor: (0, 0),
+            settle_scan: Default::default(),
         }
     }
 

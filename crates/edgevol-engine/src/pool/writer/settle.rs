@@ -12,7 +12,7 @@
 use crate::chunk::{self, ChunkChanges};
 use crate::error::Result;
 use crate::layout::CHUNK_BLOCKS;
-use crate::map::DataRef;
+use crate::map::{DataRef, Key};
 use crate::pool::overlay::{apply_changes_to, Pending};
 
 use super::Writer;
@@ -20,6 +20,9 @@ use super::Writer;
 /// Fragments the overlay may hold before the writer settles in the
 /// background of its rounds.
 const SETTLE_LOW: usize = 16 << 10;
+
+/// The low mark once the memtable is three quarters full.
+const SETTLE_BEFORE_ROTATION: usize = 1024;
 
 /// Most chunks settled after one round (bounds the latency a round adds).
 const SETTLE_STEP: usize = 512;
@@ -62,7 +65,11 @@ impl Writer {
             return Ok(());
         };
         let (l, c) = key;
-        let mut entries = self.raw_scan(l, c, c + CHUNK_BLOCKS)?;
+        let mut entries = self.sh.map.scan_sorted(
+            &mut self.settle_scan,
+            Key::lower(l, c),
+            Key::lower(l, c + CHUNK_BLOCKS),
+        )?;
         let mut all = ChunkChanges::default();
         let mut delta: i64 = 0;
         for p in &frags {
@@ -128,17 +135,35 @@ impl Writer {
 
     /// Settle everything pending.
     pub(super) fn settle_all(&mut self) -> Result<()> {
+        let t = std::time::Instant::now();
+        let frags = self.sh.overlay.read().frags();
         while !self.sh.overlay.read().is_empty() {
             self.settle_some(usize::MAX)?;
+        }
+        if frags > 0 {
+            tracing::debug!(pool = %self.sh.name, frags, micros = t.elapsed().as_micros() as u64, "settled every pending write");
         }
         Ok(())
     }
 
     /// After a round: keep the overlay near its low mark, a bounded step
     /// at a time.
+    ///
+    /// A memtable rotation settles everything at once (a checkpoint covers
+    /// settled state only), so as a rotation nears the mark drops: the
+    /// settlement a rotation waits for stays a few milliseconds.
     pub(super) fn settle_background(&mut self) -> Result<()> {
         let frags = self.sh.overlay.read().frags();
-        if frags > SETTLE_LOW {
+        // Rotations come when the memtable reaches its budget or the log
+        // its replay budget (maint/mod.rs).
+        let nearly_full = self.sh.map.active_bytes() * 4 >= self.sh.memtable_budget * 3
+            || self.log_since_replay * 4 >= self.sh.cfg.replay_budget * 3;
+        let low = if nearly_full {
+            SETTLE_BEFORE_ROTATION
+        } else {
+            SETTLE_LOW
+        };
+        if frags > low {
             self.settle_some(SETTLE_STEP)?;
         }
         Ok(())
