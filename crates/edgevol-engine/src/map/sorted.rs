@@ -97,9 +97,14 @@ impl Run {
             b = self.cached(leaf, cache, reader)?;
             leaf_kind(self, leaf, &b)?;
             i = 0;
-            // Every key of this leaf is above the previous ones, so `lo`
-            // lies at its start.
-            cur.at = Some((leaf, b.clone(), 0, *lo));
+            // A later scan may continue here only from this leaf's first
+            // key on: a scan from below it starts in an earlier leaf.
+            if b.len() > 0 {
+                let first = b.leaf_key(0).map_err(|e| self.damaged(leaf, e))?;
+                cur.at = Some((leaf, b.clone(), 0, first));
+            } else {
+                cur.at = None;
+            }
         }
     }
 }
@@ -153,9 +158,15 @@ mod tests {
         let mut x = 0u64;
         let mut step = 1u64;
         let mut seen = 0usize;
-        for round in 0..400u64 {
-            let lo = if round % 97 == 96 { x / 2 } else { x };
-            let n = 1 + round % 40;
+        for round in 0..600u64 {
+            // Mostly ascending; the same range again (as settlement
+            // scans a chunk once more), sometimes a step back.
+            let lo = match round % 97 {
+                96 => x / 2,
+                r if r % 5 == 0 => x.saturating_sub(step + 40),
+                _ => x,
+            };
+            let n = 1 + (round * 13) % 200;
             let (a, b) = (Key::lower(1, lo), Key::lower(1, lo + n));
             let mut fresh = Vec::new();
             run.scan(&a, &b, usize::MAX, &mut fresh, &cache, &mem)

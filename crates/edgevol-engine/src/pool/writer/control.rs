@@ -73,8 +73,12 @@ impl Writer {
                 }
             }
             MaintOp::Rotate(done) => {
-                let r = Ok(self.rotate());
-                complete(done, r);
+                // A large overlay is settled over the next rounds first
+                // (settle.rs: `advance_rotation`), not in one stall.
+                if let Some(old) = self.rotate_waiter.replace(done) {
+                    complete(old, Ok(None));
+                }
+                self.advance_rotation();
             }
             MaintOp::InstallFlush(run, done) => {
                 let r = self.install_flush(Some(run)).await;
@@ -115,6 +119,15 @@ impl Writer {
                 complete(done, r);
             }
             MaintOp::FailStalled => {
+                if !self.sh.overlay.read().is_empty() {
+                    // The cleaner judged on counters that pending
+                    // overwrites still inflate: settle, let it look again.
+                    if let Err(e) = self.settle_all() {
+                        self.poison(&e);
+                    }
+                    self.sh.wake_maintenance();
+                    return false;
+                }
                 let waiting = std::mem::take(&mut self.space_waiters);
                 for job in std::mem::take(&mut self.stalled).into_iter().chain(waiting) {
                     fail(

@@ -145,6 +145,8 @@ pub(crate) struct Writer {
     settle_cursor: (u32, u64),
     /// The runs' positions of settlement's ascending scans.
     settle_scan: crate::map::SortedScan,
+    /// A memtable rotation waiting for the overlay to be settled.
+    rotate_waiter: Option<Done<Option<Arc<crate::map::Memtable>>>>,
 }
 
 fn complete<T>(done: Done<T>, r: Result<T>) {
@@ -197,6 +199,7 @@ impl Writer {
             spare: Vec::new(),
             settle_cursor: (0, 0),
             settle_scan: Default::default(),
+            rotate_waiter: None,
         }
     }
 
@@ -212,6 +215,14 @@ impl Writer {
         self.publish();
         *self.sh.writer_thread.lock() = Some(std::thread::current().id());
         loop {
+            if self.rotate_waiter.is_some() && !self.can_take_data() {
+                // Maintenance waits for this rotation: no round may wait
+                // for maintenance before it is done.
+                if let Some(done) = self.rotate_waiter.take() {
+                    complete(done, Ok(self.rotate()));
+                }
+            }
+            self.advance_rotation();
             // Idle: settle pending blind writes a step at a time, giving
             // the thread back between steps (a reactor's other tasks).
             if data_rx.is_empty()
@@ -269,6 +280,7 @@ impl Writer {
             if let Err(e) = self.settle_background() {
                 self.poison(&e);
             }
+            self.advance_rotation();
             if self.sh.map.active_bytes() >= self.sh.memtable_budget {
                 self.sh.wake_maintenance();
             }
@@ -277,6 +289,14 @@ impl Writer {
                 self.refill_next(STREAM_DATA);
                 self.streams[STREAM_DATA].next.is_none()
             };
+            if blocked && !self.sh.overlay.read().is_empty() {
+                // Waiting for a free segment: the cleaner chooses victims
+                // by live counts, which pending overwrites inflate.
+                if let Err(e) = self.settle_all() {
+                    self.poison(&e);
+                }
+                self.sh.wake_maintenance();
+            }
             self.sh.space_blocked.store(blocked, Ordering::Relaxed);
             if exit {
                 return;

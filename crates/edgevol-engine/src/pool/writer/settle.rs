@@ -24,6 +24,9 @@ const SETTLE_LOW: usize = 16 << 10;
 /// The low mark once the memtable is three quarters full.
 const SETTLE_BEFORE_ROTATION: usize = 1024;
 
+/// Fragments left when a waiting rotation settles the rest at once.
+const ROTATE_AT: usize = 128;
+
 /// Most chunks settled after one round (bounds the latency a round adds).
 const SETTLE_STEP: usize = 512;
 
@@ -70,6 +73,12 @@ impl Writer {
             Key::lower(l, c),
             Key::lower(l, c + CHUNK_BLOCKS),
         )?;
+        // The continued scan must read what a fresh one does (every test
+        // build checks it on every settlement).
+        debug_assert!(
+            entries == self.raw_scan(l, c, c + CHUNK_BLOCKS)?,
+            "sorted scan of chunk {c} of lineage {l} differs from a fresh one"
+        );
         let mut all = ChunkChanges::default();
         let mut delta: i64 = 0;
         for p in &frags {
@@ -167,6 +176,24 @@ impl Writer {
             self.settle_some(SETTLE_STEP)?;
         }
         Ok(())
+    }
+
+    /// A rotation was asked for: settle a step, and rotate once little
+    /// is left (the rotation settles the rest at once).
+    pub(super) fn advance_rotation(&mut self) {
+        if self.rotate_waiter.is_none() {
+            return;
+        }
+        if self.sh.overlay.read().frags() > ROTATE_AT {
+            if let Err(e) = self.settle_some(SETTLE_STEP) {
+                self.poison(&e);
+            }
+        }
+        if self.poisoned.is_some() || self.sh.overlay.read().frags() <= ROTATE_AT {
+            if let Some(done) = self.rotate_waiter.take() {
+                super::complete(done, Ok(self.rotate()));
+            }
+        }
     }
 
     pub(super) fn add_referenced(&mut self, l: u32, delta: i64) {
