@@ -172,10 +172,8 @@ impl Writer {
         } else {
             SETTLE_LOW
         };
-        // Only the excess: about one round's writes, so every round pays
-        // a small, even share instead of an occasional large step.
         if frags > low {
-            self.settle_some((frags - low).min(SETTLE_STEP))?;
+            self.settle_some(SETTLE_STEP)?;
         }
         Ok(())
     }
