@@ -54,7 +54,7 @@ impl Run {
     ) -> Result<()> {
         let mut resumed = None;
         if let Some((leaf, b, pos, last)) = &cur.at {
-            if *lo >= *last && b.len() > 0 {
+            if *lo >= *last && !b.is_empty() {
                 let end = b
                     .leaf_key(b.len() - 1)
                     .map_err(|e| self.damaged(*leaf, e))?;
@@ -99,7 +99,7 @@ impl Run {
             i = 0;
             // A later scan may continue here only from this leaf's first
             // key on: a scan from below it starts in an earlier leaf.
-            if b.len() > 0 {
+            if !b.is_empty() {
                 let first = b.leaf_key(0).map_err(|e| self.damaged(leaf, e))?;
                 cur.at = Some((leaf, b.clone(), 0, first));
             } else {
