@@ -3,7 +3,9 @@
 //! counters and the referenced-data deltas. It runs for every batch
 //! written ([`Writer::apply_sealed`]) and for every batch recovery finds
 //! ([`Writer::replay_batch`]), so a recovered pool reaches exactly the
-//! state the running pool had.
+//! state the running pool had. A head write is applied blind (into the
+//! overlay, settled later: `settle.rs`); every other entry settles the
+//! chunks it reads first.
 //!
 //! Keeps invariant 1 (acknowledged writes survive) by being the one code
 //! path for running and replay; invariant 3 (zeroes, no foreign bytes) by

@@ -26,8 +26,9 @@
 //! [`ops`] (what it is asked), [`client`] (admitting and batching client
 //! ops), [`batch`] (a batch and its records), [`stream`] (filling, sealing
 //! and writing the streams' batches), [`apply`] (the state machine shared
-//! with replay), [`control`] (catalog changes and maintenance ops) and
-//! [`flush`] (map flushes, compaction, checkpoints).
+//! with replay), [`settle`] (settling blind head writes from the overlay),
+//! [`control`] (catalog changes and maintenance ops) and [`flush`] (map
+//! flushes, compaction, checkpoints).
 //!
 //! Keeps invariant 1 (acknowledged writes survive) by acknowledging a
 //! round's ops only after its batches are written and applied, and a flush
