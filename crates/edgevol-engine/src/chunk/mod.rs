@@ -37,7 +37,7 @@ mod edit;
 mod gc;
 mod relocate;
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 mod view;
 mod write;
 

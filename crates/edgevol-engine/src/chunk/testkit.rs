@@ -9,7 +9,7 @@ use crate::map::{DataRef, Key, Value};
 
 use super::{resolve, ChunkChanges, Piece};
 
-pub(super) fn rec(addr: u32, n: u8) -> DataRef {
+pub(crate) fn rec(addr: u32, n: u8) -> DataRef {
     DataRef {
         paddr: Paddr::new(SegId::new(0, 0), addr),
         stored_len: u32::from(n) * 4096,

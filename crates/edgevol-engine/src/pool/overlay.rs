@@ -237,21 +237,7 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::{Paddr, SegId};
-
-    fn rec(addr: u32, n: u8) -> DataRef {
-        DataRef {
-            paddr: Paddr::new(SegId::new(0, 0), addr),
-            stored_len: u32::from(n) * 4096,
-            rec_blocks: n,
-            rec_off: 0,
-            nblocks: n,
-            comp: 0,
-            enc: 0,
-            seal: None,
-            csums: (0..u32::from(n)).collect::<Vec<_>>().into(),
-        }
-    }
+    use crate::chunk::testkit::rec;
 
     fn pending(lineage: u32, lba: u64, n: u8, birth: u64, tag: u32) -> Pending {
         Pending {
