@@ -73,6 +73,8 @@ pub struct Counts {
     pub cuts_inside: std::collections::BTreeMap<String, u64>,
     /// Interrupted operations the pool recovered as not having happened.
     pub undone: u64,
+    /// Asynchronous device ops that completed late (out of order).
+    pub late_io_ops: u64,
 }
 
 /// A pool on simulated devices, the workload's model, and the checks.
@@ -89,6 +91,9 @@ pub struct Harness {
     counts: Counts,
     /// Devices made so far (names of replacements).
     made: usize,
+    /// Late, reordered completion of the engine's asynchronous I/O (as
+    /// io_uring's), drawn from this seed; None: every op completes at once.
+    late_io: Option<u64>,
     /// A replacement in progress: the old device's name and the position
     /// of the new one in `devs`. If a cut makes the pool forget it, the
     /// replacement is issued again after recovery, as an operator would.
@@ -123,6 +128,18 @@ fn read_all(v: &Volume, what: &str) -> Result<Vec<u8>, Failure> {
         .ctx(format!("read {what}"))
 }
 
+/// Device `d{i}` of `size` bytes on `rail`, its asynchronous I/O late
+/// by `late_io`'s draw (at most 3 polls: enough to reorder every op of a
+/// batch or a flush against the others).
+fn new_device(i: usize, size: u64, rail: &Arc<PowerRail>, late_io: Option<u64>) -> Arc<MemDevice> {
+    let d = Arc::new(MemDevice::new(format!("d{i}"), size));
+    d.attach_rail(rail.clone());
+    if let Some(seed) = late_io {
+        d.set_late_completions(seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15), 3);
+    }
+    d
+}
+
 fn block_of(buf: &[u8], lba: u64) -> &[u8] {
     &buf[(lba * BS) as usize..((lba + 1) * BS) as usize]
 }
@@ -132,14 +149,21 @@ impl Harness {
     /// (zstd, AES-256-GCM), so every path runs over packed and sealed
     /// records.
     pub fn new(layout: Layout) -> Result<Harness, Failure> {
+        Harness::with_io(layout, None)
+    }
+
+    /// As [`Harness::new`], with the engine's asynchronous device I/O
+    /// completing late and out of order (drawn from `seed`), as it does
+    /// through io_uring: the campaigns run the data path users run.
+    pub fn with_late_io(layout: Layout, seed: u64) -> Result<Harness, Failure> {
+        Harness::with_io(layout, Some(seed))
+    }
+
+    fn with_io(layout: Layout, late_io: Option<u64>) -> Result<Harness, Failure> {
         let (kind, n, size) = layout.group();
         let rail = Arc::new(PowerRail::default());
         let devs: Vec<Arc<MemDevice>> = (0..n)
-            .map(|i| {
-                let d = Arc::new(MemDevice::new(format!("d{i}"), size));
-                d.attach_rail(rail.clone());
-                d
-            })
+            .map(|i| new_device(i, size, &rail, late_io))
             .collect();
         let group = devs.iter().map(|d| d.clone() as Arc<dyn Device>).collect();
         let pool = Pool::create_groups(
@@ -180,6 +204,7 @@ impl Harness {
             cut_op: None,
             counts: Counts::default(),
             made: n,
+            late_io,
             replacing: None,
             latent: false,
             layout,
@@ -415,11 +440,11 @@ impl Harness {
         }
         let i = member % self.devs.len();
         let old = self.devs[i].clone();
-        let dev = Arc::new(MemDevice::new(format!("d{}", self.made), old.len()));
+        let dev = new_device(self.made, old.len(), &self.rail, self.late_io);
         self.made += 1;
-        dev.attach_rail(self.rail.clone());
         self.devs[i] = dev.clone();
         self.replacing = Some((old.describe(), i));
+        self.counts.late_io_ops += old.late_ops();
         self.pool()
             .replace_with(&old.describe(), dev)
             .ctx(format!("replace {}", old.describe()))?;
@@ -439,9 +464,8 @@ impl Harness {
         }
         let mut group: Vec<Arc<dyn Device>> = Vec::new();
         for _ in 0..n {
-            let d = Arc::new(MemDevice::new(format!("d{}", self.made), ADDED_DEVICE));
+            let d = new_device(self.made, ADDED_DEVICE, &self.rail, self.late_io);
             self.made += 1;
-            d.attach_rail(self.rail.clone());
             self.devs.push(d.clone());
             group.push(d);
         }
@@ -915,6 +939,7 @@ impl Harness {
         self.pool = Some(self.reopen()?);
         self.verify(&m, false)?;
         self.check_clean()?;
+        self.counts.late_io_ops += self.devs.iter().map(|d| d.late_ops()).sum::<u64>();
         Ok(self.counts)
     }
 }

@@ -81,18 +81,20 @@ pub fn run(cmd: TestCmd, json: bool) -> Result<()> {
                 "cuts_inside_operations": c.cuts_inside_ops,
                 "cuts_inside_by_operation": c.cuts_inside,
                 "interrupted_operations_undone": c.undone, "operations": c.ops,
+                "device_ops_completed_late": c.late_io_ops,
                 "blocks_written": c.blocks_written, "pools": r.pools,
                 "seconds": r.elapsed.as_secs_f64(), "failures": 0,
             })
         );
     } else {
         println!(
-            "{} cuts ({} inside an operation, {} interrupted operations undone), {} operations, {} blocks written, {} pools, {:.1} s: every recovery matched the model, pool check clean",
+            "{} cuts ({} inside an operation, {} interrupted operations undone), {} operations, {} blocks written, {} device ops completed late, {} pools, {:.1} s: every recovery matched the model, pool check clean",
             c.cuts,
             c.cuts_inside_ops,
             c.undone,
             c.ops,
             c.blocks_written,
+            c.late_io_ops,
             r.pools,
             r.elapsed.as_secs_f64()
         );

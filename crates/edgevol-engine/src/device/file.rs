@@ -8,17 +8,19 @@
 //! shared lock. File systems that refuse `O_DIRECT` fall back to buffered
 //! I/O with `fdatasync` on flush.
 //!
-//! Keeps invariant 1 (acknowledged writes survive: [`Device::flush`] is
+//! Keeps invariant 1 (acknowledged writes survive: [`Device::sync`] is
 //! `fdatasync`, with or without `O_DIRECT`) and invariant 7 (a device in
 //! use, missing, removed or of the wrong kind is a clear error; the
 //! health probe notices a device that went away).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use super::Device;
+use super::{done, Device, IoFuture, IoMode};
+use crate::buf::AlignedBuf;
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::BLOCK_U64;
 
@@ -205,6 +207,15 @@ impl FileDevice {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The ring an op in `mode` goes through: the calling thread's, for
+    /// asynchronous ops on a thread that has one (the data path).
+    fn ring(&self, mode: IoMode) -> Option<std::rc::Rc<edgevol_io::Ring>> {
+        match mode {
+            IoMode::Async => edgevol_io::current(),
+            IoMode::Blocking => None,
+        }
+    }
 }
 
 impl Device for FileDevice {
@@ -220,16 +231,53 @@ impl Device for FileDevice {
             .max(now))
     }
 
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+    fn read(&self, mut buf: AlignedBuf, offset: u64, mode: IoMode) -> IoFuture<'_, AlignedBuf> {
+        let Some(ring) = self.ring(mode) else {
+            return done(
+                self.file
+                    .read_exact_at(buf.as_mut_slice(), offset)
+                    .map(|()| buf),
+            );
+        };
+        let fd = self.file.as_raw_fd();
+        Box::pin(async move {
+            let want = buf.len();
+            let (res, b) = ring.read_at(fd, buf, offset).await;
+            let b = b.ok_or_else(|| io::Error::other("io_uring lost a read buffer"))?;
+            match res? {
+                n if n == want => Ok(b),
+                n => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("short read: {n} of {want} bytes"),
+                )),
+            }
+        })
     }
 
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.file.write_all_at(buf, offset)
+    fn write(&self, buf: AlignedBuf, offset: u64, mode: IoMode) -> IoFuture<'_, AlignedBuf> {
+        let Some(ring) = self.ring(mode) else {
+            return done(self.file.write_all_at(buf.as_slice(), offset).map(|()| buf));
+        };
+        let fd = self.file.as_raw_fd();
+        Box::pin(async move {
+            let want = buf.len();
+            match ring.write_at(fd, buf, offset).await {
+                (Ok(n), Some(b)) if n == want => Ok(b),
+                (Ok(n), _) => Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!("short write: {n} of {want} bytes"),
+                )),
+                (Err(e), _) => Err(e),
+            }
+        })
     }
 
-    fn flush(&self) -> io::Result<()> {
-        self.file.sync_data()
+    fn sync(&self, mode: IoMode) -> IoFuture<'_, ()> {
+        let Some(ring) = self.ring(mode) else {
+            return done(self.file.sync_data());
+        };
+        let fd = self.file.as_raw_fd();
+        Box::pin(async move { ring.fdatasync(fd).await.0.map(drop) })
     }
 
     fn describe(&self) -> String {
@@ -238,11 +286,6 @@ impl Device for FileDevice {
 
     fn is_block_device(&self) -> bool {
         self.block_device
-    }
-
-    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
-        use std::os::fd::AsRawFd;
-        Some(self.file.as_raw_fd())
     }
 
     fn probe(&self) -> io::Result<()> {

@@ -13,13 +13,17 @@
 //! crash), invariant 2 (every read is verified: corrupted bytes) and
 //! invariant 7 (a corrupt or failing device) can fail.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use parking_lot::Mutex;
 use rand::Rng;
 
-use super::Device;
+use super::{check_direct, Device, IoFuture, IoMode};
+use crate::buf::AlignedBuf;
 use crate::layout::BLOCK_U64;
 
 /// How a power cut treats each write that was not yet flushed.
@@ -117,6 +121,10 @@ struct MemInner {
     writes: u64,
     flushes: u64,
     rail: Option<Arc<PowerRail>>,
+    /// Late completion of asynchronous I/O: the draw, and the most polls.
+    late: Option<(rand::rngs::StdRng, u32)>,
+    /// Asynchronous ops that completed late.
+    late_ops: u64,
 }
 
 /// An in-memory device with a volatile write cache (for tests).
@@ -146,6 +154,8 @@ impl MemDevice {
                 writes: 0,
                 flushes: 0,
                 rail: None,
+                late: None,
+                late_ops: 0,
             }),
         }
     }
@@ -249,32 +259,41 @@ impl MemDevice {
     fn dead_error() -> io::Error {
         io::Error::other("device lost power")
     }
-
-    /// The rules O_DIRECT enforces, so memory-backed tests catch what a real
-    /// device would refuse: 4 KiB aligned memory, offset and length.
-    fn check_direct(buf: &[u8], offset: u64) -> io::Result<()> {
-        let b = BLOCK_U64 as usize;
-        if !(buf.as_ptr() as usize).is_multiple_of(b)
-            || !offset.is_multiple_of(BLOCK_U64)
-            || !buf.len().is_multiple_of(b)
-        {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
-        }
-        Ok(())
-    }
 }
 
-impl Device for MemDevice {
-    fn len(&self) -> u64 {
-        self.len.load(std::sync::atomic::Ordering::Acquire)
+impl MemDevice {
+    /// Make asynchronous I/O ([`IoMode::Async`]) complete late: each op
+    /// waits 0 to `max_polls` polls of its future (drawn from `seed`)
+    /// before it happens, so ops submitted together happen and complete
+    /// in any order, as io_uring's do. Blocking I/O still happens at once.
+    pub fn set_late_completions(&self, seed: u64, max_polls: u32) {
+        use rand::SeedableRng;
+        self.inner.lock().late = Some((rand::rngs::StdRng::seed_from_u64(seed), max_polls));
     }
 
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    /// Polls an op made now waits before it happens.
+    fn delay(&self, mode: IoMode) -> u32 {
+        let mut g = self.inner.lock();
+        let polls = match (mode, &mut g.late) {
+            (IoMode::Async, Some((rng, max))) => rng.random_range(0..=*max),
+            _ => 0,
+        };
+        g.late_ops += u64::from(polls > 0);
+        polls
+    }
+
+    /// Asynchronous ops that completed late so far
+    /// ([`MemDevice::set_late_completions`]).
+    pub fn late_ops(&self) -> u64 {
+        self.inner.lock().late_ops
+    }
+
+    fn read_now(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let g = self.inner.lock();
         if g.dead {
             return Err(Self::dead_error());
         }
-        Self::check_direct(buf, offset)?;
+        check_direct(buf, offset)?;
         if g.fail_reads {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
@@ -286,12 +305,12 @@ impl Device for MemDevice {
         Ok(())
     }
 
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+    fn write_now(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let mut g = self.inner.lock();
         if g.dead {
             return Err(Self::dead_error());
         }
-        Self::check_direct(buf, offset)?;
+        check_direct(buf, offset)?;
         if g.fail_writes {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
@@ -307,7 +326,7 @@ impl Device for MemDevice {
         Ok(())
     }
 
-    fn flush(&self) -> io::Result<()> {
+    fn sync_now(&self) -> io::Result<()> {
         let mut g = self.inner.lock();
         if g.dead {
             return Err(Self::dead_error());
@@ -326,6 +345,55 @@ impl Device for MemDevice {
         }
         Ok(())
     }
+}
+
+/// An op that happens when its future has been polled `polls` more times.
+struct Late<F> {
+    polls: u32,
+    op: Option<F>,
+}
+
+impl<T, F: FnOnce() -> io::Result<T> + Unpin> Future for Late<F> {
+    type Output = io::Result<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.polls > 0 {
+            self.polls -= 1;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let op = self.op.take().expect("a completed op is not polled again");
+        Poll::Ready(op())
+    }
+}
+
+impl Device for MemDevice {
+    fn len(&self) -> u64 {
+        self.len.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn read(&self, mut buf: AlignedBuf, offset: u64, mode: IoMode) -> IoFuture<'_, AlignedBuf> {
+        let op = move || self.read_now(buf.as_mut_slice(), offset).map(|()| buf);
+        Box::pin(Late {
+            polls: self.delay(mode),
+            op: Some(op),
+        })
+    }
+
+    fn write(&self, buf: AlignedBuf, offset: u64, mode: IoMode) -> IoFuture<'_, AlignedBuf> {
+        let op = move || self.write_now(buf.as_slice(), offset).map(|()| buf);
+        Box::pin(Late {
+            polls: self.delay(mode),
+            op: Some(op),
+        })
+    }
+
+    fn sync(&self, mode: IoMode) -> IoFuture<'_, ()> {
+        Box::pin(Late {
+            polls: self.delay(mode),
+            op: Some(move || self.sync_now()),
+        })
+    }
 
     fn describe(&self) -> String {
         format!("mem:{}", self.name)
@@ -339,10 +407,6 @@ impl Device for MemDevice {
             )),
             false => Ok(()),
         }
-    }
-
-    fn is_memory(&self) -> bool {
-        true
     }
 }
 
@@ -447,5 +511,46 @@ mod tests {
             nines > 0 && nines < 8,
             "expected a torn write, got {nines}/8 sectors"
         );
+    }
+
+    #[test]
+    fn late_completions_happen_in_any_order() {
+        let mut last = std::collections::BTreeSet::new();
+        for seed in 0..32 {
+            let d = MemDevice::new("t", 64 * 1024);
+            d.set_late_completions(seed, 3);
+            // Two writes of one block in flight together: whichever
+            // happens last is what the block holds.
+            let (a, b) = futures::executor::block_on(futures::future::join(
+                d.write(block(1), 0, IoMode::Async),
+                d.write(block(2), 0, IoMode::Async),
+            ));
+            a.unwrap();
+            b.unwrap();
+            let mut buf = block(0);
+            d.read_at(buf.as_mut_slice(), 0).unwrap();
+            last.insert(buf.as_slice()[0]);
+            // Blocking ops happen when made, late completions or not.
+            let mut f = d.write(block(3), 4096, IoMode::Blocking);
+            let cx = &mut Context::from_waker(std::task::Waker::noop());
+            assert!(f.as_mut().poll(cx).is_ready());
+        }
+        assert_eq!(last, [1, 2].into(), "both orders happen");
+    }
+
+    #[test]
+    fn a_late_write_happens_only_when_it_completes() {
+        let d = MemDevice::new("t", 64 * 1024);
+        d.set_late_completions(5, 1_000);
+        let mut f = d.write(block(7), 0, IoMode::Async);
+        let cx = &mut Context::from_waker(std::task::Waker::noop());
+        let mut buf = block(0);
+        while f.as_mut().poll(cx).is_pending() {
+            d.read_at(buf.as_mut_slice(), 0).unwrap();
+            assert_eq!(buf.as_slice()[0], 0, "not yet written");
+        }
+        d.read_at(buf.as_mut_slice(), 0).unwrap();
+        assert_eq!(buf.as_slice()[0], 7);
+        assert_eq!(d.io_counts().0, 1);
     }
 }

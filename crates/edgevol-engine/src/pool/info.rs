@@ -365,7 +365,7 @@ pub(crate) fn pool_status(sh: &Shared) -> PoolStatus {
     let usable = size.saturating_sub(reserve.total());
     let free = usable.saturating_sub(data);
     let raw_size = sh.vdevs.devices().map(|(_, m)| m.dev().len()).sum();
-    let poisoned = sh.poisoned.lock().clone();
+    let poisoned = sh.vdevs.poisoned();
     let devices = sh
         .vdevs
         .devices()

@@ -175,7 +175,7 @@ impl Pool {
             return Ok(());
         }
         let mut result = Ok(());
-        if clean && self.sh.poisoned.lock().is_none() {
+        if clean && self.sh.vdevs.poisoned().is_none() {
             result = maint::run_all(&self.sh, false);
             let (tx, rx) = futures::channel::oneshot::channel();
             if self

@@ -30,6 +30,7 @@ use super::writer::{DataOp, DiscardMode};
 use super::Shared;
 use crate::catalog::Chain;
 use crate::chunk::{self, Piece, PieceKind};
+use crate::device::IoMode;
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{Paddr, BLOCK, BLOCK_U64};
 use crate::map::{DataRef, Key};
@@ -457,7 +458,7 @@ async fn read_part(sh: &Shared, p: &Part) -> Result<ReadSeg> {
             let ok = |b: &[u8]| blocks_match(b, csums);
             let buf = sh
                 .vdevs
-                .read_verified(at.seg, u64::from(at.offset), len, true, &ok)
+                .read_verified(at.seg, u64::from(at.offset), len, IoMode::Async, &ok)
                 .await
                 .map_err(|e| data_error(sh, *at, e))?;
             Ok(ReadSeg::Data(Bytes::from_owner(buf)))
@@ -482,7 +483,13 @@ async fn read_part(sh: &Shared, p: &Part) -> Result<ReadSeg> {
             let ok = |b: &[u8]| b.get(lo..lo + n).map(crc32c::crc32c) == want;
             let mut buf = sh
                 .vdevs
-                .read_verified(d.paddr.seg, start, (end - start) as usize, true, &ok)
+                .read_verified(
+                    d.paddr.seg,
+                    start,
+                    (end - start) as usize,
+                    IoMode::Async,
+                    &ok,
+                )
                 .await
                 .map_err(|e| data_error(sh, d.paddr, e))?;
             let stored = &mut buf.as_mut_slice()[lo..lo + d.stored_len as usize];

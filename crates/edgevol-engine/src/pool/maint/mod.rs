@@ -80,7 +80,7 @@ pub(crate) fn run(sh: Arc<Shared>) {
         if sh.closing.load(Ordering::SeqCst) {
             return;
         }
-        if sh.poisoned.lock().is_some() {
+        if sh.vdevs.poisoned().is_some() {
             continue;
         }
         let r = step(&sh, &mut last_flush);
@@ -203,6 +203,13 @@ pub(crate) fn settle(sh: &Shared) -> Result<()> {
 /// Flush the memtable, run pending GC; with `full`, until nothing is pending.
 pub(crate) fn run_all(sh: &Arc<Shared>, full: bool) -> Result<()> {
     let _g = sh.maint_lock.lock();
+    // A poisoned pool writes nothing more (vdev/write.rs).
+    if let Some(why) = sh.vdevs.poisoned() {
+        return Err(crate::error::Error::new(
+            crate::error::ErrorKind::Poisoned,
+            why,
+        ));
+    }
     if full {
         for _ in 0..4 {
             gc_pending(sh)?;

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use super::Vdevs;
-use crate::device::Device;
+use crate::buf::AlignedBuf;
+use crate::device::{done, Device, IoFuture, IoMode};
 use crate::error::{Error, Result};
 use crate::layout::SegId;
 
@@ -227,14 +228,14 @@ impl Device for Missing {
     fn len(&self) -> u64 {
         0
     }
-    fn read_at(&self, _: &mut [u8], _: u64) -> std::io::Result<()> {
-        Err(std::io::Error::from_raw_os_error(libc::ENXIO))
+    fn read(&self, _: AlignedBuf, _: u64, _: IoMode) -> IoFuture<'_, AlignedBuf> {
+        done(Err(std::io::Error::from_raw_os_error(libc::ENXIO)))
     }
-    fn write_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
-        Err(std::io::Error::from_raw_os_error(libc::ENXIO))
+    fn write(&self, _: AlignedBuf, _: u64, _: IoMode) -> IoFuture<'_, AlignedBuf> {
+        done(Err(std::io::Error::from_raw_os_error(libc::ENXIO)))
     }
-    fn flush(&self) -> std::io::Result<()> {
-        Err(std::io::Error::from_raw_os_error(libc::ENXIO))
+    fn sync(&self, _: IoMode) -> IoFuture<'_, ()> {
+        done(Err(std::io::Error::from_raw_os_error(libc::ENXIO)))
     }
     fn describe(&self) -> String {
         self.0.clone()

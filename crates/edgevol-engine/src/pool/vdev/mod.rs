@@ -40,10 +40,9 @@ use parking_lot::Mutex;
 
 use super::raid::Geometry;
 use crate::buf::AlignedBuf;
-use crate::device::Device;
+use crate::device::{Device, IoMode};
 use crate::error::{Error, Result};
 use crate::format::label::PoolLayout;
-use crate::layout::SegId;
 
 use member::Missing;
 pub use member::{DevStats, Member, MemberDev, MemberState};
@@ -183,57 +182,30 @@ pub struct Vdevs {
     pub name: String,
     /// The layout as the labels record it, and its generation (txg).
     pub layout: Mutex<(PoolLayout, u64)>,
+    /// Why the pool stopped taking writes (see [`Vdevs::poison`]).
+    poisoned: Mutex<Option<String>>,
+    /// Set with `poisoned`: the check every write makes, without a lock.
+    is_poisoned: std::sync::atomic::AtomicBool,
 }
 
-/// One device I/O.
+/// Read `len` bytes at device offset `at`.
 async fn dev_read(
     dev: &Arc<dyn Device>,
     at: u64,
     len: usize,
-    ring: bool,
+    io: IoMode,
 ) -> std::io::Result<AlignedBuf> {
-    let buf = AlignedBuf::zeroed(len);
-    match (ring.then(edgevol_io::current).flatten(), dev.raw_fd()) {
-        (Some(r), Some(fd)) => {
-            let (res, b) = r.read_at(fd, buf, at).await;
-            let b = b.ok_or_else(|| std::io::Error::other("io_uring lost a read buffer"))?;
-            match res {
-                Ok(n) if n == len => Ok(b),
-                Ok(n) => Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!("short read: {n} of {len} bytes"),
-                )),
-                Err(e) => Err(e),
-            }
-        }
-        _ => {
-            let mut buf = buf;
-            dev.read_at(buf.as_mut_slice(), at)?;
-            Ok(buf)
-        }
-    }
+    dev.read(AlignedBuf::zeroed(len), at, io).await
 }
 
+/// Write `buf` at device offset `at`; gives the buffer back.
 async fn dev_write(
     dev: &Arc<dyn Device>,
     at: u64,
     buf: AlignedBuf,
-    ring: bool,
+    io: IoMode,
 ) -> std::io::Result<AlignedBuf> {
-    match (ring.then(edgevol_io::current).flatten(), dev.raw_fd()) {
-        (Some(r), Some(fd)) => {
-            let want = buf.len();
-            match r.write_at(fd, buf, at).await {
-                (Ok(n), Some(b)) if n == want => Ok(b),
-                (Ok(n), _) => Err(std::io::Error::new(
-                    std::io::ErrorKind::WriteZero,
-                    format!("short write: {n} of {want} bytes"),
-                )),
-                (Err(e), _) => Err(e),
-            }
-        }
-        _ => dev.write_at(buf.as_slice(), at).map(|()| buf),
-    }
+    dev.write(buf, at, io).await
 }
 
 fn aligned(data: &[u8]) -> AlignedBuf {
@@ -242,7 +214,7 @@ fn aligned(data: &[u8]) -> AlignedBuf {
     b
 }
 
-/// Run a future made of blocking I/O only (`ring == false`) to completion
+/// Run a future made of blocking I/O only ([`IoMode::Blocking`]) to completion
 /// on this thread. Such futures never wait, so one poll finishes them; no
 /// executor is entered, so this works inside another executor's task.
 fn run_sync<F: std::future::Future>(f: F) -> F::Output {
@@ -254,11 +226,6 @@ fn run_sync<F: std::future::Future>(f: F) -> F::Output {
         }
         std::thread::yield_now();
     }
-}
-
-/// Does the calling thread have an io_uring to use?
-fn has_ring() -> bool {
-    edgevol_io::current().is_some()
 }
 
 impl Vdevs {
@@ -297,15 +264,9 @@ impl Vdevs {
             segment_size: layout.segment_size,
             name: name.to_string(),
             layout: Mutex::new((layout.clone(), 1)),
+            poisoned: Mutex::new(None),
+            is_poisoned: false.into(),
         })
-    }
-
-    /// True if I/O on this segment completes inline (memory devices).
-    pub fn is_memory(&self, seg: SegId) -> bool {
-        self.group(seg)
-            .ok()
-            .and_then(|g| g.members.first())
-            .is_none_or(|m| m.dev().is_memory())
     }
 
     /// True if a member's device is `name` (as `Device::describe` says).

@@ -7,8 +7,9 @@
 use std::sync::atomic::Ordering;
 
 use super::addr::{place, span_blocks};
-use super::{dev_read, has_ring, run_sync, Group, Vdevs};
+use super::{dev_read, run_sync, Group, Vdevs};
 use crate::buf::AlignedBuf;
+use crate::device::IoMode;
 use crate::error::{Error, Result};
 use crate::layout::{SegId, BLOCK};
 use crate::pool::raid;
@@ -22,7 +23,7 @@ impl Vdevs {
         seg: SegId,
         off: u64,
         len: usize,
-        ring: bool,
+        io: IoMode,
         avoid: &[usize],
     ) -> Result<(AlignedBuf, Vec<usize>)> {
         let gi = seg.group as usize;
@@ -42,7 +43,7 @@ impl Vdevs {
                     continue;
                 }
                 let at = self.slot_offset(g, seg, 0) + off;
-                match dev_read(&mem.dev(), at, len, ring).await {
+                match dev_read(&mem.dev(), at, len, io).await {
                     Ok(b) => return Ok((b, vec![m])),
                     Err(e) => {
                         mem.stats.read_errors.fetch_add(1, Ordering::Relaxed);
@@ -67,7 +68,7 @@ impl Vdevs {
             if let Some((r, rows)) = g.geo.column_rows(c, b0, b1) {
                 let m = g.geo.member_of(seg.index, c);
                 if avoid.contains(&m) || !g.members[m].readable() {
-                    let out = self.reconstruct_span(seg, off, len, ring, &[m]).await?;
+                    let out = self.reconstruct_span(seg, off, len, io, &[m]).await?;
                     return Ok((out, Vec::new()));
                 }
                 plan.push((c, m, r, rows));
@@ -76,7 +77,7 @@ impl Vdevs {
         let reads = plan.iter().map(|&(_, m, r, rows)| {
             let dev = g.members[m].dev();
             let at = self.slot_offset(g, seg, r);
-            async move { dev_read(&dev, at, rows as usize * BLOCK, ring).await }
+            async move { dev_read(&dev, at, rows as usize * BLOCK, io).await }
         });
         let got = futures::future::join_all(reads).await;
         let mut failed = Vec::new();
@@ -96,7 +97,7 @@ impl Vdevs {
             }
         }
         if !failed.is_empty() {
-            let out = self.reconstruct_span(seg, off, len, ring, &failed).await?;
+            let out = self.reconstruct_span(seg, off, len, io, &failed).await?;
             return Ok((out, Vec::new()));
         }
         let mut out = AlignedBuf::zeroed(len);
@@ -118,10 +119,10 @@ impl Vdevs {
         seg: SegId,
         off: u64,
         len: usize,
-        ring: bool,
+        io: IoMode,
         erased: &[usize],
     ) -> Result<AlignedBuf> {
-        let (r0, rows, cols) = self.rebuild_rows(seg, off, len, ring, erased).await?;
+        let (r0, rows, cols) = self.rebuild_rows(seg, off, len, io, erased).await?;
         let g = self.group(seg)?;
         let mut out = AlignedBuf::zeroed(len);
         let o = out.as_mut_slice();
@@ -144,7 +145,7 @@ impl Vdevs {
         seg: SegId,
         off: u64,
         len: usize,
-        ring: bool,
+        io: IoMode,
         erased: &[usize],
     ) -> Result<(u64, u64, Vec<Option<Vec<u8>>>)> {
         let gi = seg.group as usize;
@@ -161,7 +162,7 @@ impl Vdevs {
                 if skip {
                     return None;
                 }
-                Some(dev_read(&dev, at, rows as usize * BLOCK, ring).await)
+                Some(dev_read(&dev, at, rows as usize * BLOCK, io).await)
             }
         });
         let got = futures::future::join_all(reads).await;
@@ -187,19 +188,18 @@ impl Vdevs {
     /// Read `len` bytes at `off` of `seg`, checked by `verify`; a copy that
     /// fails the check or cannot be read is replaced by another copy or a
     /// rebuild that passes it, which is then written over the bad copy.
-    /// `ring`: use the calling thread's io_uring (false: blocking I/O).
+    /// `io`: how the device I/O may complete ([`IoMode`]).
     pub async fn read_verified(
         &self,
         seg: SegId,
         off: u64,
         len: usize,
-        ring: bool,
+        io: IoMode,
         verify: &(dyn Fn(&[u8]) -> bool + Sync),
     ) -> Result<AlignedBuf> {
         self.check_span(seg, off, len)?;
-        let ring = ring && has_ring();
         let g = self.group(seg)?;
-        let first = self.read_primary(seg, off, len, ring, &[]).await;
+        let first = self.read_primary(seg, off, len, io, &[]).await;
         let bad = match first {
             Ok((b, _)) if verify(b.as_slice()) => return Ok(b),
             Ok((_, used)) => used,
@@ -213,21 +213,15 @@ impl Vdevs {
                     continue;
                 }
                 let Ok((b, _)) = self
-                    .read_primary(seg, off, len, ring, &[bad.clone(), others(g, m)].concat())
+                    .read_primary(seg, off, len, io, &[bad.clone(), others(g, m)].concat())
                     .await
                 else {
                     continue;
                 };
                 if verify(b.as_slice()) {
                     for &x in &bad {
-                        self.heal(
-                            seg,
-                            x,
-                            self.slot_offset(g, seg, 0) + off,
-                            b.as_slice(),
-                            ring,
-                        )
-                        .await;
+                        self.heal(seg, x, self.slot_offset(g, seg, 0) + off, b.as_slice(), io)
+                            .await;
                     }
                     return Ok(b);
                 }
@@ -236,8 +230,7 @@ impl Vdevs {
             let (b0, b1) = span_blocks(off, len);
             let holders: Vec<usize> = (0..g.members.len()).collect();
             for set in erasure_sets(&holders, g.geo.p) {
-                let Ok((r0, rows, cols)) = self.rebuild_rows(seg, off, len, ring, &set).await
-                else {
+                let Ok((r0, rows, cols)) = self.rebuild_rows(seg, off, len, io, &set).await else {
                     continue;
                 };
                 let mut out = AlignedBuf::zeroed(len);
@@ -256,7 +249,7 @@ impl Vdevs {
                     for &m in &set {
                         if let Some(col) = &cols[g.geo.column_of(seg.index, m)] {
                             let at = self.slot_offset(g, seg, r0);
-                            self.heal(seg, m, at, col, ring).await;
+                            self.heal(seg, m, at, col, io).await;
                         }
                     }
                     return Ok(out);
@@ -288,7 +281,7 @@ impl Vdevs {
         buf: &mut [u8],
         verify: &(dyn Fn(&[u8]) -> bool + Sync),
     ) -> Result<()> {
-        let b = run_sync(self.read_verified(seg, off, buf.len(), false, verify))?;
+        let b = run_sync(self.read_verified(seg, off, buf.len(), IoMode::Blocking, verify))?;
         buf.copy_from_slice(b.as_slice());
         Ok(())
     }
@@ -302,10 +295,10 @@ impl Vdevs {
         let len = out.len().div_ceil(BLOCK) * BLOCK;
         self.check_span(seg, off, len)?;
         let b = if g.geo.is_parity() {
-            run_sync(self.reconstruct_span(seg, off, len, false, &[v]))?
+            run_sync(self.reconstruct_span(seg, off, len, IoMode::Blocking, &[v]))?
         } else {
             let avoid: Vec<usize> = (0..g.members.len()).filter(|&m| m != v).collect();
-            run_sync(self.read_primary(seg, off, len, false, &avoid))?.0
+            run_sync(self.read_primary(seg, off, len, IoMode::Blocking, &avoid))?.0
         };
         out.copy_from_slice(&b.as_slice()[..out.len()]);
         Ok(())
@@ -315,7 +308,7 @@ impl Vdevs {
     /// through the calling thread's io_uring if it has one (the data path),
     /// else with a blocking read. Unverified.
     pub async fn read_owned(&self, seg: SegId, off: u64, buf: AlignedBuf) -> Result<AlignedBuf> {
-        self.read_verified(seg, off, buf.len(), true, &|_| true)
+        self.read_verified(seg, off, buf.len(), IoMode::Async, &|_| true)
             .await
     }
 }

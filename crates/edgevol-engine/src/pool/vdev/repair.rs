@@ -8,20 +8,21 @@ use std::sync::atomic::Ordering;
 
 use super::{aligned, dev_read, dev_write, run_sync, Vdevs};
 use crate::buf::AlignedBuf;
+use crate::device::IoMode;
 use crate::error::{Error, Result};
 use crate::layout::SegId;
 use crate::pool::raid;
 
 impl Vdevs {
     /// Write `data` (known good) over member `m`'s copy at device offset `at`.
-    pub(super) async fn heal(&self, seg: SegId, m: usize, at: u64, data: &[u8], ring: bool) {
+    pub(super) async fn heal(&self, seg: SegId, m: usize, at: u64, data: &[u8], io: IoMode) {
         let g = &self.groups[seg.group as usize];
         let mem = &g.members[m];
         mem.stats.checksum_errors.fetch_add(1, Ordering::Relaxed);
-        if !mem.writable() {
+        if !mem.writable() || self.poisoned().is_some() {
             return;
         }
-        match dev_write(&mem.dev(), at, aligned(data), ring).await {
+        match dev_write(&mem.dev(), at, aligned(data), io).await {
             Ok(_) => {
                 mem.stats
                     .repaired_bytes
@@ -59,8 +60,9 @@ impl Vdevs {
             .sum();
         if g.geo.is_parity() {
             // Data first (heals through the rebuild path if need be).
-            run_sync(self.read_verified(seg, off, len, false, verify))?;
-            let (r0, rows, cols) = run_sync(self.rebuild_rows(seg, off, len, false, &[]))?;
+            run_sync(self.read_verified(seg, off, len, IoMode::Blocking, verify))?;
+            let (r0, rows, cols) =
+                run_sync(self.rebuild_rows(seg, off, len, IoMode::Blocking, &[]))?;
             let data: Vec<&[u8]> = cols[..g.geo.k]
                 .iter()
                 .map(|c| c.as_deref().unwrap_or(&[]))
@@ -81,7 +83,7 @@ impl Vdevs {
                 if !mem.readable() {
                     continue;
                 }
-                match run_sync(dev_read(&mem.dev(), at, len, false)) {
+                match run_sync(dev_read(&mem.dev(), at, len, IoMode::Blocking)) {
                     Ok(b) if verify(b.as_slice()) => {
                         good.get_or_insert(b);
                     }
@@ -104,10 +106,10 @@ impl Vdevs {
                 )));
             };
             for m in bad {
-                run_sync(self.heal(seg, m, at, good.as_slice(), false));
+                run_sync(self.heal(seg, m, at, good.as_slice(), IoMode::Blocking));
             }
         } else {
-            run_sync(self.read_verified(seg, off, len, false, verify))?;
+            run_sync(self.read_verified(seg, off, len, IoMode::Blocking, verify))?;
         }
         let after: u64 = g
             .members
@@ -127,7 +129,7 @@ impl Vdevs {
             r0 * row,
             (rows * row).min(self.segment_size - r0 * row) as usize,
         );
-        let (r0, _, cols) = run_sync(self.rebuild_rows(seg, off, len, false, &[]))?;
+        let (r0, _, cols) = run_sync(self.rebuild_rows(seg, off, len, IoMode::Blocking, &[]))?;
         let data: Vec<&[u8]> = cols[..g.geo.k]
             .iter()
             .map(|c| c.as_deref().unwrap_or(&[]))
@@ -139,7 +141,7 @@ impl Vdevs {
                 continue;
             }
             let m = g.geo.member_of(seg.index, g.geo.k + i);
-            run_sync(self.heal(seg, m, self.slot_offset(g, seg, r0), p, false));
+            run_sync(self.heal(seg, m, self.slot_offset(g, seg, r0), p, IoMode::Blocking));
             fixed += p.len() as u64;
         }
         Ok(fixed)
@@ -155,13 +157,14 @@ impl Vdevs {
         while off < bytes {
             let len = step.min(self.segment_size - off) as usize;
             let (at, data) = if g.geo.is_parity() {
-                let (r0, _, cols) = run_sync(self.rebuild_rows(seg, off, len, false, &[m]))?;
+                let (r0, _, cols) =
+                    run_sync(self.rebuild_rows(seg, off, len, IoMode::Blocking, &[m]))?;
                 let col = cols[g.geo.column_of(seg.index, m)]
                     .clone()
                     .ok_or_else(|| Error::corrupt("rebuild left a column empty"))?;
                 (self.slot_offset(g, seg, r0), col)
             } else {
-                let (b, _) = run_sync(self.read_primary(seg, off, len, false, &[m]))?;
+                let (b, _) = run_sync(self.read_primary(seg, off, len, IoMode::Blocking, &[m]))?;
                 (self.slot_offset(g, seg, 0) + off, b.as_slice().to_vec())
             };
             g.members[m]

@@ -374,15 +374,10 @@ impl Writer {
         }
     }
 
+    /// Stop taking writes (the whole pool: `Vdevs::poison`).
     fn poison(&mut self, e: &Error) {
         if self.poisoned.is_none() {
-            tracing::error!(pool = %self.sh.name, error = %e, "pool stopped accepting writes after an I/O failure");
-            let msg = format!(
-                "pool {} stopped accepting writes after an earlier failure: {e}",
-                self.sh.name
-            );
-            self.poisoned = Some(msg.clone());
-            *self.sh.poisoned.lock() = Some(msg);
+            self.poisoned = Some(self.sh.vdevs.poison(e));
         }
     }
 
