@@ -113,6 +113,9 @@ fn config() -> PoolConfig {
         // a seed replays the same device operations.
         background: false,
         scan_threads: 1,
+        // Race the settler thread against the writer on every write (it
+        // does no device I/O: the device operations of a seed stay).
+        settle_low: 0,
         ..PoolConfig::default()
     }
 }

@@ -29,6 +29,16 @@ pub struct PoolConfig {
     /// Run the maintenance thread (flushes, compaction, cleaner, GC).
     /// Tests turn it off to drive maintenance by hand.
     pub background: bool,
+    /// Settle blind writes on a thread of their own (`settler.rs`), off
+    /// the writer's thread. Default on, with or without `background`
+    /// (settling does no device I/O, so power-cut campaigns keep their
+    /// device operations); off, the writer settles after its rounds.
+    pub settler_thread: bool,
+    /// Fragments the settler thread leaves pending (it sleeps below), so
+    /// writes to one chunk close together are settled together. Default
+    /// 1024; tests set 0 to race the settler against the writer on every
+    /// write.
+    pub settle_low: usize,
     /// Bound on queued client ops (back-pressure). Default 1024.
     pub queue_depth: usize,
     /// Threads a scrub reads with. Default 4; 1 makes a scrub's device
@@ -51,6 +61,8 @@ impl Default for PoolConfig {
             flush_interval: Duration::from_secs(30),
             replay_budget: 512 << 20,
             background: true,
+            settler_thread: true,
+            settle_low: 1024,
             queue_depth: 1024,
             scan_threads: 4,
             health_interval: Duration::from_secs(1),

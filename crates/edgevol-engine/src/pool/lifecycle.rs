@@ -192,6 +192,7 @@ impl Pool {
         self.sh.data_tx.close();
         self.sh.maint_tx.close();
         self.sh.wake_maintenance();
+        super::settler::wake(&self.sh);
         if let Some(done) = self.writer_done.lock().take() {
             // Returns once the writer dropped its end (it has finished).
             let _ = done.recv();
@@ -267,6 +268,16 @@ pub(super) fn start(
             Ok(t) => threads.push(t),
             Err(e) => tracing::error!(error = %e, "cannot start the writer thread"),
         },
+    }
+    if sh.cfg.settler_thread {
+        let s2 = sh.clone();
+        match std::thread::Builder::new()
+            .name(format!("ev-settle-{name}"))
+            .spawn(move || super::settler::run(s2))
+        {
+            Ok(t) => threads.push(t),
+            Err(e) => tracing::error!(error = %e, "cannot start the settler thread"),
+        }
     }
     if sh.cfg.background {
         let s2 = sh.clone();

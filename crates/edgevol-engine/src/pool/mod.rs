@@ -33,6 +33,7 @@ mod open;
 mod overlay;
 pub mod raid;
 mod scrub;
+mod settler;
 mod shared;
 pub mod space;
 mod subblock;

@@ -113,10 +113,16 @@ impl Overlay {
         self.chunks.get(&key).cloned()
     }
 
-    /// Forget chunk `key` (its fragments were settled).
-    pub(crate) fn remove(&mut self, key: (u32, u64)) {
-        if let Some(v) = self.chunks.remove(&key) {
-            self.frags -= v.len();
+    /// Forget the first `n` fragments of chunk `key` (they were settled;
+    /// the writer may have appended more since).
+    pub(crate) fn remove_settled(&mut self, key: (u32, u64), n: usize) {
+        if let Some(v) = self.chunks.get_mut(&key) {
+            let n = n.min(v.len());
+            v.drain(..n);
+            self.frags -= n;
+            if v.is_empty() {
+                self.chunks.remove(&key);
+            }
         }
     }
 
@@ -288,8 +294,24 @@ mod tests {
         assert_eq!(o.range(&Key::lower(1, 5), &Key::new(1, 16, 1)).len(), 2);
         assert_eq!(o.chunks_in(1, 0, 100), vec![(1, 0), (1, 16)]);
         assert_eq!(o.next_chunk((1, 1)), Some((1, 16)));
-        o.remove((1, 16));
+        o.remove_settled((1, 16), 1);
         assert_eq!(o.frags(), 2);
         assert_eq!(o.next_chunk((1, 1)), Some((2, 0)));
+    }
+
+    #[test]
+    fn only_settled_fragments_are_dropped() {
+        // A settler took two fragments of a chunk; the writer appended a
+        // third meanwhile: it stays pending.
+        let mut o = Overlay::default();
+        o.push(pending(1, 0, 1, 1, 1));
+        o.push(pending(1, 1, 1, 1, 2));
+        let taken = o.chunk((1, 0)).unwrap().len();
+        o.push(pending(1, 2, 1, 1, 3));
+        o.remove_settled((1, 0), taken);
+        let left = o.chunk((1, 0)).expect("the appended fragment");
+        assert_eq!((left.len(), left[0].lba, o.frags()), (1, 2, 1));
+        o.remove_settled((1, 0), 1);
+        assert!(o.is_empty() && o.frags() == 0);
     }
 }

@@ -70,6 +70,11 @@ pub(crate) struct Shared {
     pub(crate) lineage_delta: Mutex<BTreeMap<u32, i64>>,
     pub(crate) space_blocked: AtomicBool,
     pub(crate) maint_wake: (Mutex<bool>, Condvar),
+    /// Held while a chunk is settled, by the writer or the settler thread
+    /// (reentrant: settling a chunk settles its ancestors' first).
+    pub(crate) settle_lock: parking_lot::ReentrantMutex<()>,
+    /// Wakes the settler thread.
+    pub(crate) settle_wake: (Mutex<bool>, Condvar),
     pub(crate) closing: AtomicBool,
     pub(crate) maint_status: Mutex<maint::MaintStatus>,
     /// Serialises maintenance work between the background thread and callers.
@@ -196,6 +201,8 @@ pub(super) fn shared(
         lineage_delta: Mutex::new(BTreeMap::new()),
         space_blocked: AtomicBool::new(false),
         maint_wake: (Mutex::new(false), Condvar::new()),
+        settle_lock: parking_lot::ReentrantMutex::new(()),
+        settle_wake: (Mutex::new(false), Condvar::new()),
         closing: AtomicBool::new(false),
         maint_status: Mutex::new(maint::MaintStatus::default()),
         maint_lock: Mutex::new(()),

@@ -15,6 +15,8 @@ pub fn cfg() -> PoolConfig {
         memtable_bytes: 256 * 1024,
         cache_bytes: 4 * MIB,
         background: false,
+        // Race the settler thread against the writer on every write.
+        settle_low: 0,
         ..PoolConfig::default()
     }
 }

@@ -37,6 +37,10 @@ pub(super) fn reclaimable_bytes(sh: &Shared) -> u64 {
 /// Clean up to `max` segments whose utilisation is below `max_util`.
 pub(crate) fn clean(sh: &Shared, max: usize, max_util: f64) -> Result<u64> {
     let _g = sh.maint_lock.lock();
+    // Victims are chosen by live counts, which pending overwrites inflate:
+    // settle first, so the choice does not depend on how far the settler
+    // thread got (power-cut campaigns replay the same device operations).
+    super::settle(sh)?;
     let n = clean_locked(sh, max, max_util.min(MAX_VICTIM_UTIL))?;
     flush_memtable(sh)?;
     Ok(n)

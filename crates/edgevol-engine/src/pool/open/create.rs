@@ -175,7 +175,6 @@ pub(crate) fn create(
         (log, 0),
         cref,
         replay,
-        BTreeMap::new(),
     );
     futures::executor::block_on(w.initial_checkpoint())?;
     tracing::info!(pool = name, segment_size = seg, "created pool");

@@ -219,7 +219,6 @@ pub(crate) fn import(devices: Vec<Arc<dyn Device>>, cfg: PoolConfig) -> Result<P
         ckpt_log,
         ck.counters.clone(),
         ck.replay.clone(),
-        counters.lineage_delta,
     );
     let replayed = replay(&sh, &mut w, &ck)?;
     // Blocking device I/O: import runs on a plain thread.

@@ -236,7 +236,6 @@ impl Writer {
         self.next_lsn += RECOVERY_LSN_SKIP;
         self.flushed_lsn = self.next_lsn - 1;
         *self.sh.catalog.write() = Arc::new(self.cat.clone());
-        *self.sh.lineage_delta.lock() = self.lineage_delta.clone();
         if replayed {
             // What was replayed is now in runs and the replay point moves past
             // it: a torn tail is never read again as if it had been flushed.

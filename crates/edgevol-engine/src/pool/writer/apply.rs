@@ -79,28 +79,7 @@ impl Writer {
     }
 
     pub(super) fn apply_changes(&mut self, c: ChunkChanges, new: Option<&DataRef>) {
-        if let Some(d) = new {
-            // The new record's share for the blocks actually referenced (a
-            // flatten copy may insert only some of them).
-            let blocks: u64 = c
-                .changes
-                .iter()
-                .filter_map(|(_, v)| v.as_ref().and_then(Value::data))
-                .filter(|x| x.paddr == d.paddr)
-                .map(|x| u64::from(x.nblocks))
-                .sum();
-            if blocks > 0 {
-                let (stored, logical) = chunk::live_share(d, blocks);
-                self.sh.segs.lock().add_live(d.paddr.seg, stored, logical);
-            }
-        }
-        if !c.freed.is_empty() {
-            let mut segs = self.sh.segs.lock();
-            for (p, fp, lg) in &c.freed {
-                segs.sub_live(p.seg, *fp, *lg);
-            }
-        }
-        self.sh.map.insert_all(c.changes);
+        super::super::settler::install(&self.sh, c, new);
     }
 
     /// Apply one log entry (running or replaying). Returns fragments relocated.
@@ -250,7 +229,7 @@ impl Writer {
             w = wend;
         }
 
-        self.add_referenced(l, delta);
+        super::super::settler::add_referenced(&self.sh, l, delta);
         self.mark_dirty(l, head.epoch);
         Ok(())
     }
@@ -277,21 +256,7 @@ impl Writer {
         lba: u64,
         n: u64,
     ) -> Result<Vec<chunk::Piece>> {
-        let head = chain.first().map(|s| s.lineage);
-        let sh = &self.sh;
-        chunk::resolve(chain, lba, n as u32, |l, f, t| {
-            if Some(l) == head {
-                return Ok(head_entries
-                    .iter()
-                    .filter(|(k, _)| k.lba >= f && k.lba < t)
-                    .cloned()
-                    .collect());
-            }
-            Ok(sh
-                .map
-                .scan(Key::lower(l, f), Key::lower(l, t), usize::MAX)?
-                .entries)
-        })
+        super::super::settler::resolve_with(&self.sh, chain, head_entries, lba, n)
     }
 
     /// The frozen views and the read chain of `(l, epoch)`, cached until
@@ -344,7 +309,13 @@ impl Writer {
             .lineages
             .get(&v.head)
             .map_or(0, |l| l.base_referenced);
-        let d = self.lineage_delta.get(&v.head).copied().unwrap_or(0);
+        let d = self
+            .sh
+            .lineage_delta
+            .lock()
+            .get(&v.head)
+            .copied()
+            .unwrap_or(0);
         (base + d).max(0) as u64
     }
 

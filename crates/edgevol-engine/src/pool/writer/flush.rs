@@ -37,7 +37,11 @@ impl Writer {
         if self.rotation.is_some() {
             return None;
         }
-        // A checkpoint covers settled state only (overlay.rs).
+        // A checkpoint covers settled state only (overlay.rs); no settler
+        // installs anything between the settlement and the counters'
+        // capture.
+        let sh = self.sh.clone();
+        let _settled = sh.settle_lock.lock();
         if let Err(e) = self.settle_all() {
             self.poison(&e);
             return None;
@@ -58,7 +62,7 @@ impl Writer {
             },
             counters: Counters {
                 segs: self.sh.segs.lock().snapshot(),
-                lineage_delta: self.lineage_delta.clone(),
+                lineage_delta: self.sh.lineage_delta.lock().clone(),
             },
             number: self.rotations,
         });

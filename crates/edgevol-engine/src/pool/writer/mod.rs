@@ -110,7 +110,6 @@ pub(crate) struct Writer {
     pub(crate) ckpt_log: (SegId, u32),
     pub(crate) counters_ref: BlobRef,
     pub(crate) replay: ReplayPoint,
-    pub(crate) lineage_delta: BTreeMap<u32, i64>,
     rotation: Option<Rotation>,
     rotations: u64,
     gc_done: Vec<(u32, u64)>,
@@ -142,10 +141,8 @@ pub(crate) struct Writer {
     sealed: Vec<Sealed>,
     /// Batch buffers to reuse.
     spare: Vec<AlignedBuf>,
-    /// Where background settlement of blind writes goes on (settle.rs).
-    settle_cursor: (u32, u64),
-    /// The runs' positions of settlement's ascending scans.
-    settle_scan: crate::map::SortedScan,
+    /// The writer's own settlement position (`settler.rs`).
+    settler: super::settler::Settler,
     /// A memtable rotation waiting for the overlay to be settled.
     rotate_waiter: Option<Done<Option<Arc<crate::map::Memtable>>>>,
 }
@@ -167,7 +164,6 @@ impl Writer {
         ckpt_log: (SegId, u32),
         counters_ref: BlobRef,
         replay: ReplayPoint,
-        lineage_delta: BTreeMap<u32, i64>,
     ) -> Writer {
         // The segment table is what the checkpoint references: settled.
         super::capacity::settle_metadata(&sh);
@@ -183,7 +179,6 @@ impl Writer {
             ckpt_log,
             counters_ref,
             replay,
-            lineage_delta,
             rotation: None,
             rotations: 0,
             gc_done: Vec::new(),
@@ -198,8 +193,7 @@ impl Writer {
             view_cache: (0, 0, 0, BTreeMap::new()),
             sealed: Vec::new(),
             spare: Vec::new(),
-            settle_cursor: (0, 0),
-            settle_scan: Default::default(),
+            settler: Default::default(),
             rotate_waiter: None,
         }
     }

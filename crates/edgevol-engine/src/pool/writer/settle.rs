@@ -1,19 +1,19 @@
-//! Settling blind head writes (see `pool/overlay.rs`): one map scan per
-//! chunk, the fragments planned in lsn order against the chunk's entries
-//! as they evolve, then the entries, the frees and the referenced delta
-//! installed together. Chunks are settled in key order from a cursor, so
-//! consecutive settlements read neighbouring map leaves.
+//! The writer's side of blind head writes (see `pool/overlay.rs`): the
+//! blind apply, and when the writer's thread settles — everything before
+//! a rotation, in steps while a rotation waits, after its rounds when the
+//! overlay runs high (the settler thread, `pool/settler.rs`, normally
+//! keeps it low), and in small steps while idle. Settling itself is in
+//! `settler.rs`, shared with the settler thread.
 //!
 //! Keeps invariant 1 (the settled map is what applying the writes one by
-//! one gives: the same planner, in the same order, on the same entries —
-//! every other change to a chunk settles it first) and invariant 4 (the
-//! planner keeps every block a frozen view sees).
+//! one gives: every other change to a chunk settles it first) and
+//! invariant 4 (the planner keeps every block a frozen view sees).
 
-use crate::chunk::{self, ChunkChanges};
+use crate::chunk;
 use crate::error::Result;
-use crate::layout::CHUNK_BLOCKS;
-use crate::map::{DataRef, Key};
-use crate::pool::overlay::{apply_changes_to, Pending};
+use crate::map::DataRef;
+use crate::pool::overlay::Pending;
+use crate::pool::settler;
 
 use super::Writer;
 
@@ -62,97 +62,29 @@ impl Writer {
         });
     }
 
-    /// Settle the pending writes of chunk `key`.
-    pub(super) fn settle_chunk(&mut self, key: (u32, u64)) -> Result<()> {
-        let Some(frags) = self.sh.overlay.read().chunk(key) else {
-            return Ok(());
-        };
-        let (l, c) = key;
-        let mut entries = self.sh.map.scan_sorted(
-            &mut self.settle_scan,
-            Key::lower(l, c),
-            Key::lower(l, c + CHUNK_BLOCKS),
-        )?;
-        // The continued scan must read what a fresh one does (every test
-        // build checks it on every settlement).
-        debug_assert!(
-            entries == self.raw_scan(l, c, c + CHUNK_BLOCKS)?,
-            "sorted scan of chunk {c} of lineage {l} differs from a fresh one"
-        );
-        let mut all = ChunkChanges::default();
-        let mut delta: i64 = 0;
-        for p in &frags {
-            self.settle_chain(&p.chain, p.lba, p.lba + u64::from(p.n))?;
-            let before = self.resolve_with(&p.chain, &entries, p.lba, u64::from(p.n))?;
-            delta += i64::from(p.n) - chunk::data_blocks(&before) as i64;
-            let plan = p.plan(&entries);
-            apply_changes_to(&mut entries, &plan.changes);
-            all.extend(plan);
-        }
-        // Entries before removal: a reader never misses a write (overlay.rs).
-        self.apply_changes(all, None);
-        self.sh.overlay.write().remove(key);
-        self.add_referenced(l, delta);
-        Ok(())
-    }
-
     /// Settle every pending write of lineage `l` in chunks meeting `[from, to)`.
     pub(super) fn settle_range(&mut self, l: u32, from: u64, to: u64) -> Result<()> {
-        let chunks = {
-            let o = self.sh.overlay.read();
-            if o.is_empty() {
-                return Ok(());
-            }
-            o.chunks_in(l, from, to)
-        };
-        for k in chunks {
-            self.settle_chunk(k)?;
-        }
-        Ok(())
+        self.settler.settle_range(&self.sh, l, from, to)
     }
 
-    /// Settle the ancestors of `chain` (every step but the head) over
-    /// `[from, to)`. Outside recovery no ancestor has a pending write its
-    /// descendants see (a catalog change settles everything); replay
-    /// applies a whole log with the final catalog, so there it can.
+    /// Settle the ancestors of `chain` over `[from, to)`.
     pub(super) fn settle_chain(
         &mut self,
         chain: &crate::catalog::Chain,
         from: u64,
         to: u64,
     ) -> Result<()> {
-        for step in chain.iter().skip(1) {
-            self.settle_range(step.lineage, from, to)?;
-        }
-        Ok(())
+        self.settler.settle_chain(&self.sh, chain, from, to)
     }
 
-    /// Settle up to `max` chunks from the cursor on, in key order.
+    /// Settle up to `max` chunks from the writer's cursor on, in key order.
     pub(super) fn settle_some(&mut self, max: usize) -> Result<()> {
-        for _ in 0..max {
-            let next = {
-                let o = self.sh.overlay.read();
-                o.next_chunk(self.settle_cursor)
-                    .or_else(|| o.next_chunk((0, 0)))
-            };
-            let Some(k) = next else { break };
-            self.settle_chunk(k)?;
-            self.settle_cursor = (k.0, k.1 + CHUNK_BLOCKS);
-        }
-        Ok(())
+        self.settler.settle_some(&self.sh, max)
     }
 
     /// Settle everything pending.
     pub(super) fn settle_all(&mut self) -> Result<()> {
-        let t = std::time::Instant::now();
-        let frags = self.sh.overlay.read().frags();
-        while !self.sh.overlay.read().is_empty() {
-            self.settle_some(usize::MAX)?;
-        }
-        if frags > 0 {
-            tracing::debug!(pool = %self.sh.name, frags, micros = t.elapsed().as_micros() as u64, "settled every pending write");
-        }
-        Ok(())
+        self.settler.settle_all(&self.sh)
     }
 
     /// After a round: keep the overlay near its low mark, a bounded step
@@ -167,8 +99,15 @@ impl Writer {
         // its replay budget (maint/mod.rs).
         let nearly_full = self.sh.map.active_bytes() * 4 >= self.sh.memtable_budget * 3
             || self.log_since_replay * 4 >= self.sh.cfg.replay_budget * 3;
+        if self.sh.cfg.settler_thread {
+            settler::nudge(&self.sh, frags);
+        }
         let low = if nearly_full {
             SETTLE_BEFORE_ROTATION
+        } else if self.sh.cfg.settler_thread {
+            // The settler thread keeps the overlay near its own mark; the
+            // writer's thread steps in only when it falls far behind.
+            SETTLE_LOW * 4
         } else {
             SETTLE_LOW
         };
@@ -193,13 +132,6 @@ impl Writer {
             if let Some(done) = self.rotate_waiter.take() {
                 super::complete(done, Ok(self.rotate()));
             }
-        }
-    }
-
-    pub(super) fn add_referenced(&mut self, l: u32, delta: i64) {
-        if delta != 0 {
-            *self.lineage_delta.entry(l).or_insert(0) += delta;
-            *self.sh.lineage_delta.lock().entry(l).or_insert(0) += delta;
         }
     }
 }
