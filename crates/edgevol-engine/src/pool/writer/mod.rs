@@ -218,9 +218,12 @@ impl Writer {
                 }
             }
             self.advance_rotation();
-            // Idle: settle pending blind writes a step at a time, giving
-            // the thread back between steps (a reactor's other tasks).
-            if data_rx.is_empty()
+            // Idle without a settler thread: settle pending blind writes
+            // a step at a time, giving the thread back between steps (a
+            // reactor's other tasks). With one, the reactor's thread is
+            // left to the transports (settler.rs).
+            if !self.sh.cfg.settler_thread
+                && data_rx.is_empty()
                 && maint_rx.is_empty()
                 && self.stalled.is_empty()
                 && self.poisoned.is_none()

@@ -21,6 +21,10 @@ use super::Writer;
 /// background of its rounds.
 const SETTLE_LOW: usize = 16 << 10;
 
+/// Fragments pending at which the writer's thread helps a settler thread
+/// that falls behind.
+const SETTLER_BEHIND: usize = 64 << 10;
+
 /// The low mark once the memtable is three quarters full.
 const SETTLE_BEFORE_ROTATION: usize = 1024;
 
@@ -95,19 +99,22 @@ impl Writer {
     /// settlement a rotation waits for stays a few milliseconds.
     pub(super) fn settle_background(&mut self) -> Result<()> {
         let frags = self.sh.overlay.read().frags();
+        if self.sh.cfg.settler_thread {
+            // The settler thread keeps the overlay near its mark (1 Ki,
+            // what a rotation wants too); the writer's thread, which the
+            // transports share, steps in only when it falls far behind.
+            settler::nudge(&self.sh, frags);
+            if frags > SETTLER_BEHIND {
+                self.settle_some(SETTLE_STEP)?;
+            }
+            return Ok(());
+        }
         // Rotations come when the memtable reaches its budget or the log
         // its replay budget (maint/mod.rs).
         let nearly_full = self.sh.map.active_bytes() * 4 >= self.sh.memtable_budget * 3
             || self.log_since_replay * 4 >= self.sh.cfg.replay_budget * 3;
-        if self.sh.cfg.settler_thread {
-            settler::nudge(&self.sh, frags);
-        }
         let low = if nearly_full {
             SETTLE_BEFORE_ROTATION
-        } else if self.sh.cfg.settler_thread {
-            // The settler thread keeps the overlay near its own mark; the
-            // writer's thread steps in only when it falls far behind.
-            SETTLE_LOW * 4
         } else {
             SETTLE_LOW
         };
