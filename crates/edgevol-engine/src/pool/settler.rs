@@ -142,15 +142,15 @@ impl Settler {
         Ok(())
     }
 
-    /// Settle everything pending.
-    pub(crate) fn settle_all(&mut self, sh: &Shared) -> Result<()> {
+    /// Settle everything pending (before what `why` says, for the log).
+    pub(crate) fn settle_all(&mut self, sh: &Shared, why: &'static str) -> Result<()> {
         let t = std::time::Instant::now();
         let frags = sh.overlay.read().frags();
         while !sh.overlay.read().is_empty() {
             self.settle_some(sh, usize::MAX)?;
         }
         if frags > 0 {
-            tracing::debug!(pool = %sh.name, frags, micros = t.elapsed().as_micros() as u64, "settled every pending write");
+            tracing::debug!(pool = %sh.name, frags, micros = t.elapsed().as_micros() as u64, why, "settled every pending write");
         }
         Ok(())
     }

@@ -59,7 +59,7 @@ impl Writer {
                     {
                         // Decide on settled numbers: pending overwrites
                         // still count the space they will free.
-                        if let Err(e) = self.settle_all() {
+                        if let Err(e) = self.settle_all("no space") {
                             self.poison(&e);
                             return fail(job.op, e);
                         }

@@ -104,15 +104,17 @@ impl Writer {
                 complete(done, Ok(()));
             }
             MaintOp::FlushNow(done) => {
-                let r = if self.rotation.is_some() {
-                    Ok(())
+                if self.rotation.is_some() {
+                    complete(done, Ok(()));
                 } else {
-                    self.flush_now().await
-                };
-                complete(done, r);
+                    // Like a rotation: a large overlay is settled over the
+                    // next rounds first (settle.rs: `advance_flush`).
+                    self.flush_waiters.push(done);
+                    self.advance_flush().await;
+                }
             }
             MaintOp::Settle(done) => {
-                let r = self.settle_all();
+                let r = self.settle_all("asked");
                 if let Err(e) = &r {
                     self.poison(e);
                 }
@@ -122,7 +124,7 @@ impl Writer {
                 if !self.sh.overlay.read().is_empty() {
                     // The cleaner judged on counters that pending
                     // overwrites still inflate: settle, let it look again.
-                    if let Err(e) = self.settle_all() {
+                    if let Err(e) = self.settle_all("cleaner stalled") {
                         self.poison(&e);
                     }
                     self.sh.wake_maintenance();
@@ -159,7 +161,7 @@ impl Writer {
             return Err(Error::new(ErrorKind::Poisoned, p.clone()));
         }
         // No view is added or removed while writes are pending (overlay.rs).
-        if let Err(e) = self.settle_all() {
+        if let Err(e) = self.settle_all("catalog change") {
             self.poison(&e);
             return Err(e);
         }

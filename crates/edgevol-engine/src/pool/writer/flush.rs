@@ -42,7 +42,7 @@ impl Writer {
         // capture.
         let sh = self.sh.clone();
         let _settled = sh.settle_lock.lock();
-        if let Err(e) = self.settle_all() {
+        if let Err(e) = self.settle_all("rotation") {
             self.poison(&e);
             return None;
         }
@@ -86,9 +86,14 @@ impl Writer {
                 "a map flush is in progress; retry",
             ));
         }
-        self.settle_all()?;
+        // As in `rotate`: nothing is installed between the settlement and
+        // the counters' capture.
+        let sh = self.sh.clone();
+        let settled = sh.settle_lock.lock();
+        self.settle_all("flush")?;
         let frozen = self.sh.map.rotate();
         self.capture_rotation();
+        drop(settled);
         let run = match frozen {
             Some(frozen) => {
                 let id = self.sh.next_run_id.fetch_add(1, Ordering::SeqCst);

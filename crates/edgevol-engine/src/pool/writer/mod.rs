@@ -145,6 +145,8 @@ pub(crate) struct Writer {
     settler: super::settler::Settler,
     /// A memtable rotation waiting for the overlay to be settled.
     rotate_waiter: Option<Done<Option<Arc<crate::map::Memtable>>>>,
+    /// Barriers (`MaintOp::FlushNow`) waiting for the overlay to be settled.
+    flush_waiters: Vec<Done<()>>,
 }
 
 fn complete<T>(done: Done<T>, r: Result<T>) {
@@ -195,6 +197,7 @@ impl Writer {
             spare: Vec::new(),
             settler: Default::default(),
             rotate_waiter: None,
+            flush_waiters: Vec::new(),
         }
     }
 
@@ -217,12 +220,18 @@ impl Writer {
                     complete(done, Ok(self.rotate()));
                 }
             }
+            if !self.flush_waiters.is_empty() && !self.can_take_data() {
+                self.flush_for_waiters().await;
+            }
             self.advance_rotation();
-            // Idle without a settler thread: settle pending blind writes
-            // a step at a time, giving the thread back between steps (a
-            // reactor's other tasks). With one, the reactor's thread is
-            // left to the transports (settler.rs).
-            if !self.sh.cfg.settler_thread
+            self.advance_flush().await;
+            // Idle without a settler thread, or with a rotation or barrier
+            // waiting: settle pending blind writes a step at a time, giving
+            // the thread back between steps (a reactor's other tasks).
+            // Otherwise the reactor's thread is left to the transports
+            // (settler.rs).
+            let waiting = self.rotate_waiter.is_some() || !self.flush_waiters.is_empty();
+            if (!self.sh.cfg.settler_thread || waiting)
                 && data_rx.is_empty()
                 && maint_rx.is_empty()
                 && self.stalled.is_empty()
@@ -279,6 +288,7 @@ impl Writer {
                 self.poison(&e);
             }
             self.advance_rotation();
+            self.advance_flush().await;
             if self.sh.map.active_bytes() >= self.sh.memtable_budget {
                 self.sh.wake_maintenance();
             }
@@ -290,7 +300,7 @@ impl Writer {
             if blocked && !self.sh.overlay.read().is_empty() {
                 // Waiting for a free segment: the cleaner chooses victims
                 // by live counts, which pending overwrites inflate.
-                if let Err(e) = self.settle_all() {
+                if let Err(e) = self.settle_all("waiting for a segment") {
                     self.poison(&e);
                 }
                 self.sh.wake_maintenance();

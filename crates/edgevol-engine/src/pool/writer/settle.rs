@@ -34,6 +34,11 @@ const ROTATE_AT: usize = 128;
 /// Most chunks settled after one round (bounds the latency a round adds).
 const SETTLE_STEP: usize = 512;
 
+/// The same with a settler thread: the overlay it leaves is sparse (its
+/// chunks far apart, each settlement a fresh lookup in every run, tens of
+/// microseconds), so the writer's steps are smaller.
+const SETTLE_STEP_SPARSE: usize = 32;
+
 /// Chunks settled per step while the writer is idle, between which it
 /// looks for new work (a step costs tens of microseconds).
 pub(super) const IDLE_STEP: usize = 16;
@@ -86,9 +91,18 @@ impl Writer {
         self.settler.settle_some(&self.sh, max)
     }
 
-    /// Settle everything pending.
-    pub(super) fn settle_all(&mut self) -> Result<()> {
-        self.settler.settle_all(&self.sh)
+    /// Settle everything pending, before what `why` says.
+    pub(super) fn settle_all(&mut self, why: &'static str) -> Result<()> {
+        self.settler.settle_all(&self.sh, why)
+    }
+
+    /// Chunks the writer settles per step.
+    fn settle_step(&self) -> usize {
+        if self.sh.cfg.settler_thread {
+            SETTLE_STEP_SPARSE
+        } else {
+            SETTLE_STEP
+        }
     }
 
     /// After a round: keep the overlay near its low mark, a bounded step
@@ -105,7 +119,7 @@ impl Writer {
             // transports share, steps in only when it falls far behind.
             settler::nudge(&self.sh, frags);
             if frags > SETTLER_BEHIND {
-                self.settle_some(SETTLE_STEP)?;
+                self.settle_some(self.settle_step())?;
             }
             return Ok(());
         }
@@ -119,9 +133,40 @@ impl Writer {
             SETTLE_LOW
         };
         if frags > low {
-            self.settle_some(SETTLE_STEP)?;
+            self.settle_some(self.settle_step())?;
         }
         Ok(())
+    }
+
+    /// Barriers were asked for: settle a step, and flush once little is
+    /// left (the flush settles the rest at once).
+    pub(super) async fn advance_flush(&mut self) {
+        if self.flush_waiters.is_empty() {
+            return;
+        }
+        if self.sh.overlay.read().frags() > ROTATE_AT {
+            if let Err(e) = self.settle_some(self.settle_step()) {
+                self.poison(&e);
+            }
+        }
+        if self.poisoned.is_some() || self.sh.overlay.read().frags() <= ROTATE_AT {
+            self.flush_for_waiters().await;
+        }
+    }
+
+    /// Flush now and answer every waiting barrier.
+    pub(super) async fn flush_for_waiters(&mut self) {
+        let r = match &self.poisoned {
+            Some(p) => Err(crate::error::Error::new(
+                crate::error::ErrorKind::Poisoned,
+                p.clone(),
+            )),
+            None if self.rotation.is_some() => Ok(()),
+            None => self.flush_now().await,
+        };
+        for done in self.flush_waiters.drain(..) {
+            super::complete(done, r.as_ref().map(|_| ()).map_err(|e| e.duplicate()));
+        }
     }
 
     /// A rotation was asked for: settle a step, and rotate once little
@@ -131,7 +176,7 @@ impl Writer {
             return;
         }
         if self.sh.overlay.read().frags() > ROTATE_AT {
-            if let Err(e) = self.settle_some(SETTLE_STEP) {
+            if let Err(e) = self.settle_some(self.settle_step()) {
                 self.poison(&e);
             }
         }
