@@ -9,11 +9,9 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use edgevol_engine::device::{Device, MemDevice};
 use edgevol_engine::format::label::GroupKind;
-use edgevol_engine::{CreateOptions, ErrorKind, Pool};
+use edgevol_engine::{ErrorKind, Pool};
 use futures::executor::block_on;
-use std::sync::Arc;
 
 const BLOCKS: u64 = 256;
 
@@ -90,21 +88,7 @@ fn a_failed_flush_stops_every_writer_until_the_pool_is_imported_again() {
 /// the pool goes on); losing both poisons it.
 #[test]
 fn a_mirror_is_poisoned_only_when_it_loses_both_members() {
-    let devs: Vec<Arc<MemDevice>> = (0..2)
-        .map(|i| Arc::new(MemDevice::new(format!("d{i}"), 40 * MIB)))
-        .collect();
-    let pool = Pool::create_groups(
-        "p",
-        vec![(
-            GroupKind::Mirror,
-            devs.iter().map(|d| d.clone() as Arc<dyn Device>).collect(),
-        )],
-        &CreateOptions {
-            segment_size: Some(MIB),
-        },
-        cfg(),
-    )
-    .expect("create");
+    let (pool, devs) = group_with(GroupKind::Mirror, 2, cfg());
     pool.create_volume("v", BLOCKS * 4096, no_props())
         .expect("create");
     let v = pool.open_volume("v").expect("open");
@@ -133,11 +117,7 @@ fn a_mirror_is_poisoned_only_when_it_loses_both_members() {
     // Both devices answer again: imported, the pool has every
     // acknowledged byte (d1 is resilvered from d0).
     devs[1].set_fail_writes(false);
-    let pool = Pool::open(
-        devs.iter().map(|d| d.clone() as Arc<dyn Device>).collect(),
-        cfg(),
-    )
-    .expect("import");
+    let pool = import(&devs);
     pool.wait_scans();
     assert_eq!(pool.status().state, "ONLINE");
     verify(&pool, 1);

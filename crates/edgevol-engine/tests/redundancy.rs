@@ -11,36 +11,13 @@ use std::sync::Arc;
 use common::*;
 use edgevol_engine::device::{Device, MemDevice};
 use edgevol_engine::format::label::GroupKind;
-use edgevol_engine::{CreateOptions, Pool};
+use edgevol_engine::Pool;
 use rand::{Rng, SeedableRng};
 
 const BLOCKS: u64 = 2048; // 8 MiB volume
 
 fn group(kind: GroupKind, n: usize) -> (Pool, Vec<Arc<MemDevice>>) {
     group_with(kind, n, cfg())
-}
-
-fn group_with(
-    kind: GroupKind,
-    n: usize,
-    config: edgevol_engine::PoolConfig,
-) -> (Pool, Vec<Arc<MemDevice>>) {
-    let devs: Vec<Arc<MemDevice>> = (0..n)
-        .map(|i| Arc::new(MemDevice::new(format!("d{i}"), 40 * MIB)))
-        .collect();
-    let pool = Pool::create_groups(
-        "p",
-        vec![(
-            kind,
-            devs.iter().map(|d| d.clone() as Arc<dyn Device>).collect(),
-        )],
-        &CreateOptions {
-            segment_size: Some(MIB),
-        },
-        config,
-    )
-    .expect("create");
-    (pool, devs)
 }
 
 /// Fill the volume with tagged blocks in writes of 1..16 blocks; returns

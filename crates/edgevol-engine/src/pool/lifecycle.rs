@@ -269,34 +269,24 @@ pub(super) fn start(
             Err(e) => tracing::error!(error = %e, "cannot start the writer thread"),
         },
     }
-    if sh.cfg.settler_thread {
+    // A pool thread running `body`, named `ev-{kind}-{pool}`.
+    let mut spawn = |kind: &str, what: &str, body: fn(Arc<Shared>)| {
         let s2 = sh.clone();
         match std::thread::Builder::new()
-            .name(format!("ev-settle-{name}"))
-            .spawn(move || super::settler::run(s2))
+            .name(format!("ev-{kind}-{name}"))
+            .spawn(move || body(s2))
         {
             Ok(t) => threads.push(t),
-            Err(e) => tracing::error!(error = %e, "cannot start the settler thread"),
+            Err(e) => tracing::error!(error = %e, "cannot start the {what} thread"),
         }
+    };
+    if sh.cfg.settler_thread {
+        spawn("settle", "settler", super::settler::run);
     }
     if sh.cfg.background {
-        let s2 = sh.clone();
-        match std::thread::Builder::new()
-            .name(format!("ev-maint-{name}"))
-            .spawn(move || maint::run(s2))
-        {
-            Ok(t) => threads.push(t),
-            Err(e) => tracing::error!(error = %e, "cannot start the maintenance thread"),
-        }
+        spawn("maint", "maintenance", maint::run);
         if !sh.cfg.health_interval.is_zero() {
-            let s2 = sh.clone();
-            match std::thread::Builder::new()
-                .name(format!("ev-health-{name}"))
-                .spawn(move || super::health::run(s2))
-            {
-                Ok(t) => threads.push(t),
-                Err(e) => tracing::error!(error = %e, "cannot start the health probe thread"),
-            }
+            spawn("health", "health probe", super::health::run);
         }
     }
     Pool::from_shared(sh, threads, done_rx)

@@ -35,6 +35,39 @@ pub fn mem_pool(size: u64) -> (Pool, Arc<MemDevice>) {
     (pool, dev)
 }
 
+/// A pool of one group of `kind` over `n` memory devices of 40 MiB.
+pub fn group_with(
+    kind: edgevol_engine::format::label::GroupKind,
+    n: usize,
+    config: PoolConfig,
+) -> (Pool, Vec<Arc<MemDevice>>) {
+    let devs: Vec<Arc<MemDevice>> = (0..n)
+        .map(|i| Arc::new(MemDevice::new(format!("d{i}"), 40 * MIB)))
+        .collect();
+    let pool = Pool::create_groups(
+        "p",
+        vec![(
+            kind,
+            devs.iter().map(|d| d.clone() as Arc<dyn Device>).collect(),
+        )],
+        &CreateOptions {
+            segment_size: Some(MIB),
+        },
+        config,
+    )
+    .expect("create");
+    (pool, devs)
+}
+
+/// Import the pool on `devs` again.
+pub fn import(devs: &[Arc<MemDevice>]) -> Pool {
+    Pool::open(
+        devs.iter().map(|d| d.clone() as Arc<dyn Device>).collect(),
+        cfg(),
+    )
+    .expect("import")
+}
+
 pub fn reopen(dev: &Arc<MemDevice>) -> Pool {
     Pool::open(vec![dev.clone() as Arc<dyn Device>], cfg()).expect("reopen pool")
 }

@@ -141,15 +141,7 @@ impl Writer {
     /// Barriers were asked for: settle a step, and flush once little is
     /// left (the flush settles the rest at once).
     pub(super) async fn advance_flush(&mut self) {
-        if self.flush_waiters.is_empty() {
-            return;
-        }
-        if self.sh.overlay.read().frags() > ROTATE_AT {
-            if let Err(e) = self.settle_some(self.settle_step()) {
-                self.poison(&e);
-            }
-        }
-        if self.poisoned.is_some() || self.sh.overlay.read().frags() <= ROTATE_AT {
+        if !self.flush_waiters.is_empty() && self.settle_toward_checkpoint() {
             self.flush_for_waiters().await;
         }
     }
@@ -172,18 +164,22 @@ impl Writer {
     /// A rotation was asked for: settle a step, and rotate once little
     /// is left (the rotation settles the rest at once).
     pub(super) fn advance_rotation(&mut self) {
-        if self.rotate_waiter.is_none() {
-            return;
+        if self.rotate_waiter.is_some() && self.settle_toward_checkpoint() {
+            if let Some(done) = self.rotate_waiter.take() {
+                super::complete(done, Ok(self.rotate()));
+            }
         }
+    }
+
+    /// One step toward a checkpoint (a rotation or a barrier waits):
+    /// settle a step while much is pending. True once little is left (the
+    /// checkpoint settles the rest at once) or the pool is poisoned.
+    fn settle_toward_checkpoint(&mut self) -> bool {
         if self.sh.overlay.read().frags() > ROTATE_AT {
             if let Err(e) = self.settle_some(self.settle_step()) {
                 self.poison(&e);
             }
         }
-        if self.poisoned.is_some() || self.sh.overlay.read().frags() <= ROTATE_AT {
-            if let Some(done) = self.rotate_waiter.take() {
-                super::complete(done, Ok(self.rotate()));
-            }
-        }
+        self.poisoned.is_some() || self.sh.overlay.read().frags() <= ROTATE_AT
     }
 }
