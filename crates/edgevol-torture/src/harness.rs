@@ -12,7 +12,8 @@ use futures::executor::block_on;
 use rand::SeedableRng;
 
 use crate::model::{
-    block_data, content, ensure, Ctx, Failure, MVol, Mix, Model, Op, BS, MAX_SNAPS, MAX_VOLS,
+    block_data, content, describe, ensure, Ctx, Failure, MVol, Mix, Model, Op, BS, MAX_SNAPS,
+    MAX_VOLS,
 };
 
 const MIB: u64 = 1 << 20;
@@ -860,7 +861,8 @@ impl Harness {
             };
             ensure!(
                 ok,
-                "volume {name} block {lba} holds unexpected data (model {cell:?})"
+                "volume {name} block {lba} holds unexpected data (model {cell:?}; it holds {})",
+                describe(b)
             );
         }
         let snaps: Vec<String> = self
@@ -889,7 +891,8 @@ impl Harness {
                 let want = self.model.content(img.get(&lba).copied().unwrap_or(0), lba);
                 ensure!(
                     block_of(&got, lba) == want.as_slice(),
-                    "snapshot {name}@{sname} block {lba} changed"
+                    "snapshot {name}@{sname} block {lba} changed (it holds {})",
+                    describe(block_of(&got, lba))
                 );
             }
         }

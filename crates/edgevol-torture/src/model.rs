@@ -414,6 +414,41 @@ pub fn block_data(tag: u64, lba: u64) -> Vec<u8> {
     b
 }
 
+/// What a block that failed verification holds, for the report: the
+/// (tag, lba) pairs its pattern half carries, in runs of 16-byte words
+/// (a block written in part shows several), and zeroed runs. Tells a
+/// stale or torn block from one that landed at the wrong place.
+pub fn describe(b: &[u8]) -> String {
+    if b.iter().all(|&x| x == 0) {
+        return "zeroes".into();
+    }
+    let pattern = &b[b.len() / 2..];
+    let mut runs: Vec<(String, usize, usize)> = Vec::new();
+    for (i, w) in pattern.chunks(16).enumerate() {
+        let tag = u64::from_le_bytes(w[..8].try_into().expect("8 bytes"));
+        let lba = u64::from_le_bytes(w[8..16].try_into().expect("8 bytes")) ^ (i as u64) << 48;
+        let what = if w.iter().all(|&x| x == 0) {
+            "zeroes".to_string()
+        } else {
+            format!("tag {tag} lba {lba}")
+        };
+        match runs.last_mut() {
+            Some((last, _, to)) if *last == what => *to = i + 1,
+            _ => runs.push((what, i, i + 1)),
+        }
+    }
+    let random_zero = b[..b.len() / 2].iter().all(|&x| x == 0);
+    let parts: Vec<String> = runs
+        .iter()
+        .map(|(w, from, to)| format!("words {from}..{to}: {w}"))
+        .collect();
+    format!(
+        "first half {}; pattern half {}",
+        if random_zero { "zeroes" } else { "data" },
+        parts.join(", ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,6 +460,21 @@ mod tests {
         assert_ne!(block_data(1, 0), block_data(1, 1));
         assert_eq!(block_data(0, 7), vec![0u8; 4096]);
         assert_eq!(block_data(5, 9), block_data(5, 9));
+    }
+
+    #[test]
+    fn describe_names_the_tag_and_lba_a_block_carries() {
+        assert_eq!(describe(&block_data(0, 3)), "zeroes");
+        assert_eq!(
+            describe(&block_data(646, 101)),
+            "first half data; pattern half words 0..128: tag 646 lba 101"
+        );
+        let mut b = block_data(7, 2);
+        b[BS as usize / 2..BS as usize / 2 + 32].fill(0);
+        assert_eq!(
+            describe(&b),
+            "first half data; pattern half words 0..2: zeroes, words 2..128: tag 7 lba 2"
+        );
     }
 
     #[test]
