@@ -57,6 +57,13 @@ pub(crate) fn data_reserve(sh: &Shared) -> u64 {
     meta_floor(sh) + CLEANER_SEGMENTS
 }
 
+/// Free segments below which the cleaner works and client writes are
+/// paced (`admission`): a tenth of the pool, and at least two above the
+/// data reserve.
+pub(crate) fn clean_below(sh: &Shared) -> u64 {
+    (sh.vdevs.total_segments() / 10).max(data_reserve(sh) + 2)
+}
+
 /// The part of a pool's size that client data cannot fill, by purpose
 /// (bytes). `size - total()` is the usable capacity.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -109,16 +109,20 @@ fn step(sh: &Arc<Shared>, last_flush: &mut Instant) -> Result<bool> {
         (s.free_count(), sh.vdevs.total_segments())
     };
     let reserve = super::data_reserve(sh);
-    let low = (total / 10).max(reserve + 2);
+    let low = super::capacity::clean_below(sh);
     // Only clean when there is dead space worth reclaiming: at least two
     // segments' worth in sealed segments.
     let reclaimable = reclaimable_bytes(sh);
+    // Still short of free segments after cleaning what a step may: go on
+    // without sleeping (client writes are paced meanwhile, `admission`).
+    let mut pressing = false;
     if (blocked || free < low) && reclaimable >= 2 * sh.vdevs.segment_size {
         let high = (total / 5).max(low + 2);
         let mut reclaimed = false;
         let mut rounds = 0;
         while rounds < 16 {
             rounds += 1;
+            let t = Instant::now();
             // Under pressure, any segment with dead space is worth cleaning;
             // flushing after each small step turns the victims into free
             // segments before the cleaner's own output needs more.
@@ -140,25 +144,40 @@ fn step(sh: &Arc<Shared>, last_flush: &mut Instant) -> Result<bool> {
                 Err(e) => return Err(e),
             };
             reclaimed |= cleaned > 0;
+            let t_clean = t.elapsed();
             flush_memtable(sh)?;
+            let t_flush = t.elapsed();
             // Each round flushes a small run: keep L0 short while cleaning
             // (writers stall at `L0_STOP` runs, and every write's lookup
             // reads each of them), but never below the data reserve: at a
             // nearly full pool every metadata segment a merge holds shrinks
-            // the usable space (tests/cleaner.rs got ENOSPC with less).
+            // the usable space (tests/cleaner.rs got ENOSPC with less, and
+            // again on 2026-12-07 with `keep_free: CLEANER_SEGMENTS`: the
+            // reserve counts metadata segments and map bytes as of a
+            // checkpoint, and frequent merges left more of them).
             compact(
                 sh,
                 Scope::L0Only {
                     keep_free: reserve + 2,
                 },
             )?;
+            let t_compact = t.elapsed();
             force_install(sh)?;
             let free = sh.segs.lock().free_count();
+            tracing::debug!(
+                pool = %sh.name, cleaned, free, urgent,
+                clean_ms = t_clean.as_millis() as u64,
+                flush_ms = (t_flush - t_clean).as_millis() as u64,
+                compact_ms = (t_compact - t_flush).as_millis() as u64,
+                install_ms = (t.elapsed() - t_compact).as_millis() as u64,
+                "cleaner round"
+            );
             if cleaned == 0 || free >= high {
                 break;
             }
         }
         let after = sh.segs.lock().free_count();
+        pressing = reclaimed && after < low;
         // Only when no victim could be cleaned at all: writers take what the
         // cleaner frees as soon as it is free, so a free count that did not
         // grow says nothing (failing them then was a false ENOSPC at 89%
@@ -178,9 +197,13 @@ fn step(sh: &Arc<Shared>, last_flush: &mut Instant) -> Result<bool> {
     if due && flush_memtable(sh)? {
         *last_flush = Instant::now();
     }
+    let t = Instant::now();
     let compacted = compact(sh, Scope::Full)?;
+    if compacted && t.elapsed() >= Duration::from_millis(10) {
+        tracing::debug!(pool = %sh.name, ms = t.elapsed().as_millis() as u64, "compaction");
+    }
     gc_pending(sh)?;
-    Ok(compacted || sh.map.active_bytes() >= sh.memtable_budget)
+    Ok(compacted || pressing || sh.map.active_bytes() >= sh.memtable_budget)
 }
 
 /// Move the persisted replay point to now even when the memtable is empty,

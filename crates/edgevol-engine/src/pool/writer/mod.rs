@@ -147,6 +147,9 @@ pub(crate) struct Writer {
     rotate_waiter: Option<Done<Option<Arc<crate::map::Memtable>>>>,
     /// Barriers (`MaintOp::FlushNow`) waiting for the overlay to be settled.
     flush_waiters: Vec<Done<()>>,
+    /// Since when, and why, client ops are not taken (logged at debug
+    /// level when it lasted 10 ms or more).
+    paused: Option<(std::time::Instant, &'static str)>,
 }
 
 fn complete<T>(done: Done<T>, r: Result<T>) {
@@ -198,6 +201,7 @@ impl Writer {
             settler: Default::default(),
             rotate_waiter: None,
             flush_waiters: Vec::new(),
+            paused: None,
         }
     }
 
@@ -313,31 +317,56 @@ impl Writer {
     }
 
     fn can_take_data(&mut self) -> bool {
-        if self.map_backlogged() {
-            return false;
+        let why = self.why_paused();
+        match (why, self.paused) {
+            (Some(w), None) => self.paused = Some((std::time::Instant::now(), w)),
+            (None, Some((t, w))) => {
+                self.paused = None;
+                let micros = t.elapsed().as_micros() as u64;
+                if micros >= 10_000 {
+                    tracing::debug!(pool = %self.sh.name, micros, why = w, "client writes waited");
+                }
+            }
+            _ => {}
+        }
+        why.is_none()
+    }
+
+    /// Why client ops cannot be taken now, if they cannot.
+    fn why_paused(&mut self) -> Option<&'static str> {
+        if let Some(why) = self.map_backlogged() {
+            return Some(why);
         }
         if self.stalled.is_empty() {
-            return true;
+            return None;
         }
         // A stalled job waits for a segment; retry when one may be free.
         self.refill_next(STREAM_DATA);
-        self.streams[STREAM_DATA].next.is_some()
+        self.streams[STREAM_DATA]
+            .next
+            .is_none()
+            .then_some("no free segment")
     }
 
     /// The map's maintenance is behind: the active memtable passed twice
     /// its budget (its flush is late) or L0 holds too many runs (every
     /// lookup reads each of them). Client ops then wait for maintenance,
     /// which bounds both memory and lookup cost.
-    fn map_backlogged(&self) -> bool {
+    fn map_backlogged(&self) -> Option<&'static str> {
         if !self.sh.cfg.background {
-            return false; // maintenance is driven by hand (tests)
+            return None; // maintenance is driven by hand (tests)
         }
-        let over = self.sh.map.active_bytes() > 2 * self.sh.memtable_budget
-            || self.sh.map.levels().l0.len() >= L0_STOP;
-        if over {
+        let why = if self.sh.map.active_bytes() > 2 * self.sh.memtable_budget {
+            Some("memtable over twice its budget")
+        } else if self.sh.map.levels().l0.len() >= L0_STOP {
+            Some("too many L0 runs")
+        } else {
+            None
+        };
+        if why.is_some() {
             self.sh.wake_maintenance();
         }
-        over
+        why
     }
 
     /// Handle one op. Returns true on shutdown.
@@ -351,7 +380,12 @@ impl Writer {
                 // Everything batched so far is written and applied first, so
                 // maintenance and control ops see all earlier writes.
                 self.write_all_batches().await;
+                let (t, name) = (std::time::Instant::now(), m.name());
                 let exit = self.maint(m, round).await;
+                let micros = t.elapsed().as_micros() as u64;
+                if micros >= 10_000 {
+                    tracing::debug!(pool = %self.sh.name, micros, op = name, "a maintenance op held the writer");
+                }
                 // Maintenance may have freed space.
                 for job in std::mem::take(&mut self.space_waiters) {
                     self.run_job(job, round);

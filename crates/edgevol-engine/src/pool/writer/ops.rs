@@ -189,3 +189,24 @@ pub(crate) enum MaintOp {
     SetKey(u64, Option<Arc<crate::crypt::DataKey>>, Done<()>),
     Shutdown(Done<()>),
 }
+
+impl MaintOp {
+    /// The op's name, for logs.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            MaintOp::Control(..) => "control",
+            MaintOp::Relocate(..) => "relocate",
+            MaintOp::Copy { .. } => "copy",
+            MaintOp::Gc { .. } => "gc",
+            MaintOp::GcDone { .. } => "gc done",
+            MaintOp::Rotate(_) => "rotate",
+            MaintOp::InstallFlush(..) => "install flush",
+            MaintOp::InstallCompaction { .. } => "install compaction",
+            MaintOp::FailStalled => "fail stalled",
+            MaintOp::FlushNow(_) => "flush now",
+            MaintOp::Settle(_) => "settle",
+            MaintOp::SetKey(..) => "set key",
+            MaintOp::Shutdown(_) => "shutdown",
+        }
+    }
+}
