@@ -113,9 +113,6 @@ fn step(sh: &Arc<Shared>, last_flush: &mut Instant) -> Result<bool> {
     // Only clean when there is dead space worth reclaiming: at least two
     // segments' worth in sealed segments.
     let reclaimable = reclaimable_bytes(sh);
-    // Still short of free segments after cleaning what a step may: go on
-    // without sleeping (client writes are paced meanwhile, `admission`).
-    let mut pressing = false;
     if (blocked || free < low) && reclaimable >= 2 * sh.vdevs.segment_size {
         let high = (total / 5).max(low + 2);
         let mut reclaimed = false;
@@ -177,7 +174,6 @@ fn step(sh: &Arc<Shared>, last_flush: &mut Instant) -> Result<bool> {
             }
         }
         let after = sh.segs.lock().free_count();
-        pressing = reclaimed && after < low;
         // Only when no victim could be cleaned at all: writers take what the
         // cleaner frees as soon as it is free, so a free count that did not
         // grow says nothing (failing them then was a false ENOSPC at 89%
@@ -203,7 +199,7 @@ fn step(sh: &Arc<Shared>, last_flush: &mut Instant) -> Result<bool> {
         tracing::debug!(pool = %sh.name, ms = t.elapsed().as_millis() as u64, "compaction");
     }
     gc_pending(sh)?;
-    Ok(compacted || pressing || sh.map.active_bytes() >= sh.memtable_budget)
+    Ok(compacted || sh.map.active_bytes() >= sh.memtable_budget)
 }
 
 /// Move the persisted replay point to now even when the memtable is empty,
