@@ -173,9 +173,9 @@ fn snapshot(b: &mut Bench, pass: u32) -> Result<Outcome> {
         // write rates of its time; at ~60K IOPS a 15 s job writes ~3.6 GB
         // and the after-snapshot run cleans 165-208 segments (0-12 before
         // the snapshot; 2026-12-07), so "after vs before" prices cleaning
-        // too (docs/performance.md). On
-        // the matrix's pool (2 x size + 1G) the snapshot's blocks plus the
-        // rewrite fill the pool past the cleaner's threshold within seconds.
+        // too (docs/performance.md). On the matrix's pool (2 x size + 1G)
+        // the snapshot's blocks plus the rewrite fill the pool past the
+        // cleaner's threshold within seconds.
         let pool_size = 3 * b.cfg.size + (1 << 30);
         if let Some(why) = create_vol0(b, &mut img, pass, s, &[], pool_size)? {
             bail!("{why}");
