@@ -9,12 +9,20 @@
 //! in-flight readers drained.
 //!
 //! Metadata segments hold map runs and counter tables as block extents,
-//! appended to the current metadata segment (`meta_cur`), so many small
-//! runs share a segment. A metadata segment's live bytes are the blocks of
-//! extents still owned (by an installed run, the current counters table, or
-//! a run being built); it is freed when that reaches zero and it is no
-//! longer the segment being appended to. The checkpoint log has a segment
-//! of its own, pinned whole.
+//! appended to the current metadata segment of their lifetime class
+//! ([`MetaClass`]), so many small runs share a segment. A metadata
+//! segment's live bytes are the blocks of extents still owned (by an
+//! installed run, the current counters table, or a run being built); it is
+//! freed when that reaches zero and it is no longer a segment being
+//! appended to. The checkpoint log has a segment of its own, pinned whole.
+//!
+//! Why two classes: a segment is freed only when its last extent dies, so
+//! one long-lived L1 run among the counters tables of every checkpoint and
+//! the L0 runs of every flush would pin the whole segment for as long as
+//! the L1 run lives. Kept apart, short-lived extents free their segments
+//! within a few checkpoints and the segments metadata holds stay close to
+//! its live bytes (the fixed metadata allowance in capacity.rs relies on
+//! it).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -31,6 +39,16 @@ pub enum SegState {
     Data,
     /// Map runs, counter tables, checkpoints.
     Meta,
+}
+
+/// How long a metadata extent is expected to live; each class appends to
+/// a segment of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaClass {
+    /// Replaced within a few checkpoints: counters tables, L0 runs.
+    Short = 0,
+    /// Lives until the next merge into its level: L1 and deeper runs.
+    Long = 1,
 }
 
 /// One segment's accounting.
@@ -77,8 +95,9 @@ pub struct SegmentTable {
     next_group: usize,
     live_total: u64,
     logical_total: u64,
-    /// The metadata segment extents are appended to, and its next free block.
-    meta_cur: Option<(SegId, u32)>,
+    /// Per [`MetaClass`]: the metadata segment extents are appended to,
+    /// and its next free block.
+    meta_cur: [Option<(SegId, u32)>; 2],
     /// Blocks per row of each group (parity groups: metadata extents start
     /// on row boundaries so that no row is written twice).
     row_blocks: Vec<u32>,
@@ -100,7 +119,7 @@ impl SegmentTable {
             next_group: 0,
             live_total: 0,
             logical_total: 0,
-            meta_cur: None,
+            meta_cur: [None; 2],
             row_blocks: Vec::new(),
             seg_blocks: (segment_size / BLOCK_U64) as u32,
         };
@@ -241,10 +260,11 @@ impl SegmentTable {
     }
 
     /// Take `blocks` metadata blocks, appended to the current metadata
-    /// segment and then to fresh ones. None (and nothing taken) if the free
+    /// segment of `class` and then to fresh ones. None (and nothing taken) if the free
     /// segments do not suffice.
-    pub fn alloc_meta_blocks(&mut self, blocks: u32) -> Option<Vec<MetaExtent>> {
-        let room = self.meta_cur.map_or(0, |(_, next)| self.seg_blocks - next);
+    pub fn alloc_meta_blocks(&mut self, blocks: u32, class: MetaClass) -> Option<Vec<MetaExtent>> {
+        let c = class as usize;
+        let room = self.meta_cur[c].map_or(0, |(_, next)| self.seg_blocks - next);
         let fresh = blocks.saturating_sub(room).div_ceil(self.seg_blocks.max(1));
         if u64::from(fresh) > self.free_count() {
             return None;
@@ -252,12 +272,12 @@ impl SegmentTable {
         let mut out = Vec::new();
         let mut left = blocks;
         while left > 0 {
-            let (seg, next) = match self.meta_cur {
+            let (seg, next) = match self.meta_cur[c] {
                 Some((seg, next)) if next < self.seg_blocks => (seg, next),
                 _ => {
-                    let prev = self.meta_cur.take();
+                    let prev = self.meta_cur[c].take();
                     let seg = self.alloc(SegState::Meta)?;
-                    self.meta_cur = Some((seg, 0));
+                    self.meta_cur[c] = Some((seg, 0));
                     // The previous append segment may already be empty.
                     if let Some((p, _)) = prev {
                         self.free_meta_if_empty(p);
@@ -279,7 +299,7 @@ impl SegmentTable {
                 .unwrap_or(1)
                 .max(1);
             let end = (next + n).next_multiple_of(row).min(self.seg_blocks);
-            self.meta_cur = Some((seg, end));
+            self.meta_cur[c] = Some((seg, end));
             if let Some(s) = self.get_mut(seg) {
                 s.live += u64::from(n) * BLOCK_U64;
                 s.written = s.written.max(end * BLOCK_U64 as u32);
@@ -331,7 +351,7 @@ impl SegmentTable {
     }
 
     fn free_meta_if_empty(&mut self, seg: SegId) {
-        if self.meta_cur.is_some_and(|(c, _)| c == seg) {
+        if self.meta_cur.iter().flatten().any(|&(c, _)| c == seg) {
             return;
         }
         let empty = self
@@ -461,8 +481,8 @@ mod tests {
     #[test]
     fn metadata_extents_pack_and_free_whole_segments() {
         let mut t = SegmentTable::new(&[6], 64 * 4096);
-        let a = t.alloc_meta_blocks(10).unwrap();
-        let b = t.alloc_meta_blocks(60).unwrap();
+        let a = t.alloc_meta_blocks(10, MetaClass::Short).unwrap();
+        let b = t.alloc_meta_blocks(60, MetaClass::Short).unwrap();
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].seg, b[0].seg, "small extents share a segment");
         assert_eq!(b.iter().map(|e| e.blocks).sum::<u32>(), 60);
@@ -480,9 +500,31 @@ mod tests {
         assert_eq!(t.count(SegState::Meta), 1);
         assert_eq!(t.meta_live(), 0);
         assert!(
-            t.alloc_meta_blocks(64 * 10).is_none(),
+            t.alloc_meta_blocks(64 * 10, MetaClass::Short).is_none(),
             "not enough free segments"
         );
         assert_eq!(t.meta_live(), 0, "a failed allocation takes nothing");
+    }
+
+    #[test]
+    fn long_lived_extents_do_not_pin_short_lived_segments() {
+        let mut t = SegmentTable::new(&[6], 64 * 4096);
+        let long = t.alloc_meta_blocks(8, MetaClass::Long).unwrap();
+        let short: Vec<_> = (0..8)
+            .map(|_| t.alloc_meta_blocks(16, MetaClass::Short).unwrap())
+            .collect();
+        assert!(
+            short.iter().flatten().all(|e| e.seg != long[0].seg),
+            "the classes append to segments of their own"
+        );
+        assert_eq!(t.count(SegState::Meta), 3, "one long, two short");
+        // Every short-lived extent dies (a checkpoint later): all of their
+        // segments but the one still appended to are free again, while the
+        // long-lived run keeps only its own.
+        for e in &short {
+            t.release_meta_blocks(e);
+        }
+        assert_eq!(t.count(SegState::Meta), 2);
+        assert_eq!(t.meta_live(), 8 * 4096);
     }
 }

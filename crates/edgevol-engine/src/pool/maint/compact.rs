@@ -14,6 +14,7 @@ use super::send;
 use crate::error::Result;
 use crate::map::run::{Run, RunMeta};
 use crate::map::{Key, Levels, Value};
+use crate::pool::space::MetaClass;
 use crate::pool::writer::MaintOp;
 use crate::pool::Shared;
 
@@ -207,7 +208,11 @@ pub(super) fn compact(sh: &Shared, scope: Scope) -> Result<bool> {
             }
         }
     });
-    let run = build_run(sh, iter)?;
+    let class = match out {
+        Output::L0 => MetaClass::Short,
+        Output::Deep(_) => MetaClass::Long,
+    };
+    let run = build_run(sh, class, iter)?;
     let dropped: Vec<RunMeta> = inputs.iter().map(|r| r.meta().clone()).collect();
     let mut deep = levels.deep.clone();
     let kept = (run.meta().entries > 0).then(|| run.clone());

@@ -146,16 +146,18 @@ fn step(sh: &Arc<Shared>, last_flush: &mut Instant) -> Result<bool> {
             let t_flush = t.elapsed();
             // Each round flushes a small run: keep L0 short while cleaning
             // (writers stall at `L0_STOP` runs, and every write's lookup
-            // reads each of them), but never below the data reserve: at a
-            // nearly full pool every metadata segment a merge holds shrinks
-            // the usable space (tests/cleaner.rs got ENOSPC with less, and
-            // again on 2026-12-07 with `keep_free: CLEANER_SEGMENTS`: the
-            // reserve counts metadata segments and map bytes as of a
-            // checkpoint, and frequent merges left more of them).
+            // reads each of them), down to the cleaner's own segments. Held
+            // above the data reserve (`reserve + 2`) the merges never ran
+            // at a 90% full pool, L0 filled and writers stopped for up to
+            // 0.9 s; that hold was there because usable capacity followed
+            // the metadata segments of the last checkpoint, which frequent
+            // merges raise. The fixed metadata allowance (capacity.rs) and
+            // the lifetime classes of metadata segments (space.rs) took that
+            // away.
             compact(
                 sh,
                 Scope::L0Only {
-                    keep_free: reserve + 2,
+                    keep_free: super::capacity::CLEANER_SEGMENTS,
                 },
             )?;
             let t_compact = t.elapsed();

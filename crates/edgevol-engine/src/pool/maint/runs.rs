@@ -12,6 +12,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{MetaExtent, BLOCK};
 use crate::map::run::{Run, RunBuilder, RunMeta};
 use crate::map::{Key, Value};
+use crate::pool::space::MetaClass;
 use crate::pool::writer::MaintOp;
 use crate::pool::{ckpt, Shared};
 
@@ -24,15 +25,16 @@ pub(crate) trait MetaAlloc {
 }
 
 /// Allocation straight from the segment table (metadata may take any free
-/// segment: the floors in `mod.rs` keep enough for it).
-pub(crate) struct TableAlloc<'a>(pub &'a Shared);
+/// segment: the floors in `mod.rs` keep enough for it), appended to the
+/// segments of the run's lifetime class.
+pub(crate) struct TableAlloc<'a>(pub &'a Shared, pub MetaClass);
 
 impl MetaAlloc for TableAlloc<'_> {
     fn alloc(&mut self, blocks: u32) -> Result<Vec<MetaExtent>> {
         self.0
             .segs
             .lock()
-            .alloc_meta_blocks(blocks)
+            .alloc_meta_blocks(blocks, self.1)
             .ok_or_else(|| Error::new(ErrorKind::NoSpace, "no free segment for a map run"))
     }
 
@@ -111,13 +113,15 @@ fn merge_extents(v: &[MetaExtent]) -> Vec<MetaExtent> {
     out
 }
 
-/// Build a run from sorted entries (maintenance side).
+/// Build a run from sorted entries (maintenance side): `class` says how
+/// long it is expected to live (L0 runs are merged away soon).
 pub(super) fn build_run(
     sh: &Shared,
+    class: MetaClass,
     entries: impl Iterator<Item = Result<(Key, Option<Value>)>>,
 ) -> Result<Arc<Run>> {
     let id = sh.next_run_id.fetch_add(1, Ordering::SeqCst);
-    build_run_with(sh, id, &mut TableAlloc(sh), entries)
+    build_run_with(sh, id, &mut TableAlloc(sh, class), entries)
 }
 
 /// Freeze and flush the memtable. Returns true if a run was installed.
@@ -126,7 +130,11 @@ pub(crate) fn flush_memtable(sh: &Shared) -> Result<bool> {
         return Ok(false);
     };
     sh.maint_status.lock().flushed_at_bytes = sh.stats.bytes_written.load(Ordering::Relaxed);
-    let run = build_run(sh, frozen.iter().map(|(k, v)| Ok((*k, v.clone()))))?;
+    let run = build_run(
+        sh,
+        MetaClass::Short,
+        frozen.iter().map(|(k, v)| Ok((*k, v.clone()))),
+    )?;
     send(sh, |d| MaintOp::InstallFlush(run, d))?;
     Ok(true)
 }

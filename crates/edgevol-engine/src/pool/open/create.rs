@@ -21,6 +21,7 @@ use crate::pool::ckpt::{self, BlobRef, ReplayPoint, StreamPos};
 use crate::pool::lifecycle::start;
 use crate::pool::raid::Geometry;
 use crate::pool::shared::shared;
+use crate::pool::space::MetaClass;
 use crate::pool::space::{Counters, SegState, SegmentTable};
 use crate::pool::vdev::Vdevs;
 use crate::pool::writer::{Writer, STREAMS};
@@ -154,7 +155,7 @@ pub(crate) fn create(
     let cext = sh
         .segs
         .lock()
-        .alloc_meta_blocks((blob.len() / BLOCK) as u32)
+        .alloc_meta_blocks((blob.len() / BLOCK) as u32, MetaClass::Short)
         .ok_or_else(|| Error::new(ErrorKind::NoSpace, "no segment for the counters"))?;
     ckpt::write_blob(&sh.vdevs, &cext, &blob)?;
     let cref = BlobRef {

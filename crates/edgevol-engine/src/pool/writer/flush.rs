@@ -22,7 +22,7 @@ use crate::map::{Levels, Memtable};
 
 use super::{now_secs, Writer};
 use crate::pool::ckpt::{self, BlobRef, Checkpoint, ReplayPoint};
-use crate::pool::space::{Counters, SegState};
+use crate::pool::space::{Counters, MetaClass, SegState};
 
 /// State captured when the memtable is frozen: what the persisted state will
 /// be once its run is installed.
@@ -98,7 +98,7 @@ impl Writer {
             Some(frozen) => {
                 let id = self.sh.next_run_id.fetch_add(1, Ordering::SeqCst);
                 let sh = self.sh.clone();
-                let mut alloc = crate::pool::maint::TableAlloc(&sh);
+                let mut alloc = crate::pool::maint::TableAlloc(&sh, MetaClass::Short);
                 let r = crate::pool::maint::build_run_with(
                     &sh,
                     id,
@@ -333,7 +333,7 @@ impl Writer {
         self.sh
             .segs
             .lock()
-            .alloc_meta_blocks(bytes.div_ceil(BLOCK) as u32)
+            .alloc_meta_blocks(bytes.div_ceil(BLOCK) as u32, MetaClass::Short)
             .ok_or_else(|| Error::new(ErrorKind::NoSpace, "no free segments for metadata"))
     }
 }
