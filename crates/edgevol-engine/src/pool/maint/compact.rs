@@ -42,9 +42,10 @@ pub(super) enum Scope {
     /// Whatever the tree needs (the maintenance step).
     Full,
     /// Only merge L0 runs among themselves (into L1 only while there is
-    /// none), and only while `keep_free` segments stay free besides the
-    /// metadata floor: inside the cleaner's loop, where writers may be
-    /// waiting for it (a merge into L1 rewrites the whole of L1).
+    /// none), the newest size tier of them ([`newest_tier`]), and only
+    /// while `keep_free` segments stay free besides the metadata floor:
+    /// inside the cleaner's loop, where writers may be waiting for it (a
+    /// merge into L1 rewrites the whole of L1).
     L0Only { keep_free: u64 },
 }
 
@@ -62,14 +63,35 @@ pub(super) struct Policy {
 /// A merge the policy chose: its inputs and where its output goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Merge {
-    /// Every L0 run is an input (they come first, newest first).
-    l0: bool,
+    /// How many of the newest L0 runs are inputs (they come first, newest
+    /// first); an output into a deep level takes them all.
+    l0: usize,
     /// The deep levels (0 = L1) whose runs are inputs, after L0's.
     deep: Range<usize>,
     /// Where the merged run goes.
     out: Output,
     /// Deletion markers must stay: an older run lies below the output.
     keep_deletions: bool,
+}
+
+/// How many of the newest L0 runs (`l0`: bytes, newest first) form a size
+/// tier: from the newest, every run up to twice the bytes of those before
+/// it, and at least two. Inside the cleaner's loop each round flushes a
+/// small run; merging all of L0 each time rewrote the runs merged before
+/// again and again (a merge every other round, ~200 ms each at a 90% full
+/// 2.6 GB pool), where merging the newest tier only rewrites each byte
+/// about once per doubling.
+fn newest_tier(l0: &[u64]) -> usize {
+    let mut sum = 0u64;
+    let mut k = 0;
+    for &b in l0 {
+        if k >= 2 && b > sum.saturating_mul(2) {
+            break;
+        }
+        sum = sum.saturating_add(b);
+        k += 1;
+    }
+    k
 }
 
 impl Policy {
@@ -98,12 +120,13 @@ impl Policy {
         let (take_l0, levels, out) = if l0.len() >= self.l0_compact {
             let l0_bytes: u64 = l0.iter().sum();
             match deep.first() {
-                Some(Some(l1)) if l0_only || l0_bytes.saturating_mul(self.l0_tier_ratio) < *l1 => {
-                    (true, 0..0, Output::L0)
+                Some(Some(_)) if l0_only => (newest_tier(l0), 0..0, Output::L0),
+                Some(Some(l1)) if l0_bytes.saturating_mul(self.l0_tier_ratio) < *l1 => {
+                    (l0.len(), 0..0, Output::L0)
                 }
-                Some(Some(_)) => (true, 0..1, Output::Deep(0)),
+                Some(Some(_)) => (l0.len(), 0..1, Output::Deep(0)),
                 // No L1 yet: the L0 runs become L1 (as cheap as merging them).
-                _ => (true, 0..0, Output::Deep(0)),
+                _ => (l0.len(), 0..0, Output::Deep(0)),
             }
         } else {
             let mut pick = None;
@@ -120,7 +143,7 @@ impl Policy {
                 Some(Some(_)) => i + 2,
                 _ => i + 1,
             };
-            (false, i..end, Output::Deep(i + 1))
+            (0, i..end, Output::Deep(i + 1))
         };
         // Deletion markers can go when nothing older lies below the output.
         let keep_deletions = match out {
@@ -164,11 +187,7 @@ pub(super) fn compact(sh: &Shared, scope: Scope) -> Result<bool> {
         return Ok(false);
     };
     let (out, keep_deletions) = (merge.out, merge.keep_deletions);
-    let mut inputs: Vec<Arc<Run>> = if merge.l0 {
-        levels.l0.clone()
-    } else {
-        Vec::new()
-    };
+    let mut inputs: Vec<Arc<Run>> = levels.l0[..merge.l0].to_vec();
     inputs.extend(levels.deep[merge.deep].iter().flatten().cloned());
     // The output may be as large as the inputs; it must fit without eating
     // the segments reserved for flushes.
@@ -217,9 +236,13 @@ pub(super) fn compact(sh: &Shared, scope: Scope) -> Result<bool> {
     let mut deep = levels.deep.clone();
     let kept = (run.meta().entries > 0).then(|| run.clone());
     let l0 = match out {
-        // The merged run takes the place of every L0 input (runs flushed
-        // meanwhile are kept in front of it when the writer installs it).
-        Output::L0 => kept.into_iter().collect(),
+        // The merged run takes the place of the L0 inputs, in front of the
+        // older L0 runs (runs flushed meanwhile are kept in front of it
+        // when the writer installs it).
+        Output::L0 => kept
+            .into_iter()
+            .chain(levels.l0[merge.l0..].iter().cloned())
+            .collect(),
         Output::Deep(level) => {
             while deep.len() <= level {
                 deep.push(None);
@@ -270,7 +293,7 @@ mod tests {
         }
     }
 
-    fn merge(l0: bool, deep: Range<usize>, out: Output, keep_deletions: bool) -> Option<Merge> {
+    fn merge(l0: usize, deep: Range<usize>, out: Output, keep_deletions: bool) -> Option<Merge> {
         Some(Merge {
             l0,
             deep,
@@ -296,12 +319,12 @@ mod tests {
         expect(
             false,
             &[
-                (&[MIB; 4], &[], merge(true, 0..0, Output::Deep(0), false)),
+                (&[MIB; 4], &[], merge(4, 0..0, Output::Deep(0), false)),
                 // An empty L1 above a deeper level: deletions must stay.
                 (
                     &[MIB; 4],
                     &[None, Some(MIB)],
-                    merge(true, 0..0, Output::Deep(0), true),
+                    merge(4, 0..0, Output::Deep(0), true),
                 ),
             ],
         );
@@ -316,13 +339,13 @@ mod tests {
                 (
                     &[MIB; 4],
                     &[Some(17 * MIB)],
-                    merge(true, 0..0, Output::L0, true),
+                    merge(4, 0..0, Output::L0, true),
                 ),
                 // More than four runs trigger it too.
                 (
                     &[MIB; 6],
                     &[Some(25 * MIB), Some(MIB)],
-                    merge(true, 0..0, Output::L0, true),
+                    merge(6, 0..0, Output::L0, true),
                 ),
             ],
         );
@@ -337,19 +360,19 @@ mod tests {
                 (
                     &[MIB; 4],
                     &[Some(16 * MIB)],
-                    merge(true, 0..1, Output::Deep(0), false),
+                    merge(4, 0..1, Output::Deep(0), false),
                 ),
                 // With L2 below, deletion markers stay.
                 (
                     &[MIB; 4],
                     &[Some(MIB), Some(MIB)],
-                    merge(true, 0..1, Output::Deep(0), true),
+                    merge(4, 0..1, Output::Deep(0), true),
                 ),
                 // The L0 rule comes before the level targets.
                 (
                     &[MIB; 4],
                     &[Some(9 * MIB)],
-                    merge(true, 0..1, Output::Deep(0), false),
+                    merge(4, 0..1, Output::Deep(0), false),
                 ),
             ],
         );
@@ -364,37 +387,37 @@ mod tests {
                 (
                     &[],
                     &[Some(8 * MIB + 1)],
-                    merge(false, 0..1, Output::Deep(1), false),
+                    merge(0, 0..1, Output::Deep(1), false),
                 ),
                 // With the next level: both are inputs.
                 (
                     &[MIB; 3],
                     &[Some(9 * MIB), Some(MIB)],
-                    merge(false, 0..2, Output::Deep(1), false),
+                    merge(0, 0..2, Output::Deep(1), false),
                 ),
                 // Something older below the output keeps deletion markers.
                 (
                     &[],
                     &[Some(9 * MIB), None, Some(MIB)],
-                    merge(false, 0..1, Output::Deep(1), true),
+                    merge(0, 0..1, Output::Deep(1), true),
                 ),
                 // L2's target is ten times L1's.
                 (&[], &[None, Some(80 * MIB)], None),
                 (
                     &[],
                     &[None, Some(80 * MIB + 1)],
-                    merge(false, 1..2, Output::Deep(2), false),
+                    merge(0, 1..2, Output::Deep(2), false),
                 ),
                 // The shallowest level over its target goes first.
                 (
                     &[],
                     &[Some(9 * MIB), Some(81 * MIB), Some(MIB)],
-                    merge(false, 0..2, Output::Deep(1), true),
+                    merge(0, 0..2, Output::Deep(1), true),
                 ),
                 (
                     &[],
                     &[Some(MIB), Some(81 * MIB)],
-                    merge(false, 1..2, Output::Deep(2), false),
+                    merge(0, 1..2, Output::Deep(2), false),
                 ),
             ],
         );
@@ -408,10 +431,57 @@ mod tests {
                 // Under four L0 runs nothing, even with a level over target.
                 (&[MIB; 3], &[Some(9 * MIB)], None),
                 // L0 merges among itself however large it is against L1 ...
-                (&[MIB; 4], &[Some(MIB)], merge(true, 0..0, Output::L0, true)),
+                (&[MIB; 4], &[Some(MIB)], merge(4, 0..0, Output::L0, true)),
                 // ... and becomes L1 only while there is none.
-                (&[MIB; 4], &[], merge(true, 0..0, Output::Deep(0), false)),
+                (&[MIB; 4], &[], merge(4, 0..0, Output::Deep(0), false)),
+                // Only the newest size tier: runs up to twice the bytes of
+                // those newer than them (newest first) ...
+                (
+                    &[MIB, MIB, 2 * MIB, 3 * MIB, 20 * MIB],
+                    &[Some(99 * MIB)],
+                    merge(4, 0..0, Output::L0, true),
+                ),
+                // ... and at least the two newest.
+                (
+                    &[MIB, 5 * MIB, 20 * MIB, 80 * MIB],
+                    &[Some(MIB)],
+                    merge(2, 0..0, Output::L0, true),
+                ),
             ],
+        );
+        // The full scope still merges every L0 run.
+        expect(
+            false,
+            &[(
+                &[MIB, MIB, 2 * MIB, 3 * MIB, 20 * MIB],
+                &[Some(999 * MIB)],
+                merge(5, 0..0, Output::L0, true),
+            )],
+        );
+    }
+
+    #[test]
+    fn a_size_tier_rewrites_each_byte_about_once_per_doubling() {
+        // Rounds of the cleaner's loop: one 1 MiB run flushed each, a merge
+        // of the newest tier whenever four runs are there.
+        let p = Policy::new(1 << 20);
+        let mut l0: Vec<u64> = Vec::new();
+        let mut rewritten = 0u64;
+        let rounds = 256u64;
+        for _ in 0..rounds {
+            l0.insert(0, MIB);
+            if let Some(m) = p.plan(&l0, &[Some(u64::MAX)], true) {
+                let merged: u64 = l0[..m.l0].iter().sum();
+                rewritten += merged;
+                l0.splice(..m.l0, [merged]);
+            }
+            assert!(l0.len() < 12, "L0 stays under L0_STOP: {l0:?}");
+        }
+        // Merging all of L0 each time rewrites ~rounds²/8 MiB (8,000+ here).
+        assert!(
+            rewritten <= rounds * MIB * 12,
+            "{} MiB rewritten for {rounds} MiB flushed",
+            rewritten / MIB
         );
     }
 
@@ -425,7 +495,7 @@ mod tests {
                 (
                     &[u64::MAX / 8; 4],
                     &[Some(u64::MAX)],
-                    merge(true, 0..1, Output::Deep(0), false),
+                    merge(4, 0..1, Output::Deep(0), false),
                 ),
             ],
         );
