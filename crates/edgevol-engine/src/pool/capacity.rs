@@ -87,8 +87,9 @@ pub(crate) fn data_reserve(sh: &Shared) -> u64 {
     meta_floor(sh) + CLEANER_SEGMENTS
 }
 
-/// Free segments below which the cleaner works: a tenth of the pool, and
-/// at least two above the data reserve.
+/// Free segments below which the cleaner works and client writes are
+/// paced (`admission`): a tenth of the pool, and at least two above the
+/// data reserve.
 pub(crate) fn clean_below(sh: &Shared) -> u64 {
     (sh.vdevs.total_segments() / 10).max(data_reserve(sh) + 2)
 }

@@ -419,6 +419,14 @@ pub(crate) fn pool_status(sh: &Shared) -> PoolStatus {
         ),
         ("map_cache_bytes".to_string(), sh.map.cache().weight()),
         (
+            "admission_delayed_writes".to_string(),
+            sh.admission.delayed.load(Ordering::Relaxed),
+        ),
+        (
+            "admission_wait_us".to_string(),
+            sh.admission.delayed_ns.load(Ordering::Relaxed) / 1000,
+        ),
+        (
             "map_runs".to_string(),
             sh.map.levels().runs().count() as u64,
         ),

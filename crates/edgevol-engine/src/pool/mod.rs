@@ -16,6 +16,7 @@
 //! and [`hooks`] (maintenance, counters and debugging for tests and
 //! tools). Creating and importing pools is [`open`]'s.
 
+mod admission;
 mod capacity;
 mod check;
 pub(crate) mod ckpt;

@@ -105,6 +105,8 @@ pub(crate) struct Shared {
     pub(crate) subblock: subblock::LockTable,
     /// The thread the writer runs on (a reactor's, or its own).
     pub(crate) writer_thread: Mutex<Option<std::thread::ThreadId>>,
+    /// The pace of client writes near the data reserve.
+    pub(crate) admission: super::admission::Admission,
 }
 
 impl Shared {
@@ -217,6 +219,7 @@ pub(super) fn shared(
         client_ops: AtomicU64::new(0),
         subblock: Default::default(),
         writer_thread: Mutex::new(None),
+        admission: Default::default(),
     });
     (sh, data_rx, maint_rx)
 }

@@ -292,6 +292,10 @@ impl Volume {
     /// Write whole blocks (the caller holds the exclusion it needs).
     async fn write_blocks(&self, lba: u64, data: Bytes, fua: bool) -> Result<()> {
         let vol = self.vol;
+        self.sh
+            .admission
+            .admit(&self.sh, data.len() as u64 / BLOCK_U64)
+            .await;
         self.submit(|done| DataOp::Write {
             vol,
             lba,
