@@ -1,8 +1,12 @@
 //! A power-cut campaign: a seeded random workload against a pool on
 //! simulated devices, cut at random device operations N times, each time
-//! recovered and checked against the model. The seed reproduces a run
-//! exactly: maintenance runs only when the workload asks, so the device
-//! operations, and therefore the cut points, are the same every time.
+//! recovered and checked against the model. Maintenance runs only when the
+//! workload asks, so a seed meant to reproduce a run exactly; it does not
+//! quite (a parity1 failure at cut 2,856 did not come back on a rerun,
+//! docs/reliability.md). So every pool draws its workload from the seed
+//! and its own number: one pool replays alone ([`Config::pool`]), in
+//! seconds and as often as it takes, instead of the whole campaign before
+//! it. Pool 1 draws from the seed itself, as every campaign did before.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -26,6 +30,10 @@ pub struct Config {
     /// Cuts per pool: after this many the campaign starts over on a fresh
     /// pool (new volumes, a different history).
     pub cuts_per_pool: u64,
+    /// Run only this pool (numbered from 1): cuts `(pool − 1) ·
+    /// cuts_per_pool + 1 ..= pool · cuts_per_pool`, numbered as in the
+    /// whole campaign; `cuts` is then not used.
+    pub pool: Option<u64>,
 }
 
 impl Config {
@@ -36,6 +44,7 @@ impl Config {
             cuts,
             layout: Layout::Single,
             cuts_per_pool: 50,
+            pool: None,
         }
     }
 }
@@ -92,11 +101,27 @@ impl fmt::Display for CampaignFailure {
 
 impl std::error::Error for CampaignFailure {}
 
+/// The workload draws of pool `pool` (from 1) of a campaign of `seed`.
+fn pool_rng(seed: u64, pool: u64) -> StdRng {
+    match pool {
+        1 => StdRng::seed_from_u64(seed),
+        p => StdRng::seed_from_u64(seed ^ p.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+    }
+}
+
 /// Run a campaign; `progress` sees the report after every cut.
 pub fn run(cfg: &Config, progress: &mut dyn FnMut(&Report)) -> Result<Report, CampaignFailure> {
     let start = Instant::now();
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let mut report = Report::default();
+    let per_pool = cfg.cuts_per_pool.max(1);
+    let (first, end) = match cfg.pool {
+        Some(p) => (p.max(1), p.max(1) * per_pool),
+        None => (1, cfg.cuts),
+    };
+    let mut rng = pool_rng(cfg.seed, first);
+    let mut report = Report {
+        pools: first - 1,
+        ..Report::default()
+    };
     let mut recent: VecDeque<String> = VecDeque::new();
     let mut op_index = 0u64;
     let fail =
@@ -109,12 +134,13 @@ pub fn run(cfg: &Config, progress: &mut dyn FnMut(&Report)) -> Result<Report, Ca
             recent: recent.iter().cloned().collect(),
         };
     let mut h: Option<Harness> = None;
-    let mut done = 0u64;
-    while done < cfg.cuts {
+    let mut done = (first - 1) * per_pool;
+    while done < end {
         let harness = match h.as_mut() {
             Some(h) => h,
             None => {
                 report.pools += 1;
+                rng = pool_rng(cfg.seed, report.pools);
                 op_index = 0;
                 recent.clear();
                 recent.push_back(format!("-- new pool ({:?})", cfg.layout));
@@ -162,7 +188,7 @@ pub fn run(cfg: &Config, progress: &mut dyn FnMut(&Report)) -> Result<Report, Ca
             .crash(policy, seed)
             .map_err(|e| fail(e, done, op_index, &recent))?;
         done += 1;
-        if done.is_multiple_of(cfg.cuts_per_pool.max(1)) || done == cfg.cuts {
+        if done.is_multiple_of(per_pool) || done == end {
             let finished = h.take().expect("a harness");
             let counts = finished
                 .finish()
@@ -177,6 +203,7 @@ pub fn run(cfg: &Config, progress: &mut dyn FnMut(&Report)) -> Result<Report, Ca
         progress(&shown);
     }
     report.elapsed = start.elapsed();
+    report.pools -= first - 1;
     Ok(report)
 }
 

@@ -57,3 +57,19 @@ fn parity_members_behind_on_uberblocks_twice_still_import() {
     let r = run(&cfg, &mut |_| {}).unwrap_or_else(|f| panic!("{f}"));
     assert_eq!(r.counts.cuts, 6);
 }
+
+/// A pool of a campaign replays alone: its cuts keep their numbers, and
+/// it makes one pool's worth of them.
+#[test]
+fn one_pool_of_a_campaign_replays_alone() {
+    let cfg = Config {
+        cuts_per_pool: 3,
+        pool: Some(2),
+        ..Config::new(11, 0)
+    };
+    let mut seen = Vec::new();
+    let r = run(&cfg, &mut |r| seen.push(r.counts.cuts)).unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(seen, [1, 2, 3], "one pool's cuts");
+    assert_eq!((r.counts.cuts, r.pools), (3, 1));
+    assert!(r.counts.ops > 0, "the workload ran: {r:?}");
+}

@@ -29,6 +29,11 @@ pub struct CrashArgs {
     /// Start over on a fresh pool after this many cuts.
     #[arg(long, default_value_t = 50)]
     cuts_per_pool: u64,
+    /// Replay only this pool of the campaign (numbered from 1; its cuts
+    /// keep their numbers): a failure at cut C is in pool
+    /// (C - 1) / cuts-per-pool + 1, and replays in seconds.
+    #[arg(long, conflicts_with = "cuts")]
+    pool: Option<u64>,
 }
 
 pub fn run(cmd: TestCmd, json: bool) -> Result<()> {
@@ -41,16 +46,34 @@ pub fn run(cmd: TestCmd, json: bool) -> Result<()> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
     });
+    if a.pool == Some(0) || a.cuts_per_pool == 0 {
+        bail!("--pool and --cuts-per-pool count from 1");
+    }
     let cfg = Config {
         layout,
         cuts_per_pool: a.cuts_per_pool,
+        pool: a.pool,
         ..Config::new(seed, a.cuts)
     };
-    eprintln!(
-        "crash campaign: {} cuts, layout {}, seed {seed}",
-        a.cuts, a.layout
-    );
-    let bar = ProgressBar::new(a.cuts);
+    let total = match a.pool {
+        Some(p) => {
+            eprintln!(
+                "crash campaign: pool {p} alone (cuts {} to {}), layout {}, seed {seed}",
+                (p - 1) * a.cuts_per_pool + 1,
+                p * a.cuts_per_pool,
+                a.layout
+            );
+            a.cuts_per_pool
+        }
+        None => {
+            eprintln!(
+                "crash campaign: {} cuts, layout {}, seed {seed}",
+                a.cuts, a.layout
+            );
+            a.cuts
+        }
+    };
+    let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} cuts {elapsed_precise} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -65,10 +88,11 @@ pub fn run(cmd: TestCmd, json: bool) -> Result<()> {
         Err(f) => {
             eprint!("{f}");
             bail!(
-                "crash campaign failed; reproduce with: edgevol test crash --seed {seed} --cuts {} --layout {} --cuts-per-pool {}",
-                f.cut + 1,
+                "crash campaign failed; reproduce with: edgevol test crash --seed {seed} --layout {} --cuts-per-pool {} --pool {} (its pool alone), or --cuts {} instead of --pool (the campaign up to it)",
                 a.layout,
-                a.cuts_per_pool
+                a.cuts_per_pool,
+                f.cut / a.cuts_per_pool + 1,
+                f.cut + 1,
             );
         }
     };
