@@ -31,7 +31,8 @@ use crate::pool::{now_secs, CreateOptions, Pool, PoolConfig};
 /// pool has at most 256 Ki segments, or halved (down to 1 MiB) until it has
 /// at least 256. The reserves are counted in segments (pool/capacity.rs), so
 /// a small pool of large segments would hold most of itself back: a 192 MiB
-/// pool of 8 MiB segments accepted 44 MiB of data, of 1 MiB segments 158.
+/// pool of 8 MiB segments accepted 44 MiB of data, of 1 MiB segments 158
+/// (152 since the fixed metadata allowance).
 fn default_segment_size(bytes: u64) -> u64 {
     let mut s = DEFAULT_SEGMENT_SIZE;
     while bytes / s > 256 * 1024 && s < MAX_SEGMENT_SIZE {
