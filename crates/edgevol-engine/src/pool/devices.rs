@@ -187,7 +187,7 @@ impl Pool {
         // what the resilver copies) once this returns.
         maint::flush_now(sh)?;
         tracing::info!(pool = %sh.name, old = %old_desc, new = %new.display(), "replacing device; resilvering");
-        let h = scrub::start_resilver(sh, slot, g, m, entry)?;
+        let h = super::resilver::start_resilver(sh, slot, g, m, entry)?;
         self.threads.lock().push(h);
         Ok(())
     }
@@ -269,7 +269,7 @@ impl Pool {
                 (g, m, l.0.groups[g].devices[m].clone())
             })
             .collect();
-        let h = scrub::start_resilvers(&self.sh, jobs, then_scrub)?;
+        let h = super::resilver::start_resilvers(&self.sh, jobs, then_scrub)?;
         self.threads.lock().push(h);
         Ok(())
     }

@@ -11,9 +11,12 @@
 //! it is paced: [`SCRUB_MAX_RATE`] on an idle pool, [`SCRUB_BUSY_RATE`]
 //! while clients do I/O, so clients keep their latency.
 //!
-//! **Resilver** (after `replace`) rebuilds the new member's share of every
-//! allocated segment from the other members while new writes already go
-//! to it; the member becomes ONLINE (readable) at the end.
+//! **Resilver** (after `replace`, module `resilver`) runs in the same scan
+//! slot: one scan at a time per pool, with the status, pacing and progress
+//! kept here.
+//!
+//! Keeps invariant 2 of shared/DESIGN.md (bad copies found are rewritten
+//! from verified ones; what no copy restores is reported, never hidden).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use super::info::ScanStatus;
 use super::space::SegState;
-use super::vdev::MemberState;
 use super::{now_secs, Shared};
 use crate::error::{Error, ErrorKind, Result};
 use crate::layout::{Paddr, SegId, BLOCK, BLOCK_U64};
@@ -113,7 +115,7 @@ impl Slot<'_> {
     /// own, which frees the slot when it ends (even by a panic). The status
     /// is set before this returns, so a caller that looks at the pool's
     /// status next sees the scan running.
-    fn spawn(
+    pub(super) fn spawn(
         mut self,
         sh: &Arc<Shared>,
         status: ScanStatus,
@@ -161,7 +163,7 @@ fn pick_kind<'a>(x: &'a mut Scans, kind: &str) -> Option<&'a mut ScanStatus> {
     }
 }
 
-fn new_status(kind: &str, total: u64) -> ScanStatus {
+pub(super) fn new_status(kind: &str, total: u64) -> ScanStatus {
     ScanStatus {
         kind: kind.into(),
         state: "running".into(),
@@ -172,7 +174,7 @@ fn new_status(kind: &str, total: u64) -> ScanStatus {
 }
 
 /// A new scrub's status: over the live bytes now.
-fn scrub_status(sh: &Shared) -> ScanStatus {
+pub(super) fn scrub_status(sh: &Shared) -> ScanStatus {
     let total = sh.segs.lock().live_total();
     new_status("scrub", total)
 }
@@ -208,7 +210,7 @@ fn mark(sh: &Shared, at: Option<Key>) {
 /// A scrub pass from `from` (its status is set); the restart mark is kept
 /// while it runs and cleared when it finishes or is stopped (not when the
 /// pool closes under it: then it resumes at the next import).
-fn run_scrub(sh: &Shared, from: Key) -> Result<bool> {
+pub(super) fn run_scrub(sh: &Shared, from: Key) -> Result<bool> {
     mark(sh, Some(from));
     let r = scrub(sh, from);
     if !sh.closing.load(Ordering::SeqCst) {
@@ -230,7 +232,7 @@ pub(crate) fn stop_scrub(sh: &Shared) -> Result<()> {
 /// section, either show `next` as the scan this thread runs now or free
 /// the scan slot. Whoever sees the end in the pool's status can so start
 /// the next scan at once.
-fn end_scan(
+pub(super) fn end_scan(
     sh: &Shared,
     pick: impl Fn(&mut Scans) -> Option<&mut ScanStatus>,
     r: Result<bool>,
@@ -261,7 +263,7 @@ fn stopping(sh: &Shared) -> bool {
 }
 
 /// Update the running scan's progress.
-fn progress(
+pub(super) fn progress(
     sh: &Shared,
     pick: impl Fn(&mut Scans) -> Option<&mut ScanStatus>,
     done: u64,
@@ -549,105 +551,4 @@ fn lineage_name(sh: &Shared, l: u32) -> String {
         return format!("{}/{}", sh.name, v.name);
     }
     format!("{}/(lineage {l})", sh.name)
-}
-
-/// Start resilvering member `m` of group `g` in a thread of its own, in
-/// the scan slot the caller claimed.
-pub(crate) fn start_resilver(
-    sh: &Arc<Shared>,
-    slot: Slot<'_>,
-    g: usize,
-    m: usize,
-    entry: crate::format::label::DeviceLayout,
-) -> Result<std::thread::JoinHandle<()>> {
-    let total: u64 = {
-        let t = sh.segs.lock();
-        (0..sh.vdevs.groups[g].segments())
-            .filter_map(|i| t.get(SegId::new(g as u8, i)))
-            .map(|s| match s.state {
-                SegState::Data => u64::from(s.written),
-                SegState::Meta => sh.vdevs.segment_size,
-                _ => 0,
-            })
-            .sum()
-    };
-    slot.spawn(sh, new_status("resilver", total), move |s| {
-        let r = resilver(s, g, m, entry);
-        end_scan(s, |x| x.resilver.as_mut(), r, None);
-    })
-}
-
-/// Resilver several members, one after the other, in one thread; then
-/// continue the scrub a restart interrupted, if any.
-pub(crate) fn start_resilvers(
-    sh: &Arc<Shared>,
-    jobs: Vec<(usize, usize, crate::format::label::DeviceLayout)>,
-    then_scrub: Option<Key>,
-) -> Result<std::thread::JoinHandle<()>> {
-    let slot = Slot::claim(sh)?;
-    slot.spawn(sh, new_status("resilver", 0), move |s| {
-        let mut r = Ok(true);
-        for (g, m, entry) in jobs {
-            r = resilver(s, g, m, entry);
-            if !matches!(r, Ok(true)) {
-                break;
-            }
-        }
-        let scrub_from = then_scrub.filter(|_| matches!(r, Ok(true)));
-        let next = scrub_from.map(|_| scrub_status(s));
-        end_scan(s, |x| x.resilver.as_mut(), r, next);
-        if let Some(from) = scrub_from {
-            tracing::info!(pool = %s.name, "resuming the scrub a restart interrupted");
-            let r = run_scrub(s, from);
-            end_scan(s, |x| x.scrub.as_mut(), r, None);
-        }
-    })
-}
-
-/// Rebuild member `m` of group `g`: only allocated segments, only what was
-/// written in them. Ok(false) if the pool closed first (the member stays
-/// RESILVERING and the resilver starts over at the next import).
-fn resilver(
-    sh: &Shared,
-    g: usize,
-    m: usize,
-    entry: crate::format::label::DeviceLayout,
-) -> Result<bool> {
-    let t0 = Instant::now();
-    let n = sh.vdevs.groups[g].segments();
-    let mut done = 0u64;
-    for i in 0..n {
-        if sh.closing.load(Ordering::SeqCst) {
-            return Ok(false);
-        }
-        let seg = SegId::new(g as u8, i);
-        let _t = sh.gate.enter();
-        let info = sh.segs.lock().get(seg).copied();
-        let bytes = match info {
-            Some(s) if s.state == SegState::Data => u64::from(s.written),
-            Some(s) if s.state == SegState::Meta => sh.vdevs.segment_size,
-            _ => 0,
-        };
-        if bytes > 0 {
-            // Metadata is written by maintenance: copy it while none runs.
-            let _m = (info.map(|s| s.state) == Some(SegState::Meta)).then(|| sh.maint_lock.lock());
-            sh.vdevs.resilver_segment(seg, m, bytes)?;
-            done += bytes;
-        }
-        progress(sh, |x| x.resilver.as_mut(), done, 0, t0);
-        if let Some(st) = sh.scans.lock().resilver.as_mut() {
-            st.total_bytes = st.total_bytes.max(done);
-        }
-    }
-    // The layout already names the device (since `replace`, or it was
-    // found stale at import); it is readable from now on, and the next
-    // checkpoint no longer lists it as stale.
-    debug_assert_eq!(
-        sh.vdevs.layout.lock().0.groups[g].devices[m].guid,
-        entry.guid
-    );
-    sh.vdevs.groups[g].members[m].set_state(MemberState::Online);
-    super::maint::flush_now(sh)?;
-    tracing::info!(pool = %sh.name, group = g, member = m, bytes = done, secs = t0.elapsed().as_secs_f64(), "resilver complete");
-    Ok(true)
 }
