@@ -21,18 +21,25 @@ fn background_cfg() -> PoolConfig {
     }
 }
 
-#[test]
-fn overwrites_many_times_capacity_with_snapshots() {
-    let dev = Arc::new(MemDevice::new("d0", 72 * MIB));
+/// A pool of `bytes` on one memory device, in segments of `segment`, with
+/// maintenance in the background (as the daemon runs it), and the device.
+fn background_pool(bytes: u64, segment: u64) -> (Pool, Arc<MemDevice>) {
+    let dev = Arc::new(MemDevice::new("d0", bytes));
     let pool = Pool::create(
         "p",
         vec![dev.clone() as Arc<dyn Device>],
         &CreateOptions {
-            segment_size: Some(MIB),
+            segment_size: Some(segment),
         },
         background_cfg(),
     )
     .unwrap();
+    (pool, dev)
+}
+
+#[test]
+fn overwrites_many_times_capacity_with_snapshots() {
+    let (pool, dev) = background_pool(72 * MIB, MIB);
     // 24 MiB of volume on ~64 MiB of segments: live data is at most ~40%.
     pool.create_volume("v", 24 * MIB, uncompressed()).unwrap();
     let v = pool.open_volume("v").unwrap();
@@ -104,16 +111,7 @@ fn overwrites_many_times_capacity_with_snapshots() {
 
 #[test]
 fn full_pool_gives_enospc_and_recovers_after_delete() {
-    let dev = Arc::new(MemDevice::new("d0", 48 * MIB));
-    let pool = Pool::create(
-        "p",
-        vec![dev.clone() as Arc<dyn Device>],
-        &CreateOptions {
-            segment_size: Some(MIB),
-        },
-        background_cfg(),
-    )
-    .unwrap();
+    let (pool, _dev) = background_pool(48 * MIB, MIB);
     pool.create_volume("big", 256 * MIB, uncompressed())
         .unwrap();
     pool.create_volume("keep", 4 * MIB, no_props()).unwrap();
@@ -171,16 +169,7 @@ fn random_overwrites_at_a_nearly_full_pool_do_not_fail() {
     // 4 KiB overwrites of about twice the pool. Each overwrite frees its
     // share of the packed record it replaces at once and the cleaner stores
     // the live rest anew, so none fails.
-    let dev = Arc::new(MemDevice::new("d0", 64 * MIB));
-    let pool = Pool::create(
-        "p",
-        vec![dev.clone() as Arc<dyn Device>],
-        &CreateOptions {
-            segment_size: Some(2 * MIB),
-        },
-        background_cfg(),
-    )
-    .unwrap();
+    let (pool, _dev) = background_pool(64 * MIB, 2 * MIB);
     let usable = pool.status().usable;
     // Blocks compress about 2:1, so the volume's logical size is ~1.8x
     // the pool.
@@ -226,16 +215,7 @@ fn random_overwrites_at_a_nearly_full_pool_do_not_fail() {
 /// none fails, and every block reads back its last value.
 #[test]
 fn writers_at_a_nearly_full_pool_are_paced_not_failed() {
-    let dev = Arc::new(MemDevice::new("d0", 160 * MIB));
-    let pool = Pool::create(
-        "p",
-        vec![dev.clone() as Arc<dyn Device>],
-        &CreateOptions {
-            segment_size: Some(MIB),
-        },
-        background_cfg(),
-    )
-    .unwrap();
+    let (pool, _dev) = background_pool(160 * MIB, MIB);
     let usable = pool.status().usable;
     let size = (usable * 9 / 10) / MIB * MIB;
     pool.create_volume("v", size, uncompressed()).unwrap();
