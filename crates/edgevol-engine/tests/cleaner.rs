@@ -33,7 +33,7 @@ fn background_pool(bytes: u64, segment: u64) -> (Pool, Arc<MemDevice>) {
         },
         background_cfg(),
     )
-    .unwrap();
+    .expect("create pool");
     (pool, dev)
 }
 
