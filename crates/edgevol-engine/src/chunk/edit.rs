@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::layout::Paddr;
 use crate::map::{Key, Value};
 
-use super::{share_freed, Change, Entries};
+use super::{share_freed, Change, Entries, Freed};
 
 /// Remove the blocks set in `remove` (bit i = block `key.lba + i`) from an
 /// entry; returns the changes (the surviving fragments, and a deletion of
@@ -72,7 +72,7 @@ pub(super) fn blocks_per_record<'a>(
 }
 
 /// Space freed between `before` and `after` (records that lost blocks).
-pub(super) fn freed_records(before: &Entries, after: &[(Key, Value)]) -> Vec<(Paddr, u64, u64)> {
+pub(super) fn freed_records(before: &Entries, after: &[(Key, Value)]) -> Vec<Freed> {
     let b = blocks_per_record(before.iter().map(|(_, v)| v));
     let a = blocks_per_record(after.iter().map(|(_, v)| v));
     let mut seen = BTreeSet::new();

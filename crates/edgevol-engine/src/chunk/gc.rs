@@ -84,7 +84,13 @@ mod tests {
         let g = plan_gc(&m.chunk(1, 0), 0, &[2], &[]);
         assert_eq!(
             g.freed,
-            vec![(Paddr::new(SegId::new(0, 0), 0), 4096, 4096)],
+            vec![crate::chunk::Freed {
+                rec: Paddr::new(SegId::new(0, 0), 0),
+                stored: 4096,
+                logical: 4096,
+                gone: false,
+                plain: true,
+            }],
             "block 1 of the old record is dead; blocks 0,2,3 are still live"
         );
         m.apply(&g);
@@ -99,5 +105,10 @@ mod tests {
             &NewValue::Data(rec(1 << 20, 4)),
         );
         assert_eq!(c.freed.len(), 2);
+        assert!(
+            c.freed.iter().all(|f| f.gone),
+            "no entry refers to either record: {:?}",
+            c.freed
+        );
     }
 }

@@ -57,9 +57,24 @@ pub type Change = (Key, Option<Value>);
 pub struct ChunkChanges {
     /// Map changes, to apply in order.
     pub changes: Vec<Change>,
-    /// Space given up by records that lost blocks: `(record address, stored
-    /// bytes, logical bytes)`, per [`live_share`].
-    pub freed: Vec<(Paddr, u64, u64)>,
+    /// Space given up by records that lost blocks, per [`live_share`].
+    pub freed: Vec<Freed>,
+}
+
+/// Space a record gave up in one chunk operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freed {
+    /// The record.
+    pub rec: Paddr,
+    /// Stored bytes given up.
+    pub stored: u64,
+    /// Logical bytes given up.
+    pub logical: u64,
+    /// No entry refers to the record any more: records never cross chunk
+    /// boundaries and belong to one lineage, so none ever will again.
+    pub gone: bool,
+    /// The record is plain (neither compressed nor encrypted).
+    pub plain: bool,
 }
 
 /// The live space a record accounts for while `blocks` of its blocks are
@@ -81,10 +96,16 @@ pub fn live_share(d: &DataRef, blocks: u64) -> (u64, u64) {
 }
 
 /// Space freed when a record goes from `before` to `after` referenced blocks.
-fn share_freed(d: &DataRef, before: u64, after: u64) -> Option<(Paddr, u64, u64)> {
+fn share_freed(d: &DataRef, before: u64, after: u64) -> Option<Freed> {
     let (sb, lb) = live_share(d, before);
     let (sa, la) = live_share(d, after);
-    (before > after).then_some((d.paddr, sb - sa, lb - la))
+    (before > after).then_some(Freed {
+        rec: d.paddr,
+        stored: sb - sa,
+        logical: lb - la,
+        gone: after == 0,
+        plain: d.is_plain(),
+    })
 }
 
 impl ChunkChanges {

@@ -109,7 +109,7 @@ pub fn plan_copy(
 mod tests {
     use super::*;
     use crate::chunk::testkit::{head, rec, M};
-    use crate::chunk::{data_blocks, plan_write, NewValue, PieceKind};
+    use crate::chunk::{data_blocks, plan_write, Freed, NewValue, PieceKind};
     use crate::layout::SegId;
 
     #[test]
@@ -118,7 +118,16 @@ mod tests {
         let key = Key::new(1, 0, 1);
         let old = Paddr::new(SegId::new(0, 0), 0);
         let c = plan_relocate(&m.chunk(1, 0), key, old, 0, 4, rec(4096 * 50, 4)).unwrap();
-        assert_eq!(c.freed, vec![(old, 4 * 4096, 4 * 4096)]);
+        assert_eq!(
+            c.freed,
+            vec![Freed {
+                rec: old,
+                stored: 4 * 4096,
+                logical: 4 * 4096,
+                gone: true,
+                plain: true,
+            }]
+        );
         m.apply(&c);
         assert!(plan_relocate(&m.chunk(1, 0), key, old, 0, 4, rec(4096 * 60, 4)).is_none());
     }

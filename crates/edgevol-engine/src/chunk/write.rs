@@ -10,12 +10,12 @@
 //! overwritten blocks no view needs is freed by the write itself).
 
 use crate::catalog::ViewStep;
-use crate::layout::{chunk_start, Paddr, CHUNK_BLOCKS};
+use crate::layout::{chunk_start, CHUNK_BLOCKS};
 use crate::map::{DataRef, Key, Value};
 
 use super::edit::{punch, whole_mask};
 use super::view::{visibility, Vis};
-use super::{share_freed, Change, ChunkChanges, Entries, Piece, PieceKind};
+use super::{share_freed, Change, ChunkChanges, Entries, Freed, Piece, PieceKind};
 
 /// True if some frozen view lies in `[b, c)`.
 fn needed_by_frozen(frozen_views: &[u64], b: u64, c: u64) -> bool {
@@ -89,11 +89,11 @@ pub fn plan_write(
 /// `key.lba + i`) are punched out. Same result as comparing before and
 /// after with [`super::edit::freed_records`], without rebuilding the chunk (this runs on
 /// every write).
-fn freed_by_removal(entries: &Entries, remove: &[u64]) -> Vec<(Paddr, u64, u64)> {
-    let mut freed: Vec<(Paddr, u64, u64)> = Vec::new();
+fn freed_by_removal(entries: &Entries, remove: &[u64]) -> Vec<Freed> {
+    let mut freed: Vec<Freed> = Vec::new();
     for (i, (_, v)) in entries.iter().enumerate() {
         let Some(d) = v.data() else { continue };
-        if remove[i] == 0 || freed.iter().any(|(p, _, _)| *p == d.paddr) {
+        if remove[i] == 0 || freed.iter().any(|f| f.rec == d.paddr) {
             continue;
         }
         // Every entry of this record: blocks referenced, and removed.
@@ -143,7 +143,7 @@ mod tests {
     use crate::catalog::Chain;
     use crate::chunk::data_blocks;
     use crate::chunk::testkit::{head, rec, M};
-    use crate::layout::SegId;
+    use crate::layout::{Paddr, SegId};
 
     #[test]
     fn overwrite_in_same_epoch_frees_and_splits() {
@@ -161,8 +161,14 @@ mod tests {
         );
         assert_eq!(
             c.freed,
-            vec![(Paddr::new(SegId::new(0, 0), 0), 2 * 4096, 2 * 4096)],
-            "the overwritten blocks' space comes back at once"
+            vec![Freed {
+                rec: Paddr::new(SegId::new(0, 0), 0),
+                stored: 2 * 4096,
+                logical: 2 * 4096,
+                gone: false,
+                plain: true,
+            }],
+            "the overwritten blocks' space comes back at once; the rest stays"
         );
         m.apply(&c);
         let ks: Vec<u64> = m.0.keys().map(|k| k.lba).collect();
@@ -182,9 +188,13 @@ mod tests {
             &[],
             &NewValue::Data(rec(200_000, 8)),
         );
-        let mut freed: Vec<(u32, u64)> = c.freed.iter().map(|f| (f.0.offset, f.1)).collect();
+        let mut freed: Vec<(u32, u64, bool)> = c
+            .freed
+            .iter()
+            .map(|f| (f.rec.offset, f.stored, f.gone))
+            .collect();
         freed.sort();
-        assert_eq!(freed, vec![(0, 6 * 4096), (100_000, 2 * 4096)]);
+        assert_eq!(freed, vec![(0, 6 * 4096, true), (100_000, 2 * 4096, true)]);
         m.apply(&c);
         assert_eq!(m.0.len(), 1);
     }

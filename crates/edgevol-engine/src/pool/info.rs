@@ -411,6 +411,7 @@ pub(crate) fn pool_status(sh: &Shared) -> PoolStatus {
         ("relocated_fragments", &st.relocated),
         ("restored_fragments", &st.restored),
         ("cleaned_segments", &st.cleaned_segments),
+        ("cleaner_skipped_dead", &st.cleaner_skipped_dead),
         ("checksum_errors", &st.checksum_errors),
     ]
     .into_iter()

@@ -23,6 +23,7 @@ pub(crate) mod ckpt;
 mod config;
 mod devices;
 mod gate;
+mod gone;
 mod grow;
 mod health;
 mod hooks;

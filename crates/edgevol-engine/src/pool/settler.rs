@@ -201,8 +201,11 @@ pub(crate) fn install(sh: &Shared, c: ChunkChanges, new: Option<&DataRef>) {
     }
     if !c.freed.is_empty() {
         let mut segs = sh.segs.lock();
-        for (p, fp, lg) in &c.freed {
-            segs.sub_live(p.seg, *fp, *lg);
+        for f in &c.freed {
+            segs.sub_live(f.rec.seg, f.stored, f.logical);
+            if f.gone && f.plain {
+                segs.mark_gone(f.rec);
+            }
         }
     }
     sh.map.insert_all(c.changes);

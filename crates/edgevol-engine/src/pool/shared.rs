@@ -45,6 +45,8 @@ pub struct Stats {
     pub relocated: AtomicU64,
     /// Segments the cleaner processed.
     pub cleaned_segments: AtomicU64,
+    /// Records the cleaner knew dead without a map lookup (`gone.rs`).
+    pub cleaner_skipped_dead: AtomicU64,
     /// Fragments of partly dead packed records the cleaner stored anew.
     pub restored: AtomicU64,
     /// Checksum failures seen by reads.

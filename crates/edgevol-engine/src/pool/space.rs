@@ -28,7 +28,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::layout::{MetaExtent, SegId, BLOCK_U64};
+use super::gone::{Dead, GoneHints, BUDGET_BYTES};
+use crate::layout::{MetaExtent, Paddr, SegId, BLOCK_U64};
 
 /// What a segment is used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +104,8 @@ pub struct SegmentTable {
     row_blocks: Vec<u32>,
     /// Blocks per segment.
     seg_blocks: u32,
+    /// Records known dead, for the cleaner (`gone.rs`).
+    gone: GoneHints,
 }
 
 impl SegmentTable {
@@ -122,6 +125,7 @@ impl SegmentTable {
             meta_cur: [None; 2],
             row_blocks: Vec::new(),
             seg_blocks: (segment_size / BLOCK_U64) as u32,
+            gone: GoneHints::new((segment_size / BLOCK_U64) as u32, BUDGET_BYTES),
         };
         t.rebuild_free();
         t
@@ -144,6 +148,7 @@ impl SegmentTable {
 
     /// Recompute the free lists and totals from states.
     pub fn rebuild_free(&mut self) {
+        self.gone.clear();
         self.free = self
             .segs
             .iter()
@@ -230,6 +235,7 @@ impl SegmentTable {
                 self.free[g].remove(&i);
                 self.next_group = (g + 1) % n;
                 let seg = SegId::new(g as u8, i);
+                self.gone.forget(seg);
                 if let Some(s) = self.get_mut(seg) {
                     *s = SegInfo {
                         state,
@@ -244,6 +250,7 @@ impl SegmentTable {
 
     /// Mark a segment as used for `state` (replay, load).
     pub fn claim(&mut self, seg: SegId, state: SegState) {
+        self.gone.forget(seg);
         if let Some(set) = self.free.get_mut(seg.group as usize) {
             set.remove(&seg.index);
         }
@@ -374,6 +381,7 @@ impl SegmentTable {
 
     /// Return a segment to the free list.
     pub fn release(&mut self, seg: SegId) {
+        self.gone.forget(seg);
         let (live, logical) = match self.get_mut(seg) {
             Some(s) => {
                 let x = if s.state == SegState::Data {
@@ -422,6 +430,19 @@ impl SegmentTable {
             self.live_total -= b;
             self.logical_total -= l;
         }
+    }
+
+    /// The plain record at `rec` lost its last reference (a hint for the
+    /// cleaner, `gone.rs`).
+    pub(crate) fn mark_gone(&mut self, rec: Paddr) {
+        if self.get(rec.seg).is_some_and(|s| s.state == SegState::Data) {
+            self.gone.mark(rec);
+        }
+    }
+
+    /// The records of `seg` known dead, if any.
+    pub(crate) fn gone(&self, seg: SegId) -> Option<Dead> {
+        self.gone.of(seg)
     }
 
     /// Logical bytes of live data records.

@@ -273,6 +273,12 @@ impl Vdevs {
         self.read_checked(seg, off, buf, &|_| true)
     }
 
+    /// Read `len` bytes at `off` within segment `seg` into a buffer of its
+    /// own (blocking; as [`Vdevs::read`], without a copy).
+    pub fn read_buf(&self, seg: SegId, off: u64, len: usize) -> Result<AlignedBuf> {
+        run_sync(self.read_verified(seg, off, len, IoMode::Blocking, &|_| true))
+    }
+
     /// [`Vdevs::read`] with a verifier (see [`Vdevs::read_verified`]).
     pub fn read_checked(
         &self,
