@@ -56,7 +56,7 @@ impl GoneHints {
     /// The plain record at `rec` lost its last reference.
     pub fn mark(&mut self, rec: Paddr) {
         let at = rec.offset as usize;
-        if at % BLOCK != 0 {
+        if !at.is_multiple_of(BLOCK) {
             return;
         }
         let slot = at / BLOCK;
@@ -100,7 +100,7 @@ impl Dead {
     /// True if the plain record at byte `offset` of the segment is dead.
     pub fn is_dead(&self, offset: u32) -> bool {
         let at = offset as usize;
-        if at % BLOCK != 0 {
+        if !at.is_multiple_of(BLOCK) {
             return false;
         }
         let slot = at / BLOCK;
