@@ -412,6 +412,7 @@ pub(crate) fn pool_status(sh: &Shared) -> PoolStatus {
         ("restored_fragments", &st.restored),
         ("cleaned_segments", &st.cleaned_segments),
         ("cleaner_skipped_dead", &st.cleaner_skipped_dead),
+        ("rounds_in_flight_max", &st.rounds_in_flight_max),
         ("checksum_errors", &st.checksum_errors),
     ]
     .into_iter()

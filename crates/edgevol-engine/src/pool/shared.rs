@@ -47,6 +47,8 @@ pub struct Stats {
     pub cleaned_segments: AtomicU64,
     /// Records the cleaner knew dead without a map lookup (`gone.rs`).
     pub cleaner_skipped_dead: AtomicU64,
+    /// The most rounds the writer had in flight at once (`pipeline.rs`).
+    pub rounds_in_flight_max: AtomicU64,
     /// Fragments of partly dead packed records the cleaner stored anew.
     pub restored: AtomicU64,
     /// Checksum failures seen by reads.

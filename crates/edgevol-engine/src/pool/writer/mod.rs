@@ -25,7 +25,8 @@
 //! This module holds the [`Writer`] itself and its round; the jobs live in
 //! [`ops`] (what it is asked), [`client`] (admitting and batching client
 //! ops), [`batch`] (a batch and its records), [`stream`] (filling, sealing
-//! and writing the streams' batches), [`apply`] (the state machine shared
+//! and writing the streams' batches), [`pipeline`] (a round's writes in
+//! flight while the next gathers), [`apply`] (the state machine shared
 //! with replay), [`settle`] (settling blind head writes from the overlay),
 //! [`control`] (catalog changes and maintenance ops) and [`flush`] (map
 //! flushes, compaction, checkpoints).
@@ -44,6 +45,7 @@ mod client;
 mod control;
 mod flush;
 mod ops;
+mod pipeline;
 mod settle;
 mod stream;
 
@@ -54,7 +56,7 @@ use std::sync::Arc;
 use crate::buf::AlignedBuf;
 use crate::catalog::Catalog;
 use crate::compress::Compression;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::layout::SegId;
 
 use super::ckpt::{BlobRef, ReplayPoint, StreamPos};
@@ -139,6 +141,8 @@ pub(crate) struct Writer {
     ),
     /// Batches sealed and not yet written and applied, in lsn order.
     sealed: Vec<Sealed>,
+    /// The round whose writes are in flight (`pipeline.rs`).
+    inflight: VecDeque<pipeline::InFlight>,
     /// Batch buffers to reuse.
     spare: Vec<AlignedBuf>,
     /// The writer's own settlement position (`settler.rs`).
@@ -197,6 +201,7 @@ impl Writer {
             backoff: std::collections::HashMap::new(),
             view_cache: (0, 0, 0, BTreeMap::new()),
             sealed: Vec::new(),
+            inflight: VecDeque::new(),
             spare: Vec::new(),
             settler: Default::default(),
             rotate_waiter: None,
@@ -216,7 +221,13 @@ impl Writer {
     ) {
         self.publish();
         *self.sh.writer_thread.lock() = Some(std::thread::current().id());
+        let mut pipe = pipeline::Pipe::default();
         loop {
+            if self.rotate_waiter.is_some() || !self.flush_waiters.is_empty() {
+                // A rotation's replay point is the streams' sealing
+                // position: everything sealed must be applied first.
+                self.drain_inflight(&mut pipe).await;
+            }
             if self.rotate_waiter.is_some() && !self.can_take_data() {
                 // Maintenance waits for this rotation: no round may wait
                 // for maintenance before it is done.
@@ -236,6 +247,7 @@ impl Writer {
             // (settler.rs).
             let waiting = self.rotate_waiter.is_some() || !self.flush_waiters.is_empty();
             if (!self.sh.cfg.settler_thread || waiting)
+                && self.inflight.is_empty()
                 && data_rx.is_empty()
                 && maint_rx.is_empty()
                 && self.stalled.is_empty()
@@ -253,11 +265,16 @@ impl Writer {
             let first = if self.can_take_data() && !self.stalled.is_empty() {
                 None
             } else if self.can_take_data() {
-                match next_op(&data_rx, &maint_rx).await {
+                match self.next_op_or_land(&data_rx, &maint_rx, &mut pipe).await {
                     Some(w) => Some(w),
-                    None => return, // both channels closed
+                    None => {
+                        // Both channels closed.
+                        self.drain_inflight(&mut pipe).await;
+                        return;
+                    }
                 }
             } else {
+                self.drain_inflight(&mut pipe).await;
                 match maint_rx.recv().await {
                     Ok(m) => Some(Work::Maint(m)),
                     Err(_) => return,
@@ -265,14 +282,14 @@ impl Writer {
             };
             let mut exit = false;
             if let Some(w) = first {
-                exit |= self.handle(w, &mut round).await;
+                exit |= self.handle(w, &mut round, &mut pipe).await;
             }
             // Take whatever else is ready, maintenance first.
             let mut budget = 4096usize;
             while budget > 0 && !exit {
                 budget -= 1;
                 if let Ok(m) = maint_rx.try_recv() {
-                    exit |= self.handle(Work::Maint(m), &mut round).await;
+                    exit |= self.handle(Work::Maint(m), &mut round, &mut pipe).await;
                     continue;
                 }
                 if !self.can_take_data() {
@@ -283,13 +300,16 @@ impl Writer {
                     continue;
                 }
                 match data_rx.try_recv() {
-                    Ok(d) => exit |= self.handle(Work::Data(d), &mut round).await,
+                    Ok(d) => exit |= self.handle(Work::Data(d), &mut round, &mut pipe).await,
                     Err(_) => break,
                 }
             }
-            self.finish_round(round).await;
+            self.finish_round(round, &mut pipe).await;
             if let Err(e) = self.settle_background() {
                 self.poison(&e);
+            }
+            if self.rotate_waiter.is_some() || !self.flush_waiters.is_empty() {
+                self.drain_inflight(&mut pipe).await;
             }
             self.advance_rotation();
             self.advance_flush().await;
@@ -311,6 +331,7 @@ impl Writer {
             }
             self.sh.space_blocked.store(blocked, Ordering::Relaxed);
             if exit {
+                self.drain_inflight(&mut pipe).await;
                 return;
             }
         }
@@ -370,7 +391,7 @@ impl Writer {
     }
 
     /// Handle one op. Returns true on shutdown.
-    async fn handle(&mut self, w: Work, round: &mut Round) -> bool {
+    async fn handle(&mut self, w: Work, round: &mut Round, pipe: &mut pipeline::Pipe) -> bool {
         match w {
             Work::Data(op) => {
                 self.run_job(Job { op, progress: 0 }, round);
@@ -379,6 +400,7 @@ impl Writer {
             Work::Maint(m) => {
                 // Everything batched so far is written and applied first, so
                 // maintenance and control ops see all earlier writes.
+                self.drain_inflight(pipe).await;
                 self.write_all_batches().await;
                 let (t, name) = (std::time::Instant::now(), m.name());
                 let exit = self.maint(m, round).await;
@@ -392,26 +414,6 @@ impl Writer {
                 }
                 exit
             }
-        }
-    }
-
-    async fn finish_round(&mut self, round: Round) {
-        self.write_all_batches().await;
-        let mut sync_err = None;
-        let overdue =
-            self.last_written_lsn.saturating_sub(self.flushed_lsn) >= UNFLUSHED_BATCHES_MAX;
-        if (round.sync || overdue) && self.poisoned.is_none() {
-            if let Err(e) = self.sync_devices().await {
-                sync_err = Some(e);
-            }
-        }
-        for (done, needs_sync) in round.waiters {
-            let r = match (&self.poisoned, needs_sync, &sync_err) {
-                (Some(p), _, _) => Err(Error::new(ErrorKind::Poisoned, p.clone())),
-                (None, true, Some(e)) => Err(e.duplicate()),
-                _ => Ok(()),
-            };
-            complete(done, r);
         }
     }
 

@@ -13,7 +13,6 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::buf::AlignedBuf;
 use crate::crypt::{RecordPlace, ENC_NONE};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::batch::{BatchHeader, EntryKind, LogEntry};
@@ -21,7 +20,7 @@ use crate::layout::{Paddr, SegId, BLOCK, BLOCK_U64, CHUNK_BLOCKS};
 use crate::pool::space::SegState;
 
 use super::batch::{Batch, Sealed};
-use super::{Writer, STREAMS, STREAM_DATA};
+use super::{Writer, STREAM_DATA};
 
 impl Writer {
     /// The most bytes stream `s`'s batch may hold: what is left of its
@@ -150,7 +149,7 @@ impl Writer {
 
     /// Seal stream `s`'s batch: final header, its place in the stream
     /// taken. It is written and applied by [`Writer::flush_sealed`].
-    fn seal_batch(&mut self, s: usize) -> Result<()> {
+    pub(super) fn seal_batch(&mut self, s: usize) -> Result<()> {
         let fresh = match self.spare.pop() {
             Some(b) => Batch::with_buf(b),
             None => Batch::new(),
@@ -249,47 +248,19 @@ impl Writer {
         }
     }
 
+    /// Seal, write and apply everything batched, waiting for it: what
+    /// maintenance and control ops need before they look at the state.
+    /// The writer's loop lands the round in flight before any of them
+    /// runs (`pipeline.rs`).
     pub(super) async fn flush_sealed(&mut self) -> Result<()> {
-        for s in 0..STREAMS {
-            if !self.batches[s].is_empty() {
-                self.seal_batch(s)?;
-            }
-        }
-        if self.sealed.is_empty() {
+        debug_assert!(self.inflight.is_empty(), "a round is still in flight");
+        let Some((sealed, writes)) = self.launch()? else {
             return Ok(());
-        }
-        let mut sealed = std::mem::take(&mut self.sealed);
-        let sh = self.sh.clone();
-        let writes = sealed.iter_mut().map(|b| {
-            let buf = std::mem::replace(&mut b.buf, AlignedBuf::zeroed(0));
-            sh.vdevs.write_owned(b.at.seg, u64::from(b.at.offset), buf)
-        });
-        let results = futures::future::join_all(writes).await;
-        let mut first_err = None;
-        for (b, r) in sealed.into_iter().zip(results) {
-            match r {
-                Ok(buf) if first_err.is_none() => {
-                    if self.spare.len() < 4 {
-                        self.spare.push(buf);
-                    }
-                    if let Err(e) = self.apply_sealed(b) {
-                        first_err = Some(e);
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
+        };
+        let results = writes.await;
+        let r = self.land(sealed, results);
         self.pending_bytes = 0;
-        match first_err {
-            Some(e) => {
-                self.poison(&e);
-                Err(e)
-            }
-            None => Ok(()),
-        }
+        r
     }
 
     pub(super) async fn sync_devices(&mut self) -> Result<()> {
