@@ -103,6 +103,18 @@ impl Daemon {
             .with_context(|| format!("cannot create a pool of {size} bytes"))
     }
 
+    /// [`Daemon::create_pool`] on a file written in full first (zeroes),
+    /// as a block device is. A sparse file is not: the first `O_DIRECT`
+    /// write to each of its holes allocates blocks, and io_uring hands such
+    /// writes to a worker thread, one at a time per file (measured: up to
+    /// 1.75x the IOPS of random 4 KiB writes on a written pool file). The
+    /// anchors' raw images are written in full by the fill job before
+    /// their measured jobs; the pool file, three times larger, was not.
+    pub fn create_pool_written(&self, file: &Path, size: u64) -> Result<PoolStatus> {
+        write_zeroes(file, size).with_context(|| format!("cannot write {}", file.display()))?;
+        self.create_pool(file, size)
+    }
+
     /// Destroy pool [`POOL`] (the file stays).
     pub fn destroy_pool(&self) -> Result<()> {
         let _: serde_json::Value = self.call(
@@ -189,4 +201,24 @@ pub fn tail(path: &Path) -> String {
     let s = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(6)..].join(" | ")
+}
+
+/// Create `file` and write `size` zero bytes into it, durably.
+fn write_zeroes(file: &Path, size: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(file)?;
+    let mut w = std::io::BufWriter::with_capacity(8 << 20, &f);
+    let zeroes = vec![0u8; 8 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(zeroes.len() as u64) as usize;
+        w.write_all(&zeroes[..n])?;
+        left -= n as u64;
+    }
+    w.flush()?;
+    drop(w);
+    f.sync_all()
 }

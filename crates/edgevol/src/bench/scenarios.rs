@@ -248,7 +248,7 @@ fn full(b: &mut Bench, pass: u32) -> Result<Outcome> {
         let file = dir.join("pool.img");
         let target_usable = (size as f64 / 0.9) as u64;
         let pool_size = size_pool_for_usable(&d, &file, target_usable)?;
-        let st = d.create_pool(&file, pool_size)?;
+        let st = d.create_pool_written(&file, pool_size)?;
         d.create_volume("vol0", size, &[])?;
         *created = true;
         let pct = 100.0 * size as f64 / st.usable as f64;
@@ -343,7 +343,7 @@ fn create_vol0(
     };
     let base = b.fio_dir.join(format!("p{pass}-{}-setup", s.name()));
     let d = Daemon::start(dir, &super::runner::suffixed(&base, ".server.log"))?;
-    d.create_pool(&dir.join("pool.img"), pool_size)?;
+    d.create_pool_written(&dir.join("pool.img"), pool_size)?;
     let r = d.create_volume("vol0", b.cfg.size, props);
     d.stop();
     match r {
@@ -397,7 +397,7 @@ fn volumes16(b: &mut Bench, pass: u32) -> Result<Outcome> {
         };
         let t = Instant::now();
         let d = Daemon::start(dir, &super::runner::suffixed(&stem, ".server.log"))?;
-        d.create_pool(&dir.join("pool.img"), b.cfg.sizes().pool)?;
+        d.create_pool_written(&dir.join("pool.img"), b.cfg.sizes().pool)?;
         let names: Vec<String> = (0..N).map(|i| format!("v{i:02}")).collect();
         for n in &names {
             d.create_volume(n, vsize, &[])?;

@@ -79,7 +79,7 @@ impl Target {
             Target::QemuNbdQcow2 => {
                 "qemu-nbd --cache=none --aio=io_uring --shared=16 --persistent, qcow2"
             }
-            Target::Edgevol => "edgevol serve, file-backed pool (3x size + 1G), one thin volume",
+            Target::Edgevol => "edgevol serve, file-backed pool (3x size + 1G, written in full first), one thin volume",
         }
     }
 
@@ -315,7 +315,7 @@ impl Server {
                 };
                 let d = Daemon::start(dir, log)?;
                 if !*created {
-                    d.create_pool(&dir.join("pool.img"), sizes.pool)?;
+                    d.create_pool_written(&dir.join("pool.img"), sizes.pool)?;
                     d.create_volume("vol0", sizes.image, &[])?;
                     *created = true;
                 }
