@@ -203,22 +203,25 @@ pub fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(6)..].join(" | ")
 }
 
-/// Create `file` and write `size` zero bytes into it, durably.
+/// Create `file` and write `size` zero bytes into it, durably, with
+/// direct I/O: through the page cache, the file's cached pages would make
+/// every later `O_DIRECT` write of the daemon invalidate them first.
 fn write_zeroes(file: &Path, size: u64) -> std::io::Result<()> {
-    use std::io::Write;
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    const CHUNK: u64 = 8 << 20;
     let f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .custom_flags(libc::O_DIRECT)
         .open(file)?;
-    let mut w = std::io::BufWriter::with_capacity(8 << 20, &f);
-    let zeroes = vec![0u8; 8 << 20];
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(zeroes.len() as u64) as usize;
-        w.write_all(&zeroes[..n])?;
-        left -= n as u64;
+    let zeroes = edgevol_engine::buf::AlignedBuf::zeroed(CHUNK as usize);
+    let whole = size / 4096 * 4096;
+    let mut at = 0;
+    while at < whole {
+        let n = (whole - at).min(CHUNK) as usize;
+        f.write_all_at(&zeroes.as_slice()[..n], at)?;
+        at += n as u64;
     }
-    w.flush()?;
-    drop(w);
+    f.set_len(size)?;
     f.sync_all()
 }

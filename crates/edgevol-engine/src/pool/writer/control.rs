@@ -36,7 +36,13 @@ impl Writer {
                 complete(done, r);
             }
             MaintOp::Relocate(items, done) => {
-                let r = self.relocate(items).await;
+                // Handled with the round (`Writer::handle`); here only
+                // when the loop drains (it never does for relocations).
+                let r = self.push_relocations(items);
+                let r = match r {
+                    Ok(n) => self.flush_sealed().await.map(|()| n),
+                    Err(e) => Err(e),
+                };
                 complete(done, r);
             }
             MaintOp::Copy {
@@ -297,8 +303,12 @@ impl Writer {
         Ok(out)
     }
 
-    async fn relocate(&mut self, items: Vec<RelocItem>) -> Result<u64> {
-        let before = self.sh.stats.relocated.load(Ordering::Relaxed);
+    /// Batch the cleaner's relocations (cleaner stream) without waiting:
+    /// they are written with the round and applied when it lands, in lsn
+    /// order with the clients' writes, as replay applies them
+    /// (`pipeline.rs`). Returns how many items were batched.
+    pub(super) fn push_relocations(&mut self, items: Vec<RelocItem>) -> Result<u64> {
+        let n = items.len() as u64;
         for it in items {
             if it.kind == RelocKind::Restore {
                 let comp = match it.comp {
@@ -351,8 +361,7 @@ impl Writer {
                 ));
             }
         }
-        self.flush_sealed().await?;
-        Ok(self.sh.stats.relocated.load(Ordering::Relaxed) - before)
+        Ok(n)
     }
 
     async fn copy(

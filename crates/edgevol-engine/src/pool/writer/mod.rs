@@ -97,6 +97,9 @@ struct Job {
 struct Round {
     waiters: Vec<(Done<()>, bool)>,
     sync: bool,
+    /// The cleaner's relocations batched in this round, and how many
+    /// items each had.
+    relocs: Vec<(Done<u64>, u64)>,
 }
 
 /// The writer.
@@ -395,6 +398,16 @@ impl Writer {
         match w {
             Work::Data(op) => {
                 self.run_job(Job { op, progress: 0 }, round);
+                false
+            }
+            Work::Maint(MaintOp::Relocate(items, done)) => {
+                // Relocations ride in the round like client writes: the
+                // writer does not wait for their device writes (at a
+                // nearly full pool it did, for up to 137 ms a batch).
+                match self.push_relocations(items) {
+                    Ok(n) => round.relocs.push((done, n)),
+                    Err(e) => complete(done, Err(e)),
+                }
                 false
             }
             Work::Maint(m) => {

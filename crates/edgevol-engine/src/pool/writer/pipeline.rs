@@ -17,7 +17,9 @@
 //! flushed behind its own round, which lands after every earlier one.
 //! Batches of different rounds may reach the device in any order, as the
 //! batches of one round always could: replay stops at the first batch
-//! missing from a stream, and nothing after it was acknowledged. Every
+//! missing from a stream, and nothing after it was acknowledged. The
+//! cleaner's relocations ride in rounds like client writes (applied when
+//! their round lands, in lsn order, as replay applies them). Every
 //! other writer job (maintenance, control ops, memtable rotations,
 //! barriers, shutdown) lands every round in flight first
 //! ([`Writer::drain_inflight`]), so it sees a state in which everything
@@ -91,13 +93,19 @@ impl Writer {
     }
 
     /// Apply written batches in lsn order; the first failure poisons the
-    /// pool and the batches after it are not applied.
+    /// pool and the batches after it are not applied. Nothing is applied
+    /// once the pool is poisoned: a later round's writes may have reached
+    /// the device after an earlier round's failed, but replay stops at the
+    /// gap, so the running pool must not show them either.
     pub(super) fn land(
         &mut self,
         sealed: Vec<Sealed>,
         results: Vec<Result<AlignedBuf>>,
     ) -> Result<()> {
-        let mut first_err = None;
+        let mut first_err = self
+            .poisoned
+            .as_ref()
+            .map(|p| Error::new(ErrorKind::Poisoned, p.clone()));
         for (b, r) in sealed.into_iter().zip(results) {
             match r {
                 Ok(buf) if first_err.is_none() => {
@@ -239,6 +247,13 @@ impl Writer {
                 (Some(p), _, _) => Err(Error::new(ErrorKind::Poisoned, p.clone())),
                 (None, true, Some(e)) => Err(e.duplicate()),
                 _ => Ok(()),
+            };
+            complete(done, r);
+        }
+        for (done, n) in f.round.relocs {
+            let r = match &self.poisoned {
+                Some(p) => Err(Error::new(ErrorKind::Poisoned, p.clone())),
+                None => Ok(n),
             };
             complete(done, r);
         }
