@@ -144,7 +144,7 @@ pub(crate) struct Writer {
     ),
     /// Batches sealed and not yet written and applied, in lsn order.
     sealed: Vec<Sealed>,
-    /// The round whose writes are in flight (`pipeline.rs`).
+    /// The rounds whose writes are in flight, oldest first (`pipeline.rs`).
     inflight: VecDeque<pipeline::InFlight>,
     /// Batch buffers to reuse.
     spare: Vec<AlignedBuf>,
