@@ -27,22 +27,6 @@ const THREADS: u64 = 4;
 /// ordering across threads).
 const REGION: u64 = 256;
 
-/// One block: its last flushed tag (0 = zeroes) and the tags acknowledged
-/// since, oldest first.
-#[derive(Clone, Default, Debug)]
-struct Cell {
-    durable: u64,
-    pending: Vec<u64>,
-}
-
-fn expect(tag: u64, lba: u64) -> Vec<u8> {
-    if tag == 0 {
-        vec![0; 4096]
-    } else {
-        tagged(tag, lba)
-    }
-}
-
 /// Background maintenance, as the daemon runs it: the workload overwrites
 /// the pool several times, so the cleaner must run.
 fn bg_cfg() -> PoolConfig {
@@ -79,14 +63,6 @@ fn client(
         .max()
         .unwrap_or(0)
         .max(t);
-    let settle = |cells: &mut BTreeMap<u64, Cell>| {
-        for c in cells.values_mut() {
-            if let Some(last) = c.pending.last() {
-                c.durable = *last;
-                c.pending.clear();
-            }
-        }
-    };
     for _ in 0..rng.random_range(20..120) {
         let r: f64 = rng.random();
         let n = rng.random_range(1..=8u64);
@@ -193,18 +169,11 @@ fn power_cuts_with_rounds_in_flight() {
             for lba in t as u64 * REGION..(t as u64 + 1) * REGION {
                 let b = &got[(lba * 4096) as usize..((lba + 1) * 4096) as usize];
                 let cell = cells.entry(lba).or_default();
-                let Some(now) = std::iter::once(cell.durable)
-                    .chain(cell.pending.iter().copied())
-                    .find(|t| b == expect(*t, lba).as_slice())
-                else {
+                if cell.recover(b, lba).is_none() {
                     panic!(
                         "round {round} (cut fired: {fired}, {policy:?}): block {lba} holds neither its flushed value nor a later one: {cell:?}"
                     );
-                };
-                *cell = Cell {
-                    durable: now,
-                    pending: Vec::new(),
-                };
+                }
             }
         }
         drop(v);

@@ -35,33 +35,6 @@ fn daemon_cfg() -> PoolConfig {
     }
 }
 
-#[derive(Clone, Default, Debug)]
-struct Cell {
-    durable: u64,
-    pending: Vec<u64>,
-}
-
-impl Cell {
-    fn latest(&self) -> u64 {
-        self.pending.last().copied().unwrap_or(self.durable)
-    }
-}
-
-fn expect(tag: u64, lba: u64) -> Vec<u8> {
-    if tag == 0 {
-        vec![0; 4096]
-    } else {
-        tagged(tag, lba)
-    }
-}
-
-fn settle(cells: &mut BTreeMap<u64, Cell>) {
-    for c in cells.values_mut() {
-        c.durable = c.latest();
-        c.pending.clear();
-    }
-}
-
 fn campaign(seed: u64, rounds: usize, dev_mib: u64, vol_mib: u64, max_snaps: usize) -> Outcome {
     campaign_with(
         seed,
@@ -208,25 +181,18 @@ fn campaign_with(
         for lba in 0..blocks {
             let b = &got[(lba * 4096) as usize..((lba + 1) * 4096) as usize];
             let cell = cells.entry(lba).or_default();
-            let actual = std::iter::once(cell.durable)
-                .chain(cell.pending.iter().copied())
-                .find(|t| b == expect(*t, lba).as_slice());
-            let Some(actual) = actual else {
+            if cell.recover(b, lba).is_none() {
                 panic!(
                     "round {round}: block {lba} holds neither its flushed value nor a later one (cell {cell:?}, policy {policy:?})"
                 );
-            };
-            *cell = Cell {
-                durable: actual,
-                pending: Vec::new(),
-            };
+            }
         }
         for (name, img) in &snaps {
             let s = p.open_volume(&format!("v@{name}")).expect("open snapshot");
             let got = flatten(futures::executor::block_on(s.read(0, blocks * 4096)).expect("read"));
             for lba in 0..blocks {
                 let b = &got[(lba * 4096) as usize..((lba + 1) * 4096) as usize];
-                let want = expect(img.get(&lba).copied().unwrap_or(0), lba);
+                let want = block_of(img.get(&lba).copied().unwrap_or(0), lba);
                 assert!(
                     b == want.as_slice(),
                     "round {round}: snapshot {name} block {lba} changed"

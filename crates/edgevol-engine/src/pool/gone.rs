@@ -55,14 +55,9 @@ impl GoneHints {
 
     /// The plain record at `rec` lost its last reference.
     pub fn mark(&mut self, rec: Paddr) {
-        let at = rec.offset as usize;
-        if !at.is_multiple_of(BLOCK) {
+        let Some(slot) = slot(rec.offset).filter(|s| *s < self.words * 64) else {
             return;
-        }
-        let slot = at / BLOCK;
-        if slot >= self.words * 64 {
-            return;
-        }
+        };
         let full = self.bits.len() >= self.max_segs;
         let words = self.words;
         let b = match self.bits.get_mut(&rec.seg) {
@@ -99,15 +94,19 @@ pub struct Dead(Box<[u64]>);
 impl Dead {
     /// True if the plain record at byte `offset` of the segment is dead.
     pub fn is_dead(&self, offset: u32) -> bool {
-        let at = offset as usize;
-        if !at.is_multiple_of(BLOCK) {
-            return false;
-        }
-        let slot = at / BLOCK;
-        self.0
-            .get(slot / 64)
-            .is_some_and(|w| w & (1 << (slot % 64)) != 0)
+        slot(offset).is_some_and(|slot| {
+            self.0
+                .get(slot / 64)
+                .is_some_and(|w| w & (1 << (slot % 64)) != 0)
+        })
     }
+}
+
+/// The 4 KiB slot a record at byte `offset` of its segment owns, if it
+/// starts one (plain records do; packed ones may not).
+fn slot(offset: u32) -> Option<usize> {
+    let at = offset as usize;
+    at.is_multiple_of(BLOCK).then_some(at / BLOCK)
 }
 
 #[cfg(test)]

@@ -122,3 +122,48 @@ pub fn assert_clean(pool: &Pool) {
     let r = pool.check().expect("check runs");
     assert!(r.is_clean(), "pool check found problems: {:#?}", r.errors);
 }
+
+/// What a block may hold after a power cut: its last flushed tag (0 =
+/// zeroes) and the tags acknowledged since, oldest first.
+#[derive(Clone, Default, Debug)]
+pub struct Cell {
+    pub durable: u64,
+    pub pending: Vec<u64>,
+}
+
+impl Cell {
+    /// The newest acknowledged tag.
+    pub fn latest(&self) -> u64 {
+        self.pending.last().copied().unwrap_or(self.durable)
+    }
+
+    /// After a power cut: if `block` (block `lba`) holds the flushed tag
+    /// or a later one, that tag is now the flushed one and is returned.
+    pub fn recover(&mut self, block: &[u8], lba: u64) -> Option<u64> {
+        let now = std::iter::once(self.durable)
+            .chain(self.pending.iter().copied())
+            .find(|t| block == block_of(*t, lba).as_slice())?;
+        *self = Cell {
+            durable: now,
+            pending: Vec::new(),
+        };
+        Some(now)
+    }
+}
+
+/// Block `lba` as written with `tag` (0: zeroes).
+pub fn block_of(tag: u64, lba: u64) -> Vec<u8> {
+    if tag == 0 {
+        vec![0; 4096]
+    } else {
+        tagged(tag, lba)
+    }
+}
+
+/// A flush (or a FUA write) returned: everything acknowledged is durable.
+pub fn settle(cells: &mut BTreeMap<u64, Cell>) {
+    for c in cells.values_mut() {
+        c.durable = c.latest();
+        c.pending.clear();
+    }
+}

@@ -36,13 +36,14 @@ impl Writer {
                 complete(done, r);
             }
             MaintOp::Relocate(items, done) => {
-                // Handled with the round (`Writer::handle`); here only
-                // when the loop drains (it never does for relocations).
-                let r = self.push_relocations(items);
-                let r = match r {
-                    Ok(n) => self.flush_sealed().await.map(|()| n),
-                    Err(e) => Err(e),
-                };
+                // `Writer::handle` batches relocations into the round;
+                // taken here, they are written at once.
+                let r = async {
+                    let n = self.push_relocations(items)?;
+                    self.flush_sealed().await?;
+                    Ok(n)
+                }
+                .await;
                 complete(done, r);
             }
             MaintOp::Copy {
